@@ -1,0 +1,84 @@
+"""Where the exported weights come from: official release, a file or URL, or random."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import SwinTransformer
+from model.checkpoint import load_checkpoint
+from model.weights import download_weights, pretrained_url, sha256_file
+
+RANDOM_WARNING = (
+    "RANDOM WEIGHTS: this model was exported without trained weights. Its predictions are "
+    "meaningless; use it only to try the plumbing."
+)
+CHOICES = "official, auto, random, a checkpoint path, or an http(s)/file URL"
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def randomize(model: SwinTransformer, seed: int) -> None:
+    """Deterministic random weights, with non-trivial biases and norm parameters.
+
+    A fresh init has all-zero biases and all-one norm scales, which would let a conversion bug
+    in those tensors go unnoticed, and lets the exporter merge identical constants.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape, generator=generator)
+            if param.ndim == 1:
+                param.add_(noise * 0.02)
+            else:
+                param.copy_((noise * 0.02).clamp_(-0.04, 0.04))
+
+
+def resolve_weights(
+    model: SwinTransformer, checkpoint: str, *, variant: str, seed: int, warn: Callable[[str], None]
+) -> dict[str, Any]:
+    """Load `checkpoint` into `model`; returns the manifest's `weights` entry."""
+    if checkpoint == "random":
+        randomize(model, seed)
+        return {"source": "random", "random": True, "sha256": None, "url": None, "seed": seed, "warning": RANDOM_WARNING}
+    if checkpoint in ("official", "auto"):
+        try:
+            url = pretrained_url(variant, num_classes=model.config.num_classes)
+            path = download_weights(url)
+        except Exception as exc:
+            if checkpoint == "official":
+                raise WeightsError(f"could not get the official weights for {variant}: {exc}") from exc
+            warn(f"official weights unavailable ({exc}); falling back to random weights.\n{RANDOM_WARNING}")
+            return resolve_weights(model, "random", variant=variant, seed=seed, warn=warn)
+        _load(model, path)
+        return {"source": "official", "random": False, "sha256": sha256_file(path), "url": url, "seed": None}
+    if checkpoint.startswith(("http://", "https://", "file://")):
+        path = download_weights(checkpoint)
+        _load(model, path)
+        return {"source": "url", "random": False, "sha256": sha256_file(path), "url": checkpoint, "seed": None}
+    path = Path(checkpoint)
+    if not path.exists():
+        raise WeightsError(f"checkpoint {checkpoint!r} not found; pass {CHOICES}")
+    _load(model, path)
+    return {"source": "file", "random": False, "sha256": _sha256_of(path), "url": None, "path": str(path.resolve()), "seed": None}
+
+
+def _load(model: SwinTransformer, path: Path) -> None:
+    try:
+        load_checkpoint(model, path)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from exc
+
+
+def _sha256_of(path: Path) -> str:
+    if path.is_file():
+        return sha256_file(path)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return sha256_file(path / name)
+    raise WeightsError(f"{path} holds neither model.safetensors nor pytorch_model.bin")

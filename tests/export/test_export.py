@@ -1,0 +1,203 @@
+"""The ONNX export: symbolic batch, parity at other batch sizes, metadata, variants, Triton."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+from onnx import TensorProto, helper
+
+from export import checks, manifest
+from export.__main__ import main as export_main
+from export.graph import OUTPUT_NAMES, TRACE_BATCH
+from export.verify import main as verify_main
+from export.verify import rebuild_reference
+from model import SwinTransformer, get_config
+
+MICRO = "swin_micro_patch4_window4_64"
+
+
+def onnx_outputs(path: Path, x: torch.Tensor) -> dict[str, np.ndarray]:
+    return checks.run_session(checks.cpu_session(path), x.numpy())
+
+
+def torch_outputs(model: SwinTransformer, x: torch.Tensor) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        feats = model.forward_features(x)
+        feats["logits"] = model.head(feats["embedding"])
+    return {k: v.numpy() for k, v in feats.items()}
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_micro_export_traced_at_batch_2_matches_pytorch_at_other_batch_sizes(tiny_export, batch):
+    assert tiny_export.manifest["parity"]["trace_batch_size"] == TRACE_BATCH == 2
+    model = rebuild_reference(tiny_export.manifest, None)
+    x = torch.randn(batch, 3, 64, 64)
+    got, want = onnx_outputs(tiny_export.model_path, x), torch_outputs(model, x)
+    for name in OUTPUT_NAMES:
+        assert got[name].shape == want[name].shape
+        scale = np.abs(want[name]).max()
+        assert np.abs(got[name] - want[name]).max() <= 1e-4 * scale, name
+
+
+@pytest.mark.slow
+def test_real_swin_t_export_passes_parity(swin_t_export):
+    parity = swin_t_export.manifest["parity"]
+    assert parity["passed"] and parity["batch_sizes"] == [1, 2, 3, 8, 17]
+    assert max(e["rel_diff"] for e in parity["outputs"].values()) <= 1e-4
+    model = rebuild_reference(swin_t_export.manifest, None)
+    x = torch.randn(3, 3, 224, 224)
+    got, want = onnx_outputs(swin_t_export.model_path, x), torch_outputs(model, x)
+    assert got["stage1"].shape == (3, 96, 56, 56) and got["stage4"].shape == (3, 768, 7, 7)
+    for name in OUTPUT_NAMES:
+        assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max(), name
+
+
+def test_manifest_round_trips_through_the_onnx_metadata_and_the_json_report(tiny_export):
+    stored = manifest.read(tiny_export.model_path)
+    beside = json.loads(tiny_export.report_path.read_text())
+    assert stored == beside == tiny_export.manifest
+    assert stored["variant"] == MICRO and stored["config"]["window_size"] == 4
+    assert len(stored["labels"]) == stored["config"]["num_classes"] == 1000
+    assert stored["labels"][0] == "tench"
+    assert stored["preprocess"]["resize_shorter"] == int(64 / 0.875) == 73
+    assert stored["weights"]["random"] is True and "RANDOM" in stored["weights"]["warning"]
+    assert stored["exporter"]["opset"] == 18 and stored["exporter"]["torch"].startswith("2.13")
+    assert stored["outputs"]["stage2"] == ["batch", 48, 8, 8]
+
+
+def test_labels_follow_the_head_size():
+    info = manifest.build_manifest(name="x", variant=MICRO, config=get_config(MICRO, num_classes=21841), weights={}, exporter={})
+    assert len(info["labels"]) == 21841
+
+
+def test_graph_has_a_symbolic_batch_everywhere_and_folded_position_bias(tiny_export, tmp_path):
+    proto = onnx.load(tiny_export.files["triton"] / "1" / "model.onnx")  # the portable graph
+    report = checks.check_symbolic_batch(proto, tiny_export.manifest["outputs"])
+    assert report["batch_dependent_tensors"] > 100 and report["shapes_inferred"] == report["batch_dependent_tensors"]
+    # The bias gather is resolved at export time: no table, no Gather, in the graph.
+    assert not [n for n in proto.graph.node if n.op_type == "Gather"]
+    assert not [i for i in proto.graph.initializer if "relative_position_bias_table" in i.name]
+    # The shifted-window masks are constants of shape (1, nW, 1, N, N) holding 0 and -100:
+    # stage 1 has 16 windows of 16 tokens, stage 2 has 4; stage 3 (4x4 = one window) has none.
+    masks = {
+        tuple(i.dims): set(np.unique(onnx.numpy_helper.to_array(i)).tolist())
+        for i in proto.graph.initializer
+        if len(i.dims) == 5
+    }
+    assert masks == {(1, 16, 1, 16, 16): {-100.0, 0.0}, (1, 4, 1, 16, 16): {-100.0, 0.0}}
+
+
+def test_symbolic_batch_check_catches_a_baked_in_batch():
+    # pixel_values -> Reshape to a constant (2, 12288): the classic frozen trace batch.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["pixel_values", "shape"], ["flat"]),
+            helper.make_node("Identity", ["flat"], ["logits"]),
+        ],
+        "frozen",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 12288])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 12288])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(checks.CheckFailed, match="fixed batch"):
+        checks.check_symbolic_batch(proto, {"logits": ["batch", 12288]})
+
+
+def test_the_classic_int_batch_bug_cannot_be_exported(monkeypatch, tmp_path):
+    import model.swin as swin
+
+    def frozen_reverse(windows, M, H, W):  # B = int(windows.shape[0] / (H*W/M/M))
+        B = int(windows.shape[0] / (H * W / M / M))
+        return windows.view(B, H // M, W // M, M, M, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)
+
+    monkeypatch.setattr(swin, "window_reverse", frozen_reverse)
+    rc = export_main(["--variant", MICRO, "--checkpoint", "random", "--out", str(tmp_path)])
+    assert rc == 1
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_a_failing_parity_check_fails_the_cli_and_writes_no_model(monkeypatch, tmp_path, capsys):
+    real = checks.reference_outputs
+
+    def off_by_a_little(model, x):
+        out = real(model, x)
+        out["stage3"] = out["stage3"] + 1e-2 * out["stage3"].abs().max()
+        return out
+
+    monkeypatch.setattr(checks, "reference_outputs", off_by_a_little)
+    rc = export_main(["--variant", MICRO, "--checkpoint", "random", "--out", str(tmp_path), "--parity-batch-sizes", "1,3"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "parity check failed" in err and "stage3" in err
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".onnx", ".json", ".tmp")]
+
+
+def test_cli_rejects_an_unknown_checkpoint_cleanly(tmp_path, capsys):
+    rc = export_main(["--variant", MICRO, "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path)])
+    assert rc == 1 and "not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_verify_cli_passes_on_a_good_model_and_fails_on_a_tampered_one(tiny_export, tmp_path, capsys):
+    assert verify_main([str(tiny_export.model_path)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    proto = onnx.load(tiny_export.model_path)
+    head = next(i for i in proto.graph.initializer if "head.weight" in i.name)
+    values = onnx.numpy_helper.to_array(head).copy()
+    values[0] += 0.5
+    head.CopyFrom(onnx.numpy_helper.from_array(values, head.name))
+    onnx.save(proto, tmp_path / "tampered.onnx")
+    assert verify_main([str(tmp_path / "tampered.onnx")]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_fp16_and_int8_variants_run_and_report_agreement(tiny_export):
+    for precision in ("fp16", "int8"):
+        info = manifest.read(tiny_export.files[precision])
+        assert info["precision"] == precision
+        agreement = info["agreement"]
+        assert set(agreement["cosine_min"]) == set(OUTPUT_NAMES)
+        assert 0.0 <= agreement["top1_agreement"] <= 1.0 and agreement["images"] == 16
+        x = torch.randn(2, 3, 64, 64)
+        out = onnx_outputs(tiny_export.files[precision], x)
+        assert out["logits"].dtype == np.float32 and out["logits"].shape == (2, 1000)
+    fp16 = manifest.read(tiny_export.files["fp16"])["agreement"]
+    assert min(fp16["cosine_min"].values()) >= 0.999
+    assert "CUDAExecutionProvider" in fp16["cuda"] or fp16["cuda"] == "available"
+    proto = onnx.load(tiny_export.files["fp16"])
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    kept = {n.op_type for n in proto.graph.node if n.op_type in ("LayerNormalization", "Softmax", "ReduceMean")}
+    assert kept, "sensitive ops present"
+    halves = {i.name for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    assert halves, "weights stored in fp16"
+
+
+def _triton_model_config():
+    spec = importlib.util.find_spec("tritonclient")
+    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # the schema alone, without tritonclient's grpc client
+    return module.ModelConfig
+
+
+def test_triton_config_parses_as_triton_model_config_protobuf(tiny_export):
+    repo = tiny_export.files["triton"]
+    config = text_format.Parse((repo / "config.pbtxt").read_text(), _triton_model_config()())
+    assert config.name == MICRO and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 64
+    assert [i.name for i in config.input] == ["pixel_values"] and list(config.input[0].dims) == [3, 64, 64]
+    assert [o.name for o in config.output] == list(OUTPUT_NAMES)
+    assert list(config.output[2].dims) == [24, 16, 16]
+    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+    assert (repo / "1" / "model.onnx").is_file()
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse("max_batch_size: [oops", _triton_model_config()())
