@@ -1,0 +1,192 @@
+"""The model runner: one shared ONNX Runtime session. Knows nothing of HTTP or batching.
+
+``InferenceSession.run`` is thread-safe, so one session serves every batch. Shapes use
+N = batch, S = input size, C_i/H_i/W_i = stage channels and map sizes (see the manifest).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from service.manifest import Manifest, ManifestError, manifest_from_metadata
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Substrings (lower-cased) of errors after which a CUDA context is unusable: every later call fails
+# too, so the right move is to go not-ready and exit so the orchestrator restarts the process.
+_FATAL_DEVICE_MARKERS = (
+    "illegal memory access",
+    "illegal address",
+    "illegal instruction",
+    "unspecified launch failure",
+    "device-side assert",
+    "launch timed out",
+    "cudaerrorillegaladdress",
+    "cudaerrorlaunchfailure",
+    "hardware stack error",
+    "ecc error",
+)
+
+
+class EngineError(RuntimeError):
+    """A model run failed; the session is still usable (answers 500 for that batch only)."""
+
+
+class FatalEngineError(EngineError):
+    """The device is broken (e.g. CUDA illegal address); the process must be restarted."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, unreadable or lacks a usable manifest."""
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """True for errors that poison the CUDA context, judged from the message ORT passes through."""
+    msg = str(exc).lower()
+    return ("cuda" in msg or "cudnn" in msg or "cublas" in msg) and any(
+        marker in msg for marker in _FATAL_DEVICE_MARKERS
+    )
+
+
+def warmup_batch_sizes(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``max_batch_size``: the shapes a warm server will meet first."""
+    sizes, n = [], 1
+    while n < max_batch_size:
+        sizes.append(n)
+        n *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+class Engine(Protocol):
+    """What the batcher and the app need from a model runner (the fake engine in tests too)."""
+
+    manifest: Manifest
+    provider: str
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """``batch`` float32 (N, 3, S, S) -> every output by name, each with N rows."""
+        ...
+
+    def warmup(self, batch_sizes: list[int]) -> None: ...
+
+
+class OnnxEngine:
+    """ONNX Runtime session configured from settings and the model's manifest."""
+
+    def __init__(self, session, manifest: Manifest, *, use_io_binding: bool) -> None:
+        self._session = session
+        self.manifest = manifest
+        self.provider: str = session.get_providers()[0]
+        self.output_names: list[str] = [o.name for o in session.get_outputs()]
+        self.input_name: str = session.get_inputs()[0].name
+        self._input_dtype = np.float16 if manifest.input.dtype == "float16" else np.float32
+        self._use_io_binding = use_io_binding
+
+    @classmethod
+    def load(cls, settings: Settings) -> OnnxEngine:
+        """Open ``settings.model_path``; raises ModelLoadError with a message a human can act on."""
+        import onnxruntime as ort  # imported here so that importing the service stays light
+
+        path = Path(settings.model_path)
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model file not found: {path.resolve()} (set SWIN_MODEL_PATH, or run `make export`)"
+            )
+        available = ort.get_available_providers()
+        want_cuda = settings.providers == "cuda" or (
+            settings.providers == "auto" and "CUDAExecutionProvider" in available
+        )
+        if settings.providers == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ModelLoadError(
+                f"SWIN_PROVIDERS=cuda but this onnxruntime offers only {available} "
+                "(install the `gpu` extra: onnxruntime-gpu)"
+            )
+        providers: list = ["CPUExecutionProvider"]
+        if want_cuda:
+            # HEURISTIC: no exhaustive cuDNN benchmark on every new batch shape (which would stall
+            # the first requests of each size for seconds); arena grows only as needed.
+            cuda_opts = {
+                "cudnn_conv_algo_search": "HEURISTIC",
+                "arena_extend_strategy": "kSameAsRequested",
+                "do_copy_in_default_stream": True,
+            }
+            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = settings.resolved_intra_op_threads()
+        opts.inter_op_num_threads = settings.resolved_inter_op_threads()
+        opts.log_severity_level = (
+            3  # errors only: ORT's warnings about unused initialisers are noise
+        )
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
+            raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        try:
+            manifest = manifest_from_metadata(
+                session.get_modelmeta().custom_metadata_map, source=str(path)
+            )
+        except ManifestError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        engine = cls(session, manifest, use_io_binding=want_cuda)
+        missing = set(manifest.outputs) - set(engine.output_names)
+        if missing:
+            raise ModelLoadError(
+                f"{path}: manifest names outputs the graph lacks: {sorted(missing)}"
+            )
+        log.info(
+            "loaded %s (%s, %s weights) on %s, intra_op_threads=%d",
+            manifest.variant,
+            manifest.precision,
+            manifest.weights.source,
+            engine.provider,
+            opts.intra_op_num_threads,
+        )
+        return engine
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run all outputs for ``batch`` (N, 3, S, S) float32; values come back as float32.
+
+        Raises FatalEngineError for device errors that poison the process, EngineError otherwise.
+        """
+        feed = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        try:
+            if self._use_io_binding:
+                values = self._run_io_binding(feed)
+            else:
+                values = self._session.run(self.output_names, {self.input_name: feed})
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                raise FatalEngineError(f"fatal device error: {exc}") from exc
+            raise EngineError(f"model run failed for batch {tuple(batch.shape)}: {exc}") from exc
+        return {
+            name: np.asarray(v, dtype=np.float32)
+            for name, v in zip(self.output_names, values, strict=True)
+        }
+
+    def _run_io_binding(self, feed: np.ndarray) -> list[np.ndarray]:
+        # One binding per call: IOBinding objects are not shareable between threads. Outputs are
+        # allocated on the device by ORT (no host round-trip per node) and copied back once.
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self.input_name, feed)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def warmup(self, batch_sizes: list[int]) -> None:
+        """Run each batch size once so the first real requests don't pay for allocation/tuning."""
+        size = self.manifest.image_size
+        for n in batch_sizes:
+            t0 = time.perf_counter()
+            self.run(np.zeros((n, 3, size, size), dtype=np.float32))
+            log.debug("warm-up batch %d: %.1f ms", n, (time.perf_counter() - t0) * 1e3)

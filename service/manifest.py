@@ -1,0 +1,138 @@
+"""The ``swin.manifest`` metadata that the exporter writes into the ONNX file (docs/CONTRACTS.md).
+
+The service needs nothing but the .onnx: labels, preprocessing and output shapes all come from here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_KEY = "swin.manifest"
+
+# ``stage1..stage4`` are (C_i, H_i, W_i) maps, ``embedding`` the pooled (C_4,) vector.
+FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4", "embedding")
+
+
+class ManifestError(ValueError):
+    """The model file carries no manifest, or one this service cannot use."""
+
+
+class _Part(BaseModel):
+    # Unknown keys are kept (extra="allow") so a newer exporter does not break an older server.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ModelConfig(_Part):
+    embed_dim: int = Field(gt=0)
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int = Field(gt=0)
+    img_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    in_chans: int = 3
+    num_classes: int = Field(gt=0)
+    mlp_ratio: float = 4.0
+
+
+class InputSpec(_Part):
+    name: str
+    dtype: Literal["float32", "float16"] = "float32"
+    shape: tuple[int | str, ...]
+
+
+class PreprocessSpec(_Part):
+    """The official eval transform: resize shorter side, center crop, /scale, (x - mean) / std."""
+
+    resize_shorter: int = Field(gt=0)
+    crop_size: int = Field(gt=0)
+    crop_pct: float = Field(gt=0.0, le=1.0)
+    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos"] = "bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+    scale: float = Field(255.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessSpec:
+        if self.resize_shorter < self.crop_size:
+            raise ValueError("resize_shorter must be >= crop_size")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+
+class WeightsInfo(_Part):
+    source: str
+    random: bool
+    sha256: str | None = None
+    url: str | None = None
+
+
+class Manifest(_Part):
+    """Typed view of the manifest; see docs/CONTRACTS.md for an example."""
+
+    format_version: int
+    name: str
+    variant: str
+    precision: str = "fp32"
+    config: ModelConfig
+    input: InputSpec
+    outputs: dict[str, tuple[int | str, ...]]
+    preprocess: PreprocessSpec
+    labels: tuple[str, ...]
+    weights: WeightsInfo
+    exporter: dict[str, Any] = Field(default_factory=dict)
+    parity: dict[str, Any] | None = None
+    created: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Manifest:
+        if self.format_version != 1:
+            raise ValueError(
+                f"unsupported format_version {self.format_version} (this server reads 1)"
+            )
+        if len(self.labels) != self.config.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for num_classes={self.config.num_classes}")
+        missing = {"logits", *FEATURE_NAMES} - set(self.outputs)
+        if missing:
+            raise ValueError(f"outputs lack {sorted(missing)}")
+        if self.preprocess.crop_size != self.config.img_size:
+            raise ValueError("preprocess.crop_size differs from config.img_size")
+        return self
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.crop_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def feature_shape(self, name: str) -> tuple[int, ...]:
+        """Per-image shape of an output, without the batch axis: (C,) or (C, H, W)."""
+        return tuple(int(d) for d in self.outputs[name][1:])
+
+
+def parse_manifest(text: str | bytes, *, source: str = "model") -> Manifest:
+    """Parse and validate the manifest JSON; raises ManifestError naming ``source``."""
+    try:
+        return Manifest.model_validate(json.loads(text))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{source}: {MANIFEST_KEY} is not valid JSON: {exc}") from exc
+    except ValidationError as exc:
+        raise ManifestError(f"{source}: invalid {MANIFEST_KEY}: {exc}") from exc
+
+
+def manifest_from_metadata(custom_metadata: dict[str, str], *, source: str = "model") -> Manifest:
+    """Read the manifest from ONNX ``metadata_props`` (``session.get_modelmeta().custom_metadata_map``)."""
+    text = custom_metadata.get(MANIFEST_KEY)
+    if text is None:
+        raise ManifestError(
+            f"{source} has no '{MANIFEST_KEY}' metadata: was it written by `python -m export`? "
+            f"(metadata keys present: {sorted(custom_metadata) or 'none'})"
+        )
+    return parse_manifest(text, source=source)

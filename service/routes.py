@@ -1,0 +1,358 @@
+"""HTTP routes: decode and validate the request, ``await batcher.submit(...)``, shape the response.
+
+Routes never touch onnxruntime; CPU-heavy work (decode, large JSON/npz bodies) runs on the
+decode thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.exceptions import HTTPException
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.batcher import (
+    Batcher,
+    DeadlineExceeded,
+    Draining,
+    ImageResult,
+    InferenceFailed,
+    Overloaded,
+)
+from service.deps import BatcherDep, ManifestDep, StateDep, TimingsDep, unavailable
+from service.errors import (
+    INFERENCE_ERROR_RESPONSES,
+    ApiError,
+    ErrorCode,
+    ErrorResponse,
+    unsupported_media_type,
+    validation_error,
+)
+from service.manifest import Manifest
+from service.postprocess import pool_feature, softmax, top_k
+from service.preprocess import decode_image
+from service.schemas import (
+    RANDOM_WEIGHTS_WARNING,
+    BatchingInfo,
+    ClassifyResponse,
+    FeatureName,
+    FeaturesResponse,
+    ImageClassification,
+    ModelInfo,
+    PoolMode,
+    Prediction,
+    Status,
+    WeightsSummary,
+)
+from service.state import RequestTimings, ServiceState
+
+NPZ_MEDIA_TYPE = "application/x-npz"
+T = TypeVar("T")
+
+router = APIRouter()
+
+# The request body is read by hand (multipart or raw image), so describe it for OpenAPI here.
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One or more images as multipart `file` fields, or one image as the raw body.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+TimeoutQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=600_000,
+        description="Shorter deadline for this request (ms); never extends the server default",
+    ),
+]
+TimeoutHeader = Annotated[
+    int | None,
+    Header(
+        ge=1,
+        le=600_000,
+        alias="X-Request-Timeout-Ms",
+        description="Same as the timeout_ms query parameter",
+    ),
+]
+
+
+async def _off_loop(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(state.decode_executor, fn, *args)
+
+
+async def read_image_bodies(request: Request, state: ServiceState) -> list[bytes]:
+    """The raw bytes of each uploaded image: multipart ``file`` parts, or an ``image/*`` body."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    limit = state.settings.max_images_per_request
+    if media == "multipart/form-data":
+        try:
+            form = await request.form(max_files=limit, max_fields=limit + 16)
+        except (HTTPException, StarletteHTTPException) as exc:
+            detail = str(exc.detail)
+            if detail.startswith("Too many files"):
+                raise ApiError(
+                    413, ErrorCode.TOO_MANY_IMAGES, f"at most {limit} images per request"
+                ) from exc
+            raise ApiError(
+                400, ErrorCode.BAD_REQUEST, f"malformed multipart body: {detail}"
+            ) from exc
+        try:
+            files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+            if not files:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, "multipart body has no `file` part")
+            return [await f.read() for f in files]
+        finally:
+            await form.close()
+    if media.startswith("image/"):
+        return [await request.body()]
+    raise unsupported_media_type(
+        f"content type {media or '(none)'!r} not accepted: send multipart/form-data with `file` "
+        "fields, or the image itself with an image/* content type"
+    )
+
+
+def effective_deadline(state: ServiceState, started: float, *requested_ms: int | None) -> float:
+    """Monotonic deadline: the server default, or the client's shorter ask (never longer)."""
+    timeout_ms = min(
+        [state.settings.request_timeout_ms, *(t for t in requested_ms if t is not None)]
+    )
+    return started + timeout_ms / 1e3
+
+
+async def infer_images(
+    request: Request,
+    state: ServiceState,
+    batcher: Batcher,
+    timings: RequestTimings,
+    deadline: float,
+) -> list[ImageResult]:
+    """Read, decode (worker threads) and batch-run every image of the request."""
+    assert state.engine is not None
+    spec = state.engine.manifest.preprocess
+    decode = functools.partial(decode_image, spec=spec, max_pixels=state.settings.max_image_pixels)
+    bodies = await read_image_bodies(request, state)
+    inputs = []
+    for data in bodies:
+        t0 = time.perf_counter()
+        try:
+            inputs.append(await _off_loop(state, decode, data))
+        finally:
+            elapsed = time.perf_counter() - t0
+            timings.decode_s += elapsed
+            state.metrics.decode_time.observe(elapsed)
+    del bodies
+    try:
+        results = await batcher.submit(inputs, deadline)
+    except Overloaded as exc:
+        raise ApiError(503, ErrorCode.OVERLOADED, f"server overloaded: {exc}") from exc
+    except DeadlineExceeded as exc:
+        raise ApiError(
+            503, ErrorCode.DEADLINE_EXCEEDED, f"request deadline exceeded: {exc}"
+        ) from exc
+    except Draining as exc:
+        raise ApiError(503, ErrorCode.DRAINING, f"server is not accepting work: {exc}") from exc
+    except InferenceFailed as exc:
+        raise ApiError(500, ErrorCode.INFERENCE_FAILED, str(exc)[:500]) from exc
+    timings.queue_s = max(r.queue_wait_s for r in results)
+    timings.inference_s = max(r.inference_s for r in results)
+    timings.batch_size = max(r.batch_size for r in results)
+    return results
+
+
+def _warning(manifest: Manifest) -> str | None:
+    return RANDOM_WEIGHTS_WARNING if manifest.weights.random else None
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=INFERENCE_ERROR_RESPONSES,
+    openapi_extra=_IMAGE_BODY,
+    summary="Classify one or more images",
+    description="`curl -F file=@cat.jpg 'http://localhost:8000/classify?top_k=3'`",
+)
+async def classify(
+    request: Request,
+    state: StateDep,
+    batcher: BatcherDep,
+    manifest: ManifestDep,
+    timings: TimingsDep,
+    top_k_: Annotated[
+        int,
+        Query(alias="top_k", ge=1, le=100_000, description="Classes per image (1..num_classes)"),
+    ] = 5,
+    timeout_ms: TimeoutQuery = None,
+    timeout_header: TimeoutHeader = None,
+) -> ClassifyResponse:
+    started = time.monotonic()
+    if top_k_ > manifest.num_classes:
+        raise validation_error(f"top_k must be between 1 and {manifest.num_classes}, got {top_k_}")
+    deadline = effective_deadline(state, started, timeout_ms, timeout_header)
+    results = await infer_images(request, state, batcher, timings, deadline)
+    labels = manifest.labels
+    return ClassifyResponse(
+        model=manifest.name,
+        results=[
+            ImageClassification(
+                predictions=[
+                    Prediction(label=labels[i], index=i, score=p)
+                    for i, p in top_k(softmax(r.outputs["logits"]), top_k_)
+                ]
+            )
+            for r in results
+        ],
+        warning=_warning(manifest),
+    )
+
+
+def _features_json(
+    manifest: Manifest, stages: list[str], pool: str, results: list[ImageResult]
+) -> bytes:
+    per_image = [{s: pool_feature(r.outputs[s], pool) for s in stages} for r in results]
+    body = {
+        "model": manifest.name,
+        "pool": pool,
+        "shapes": {s: list(per_image[0][s].shape) for s in stages},
+        "results": [{s: v.tolist() for s, v in feats.items()} for feats in per_image],
+        "warning": _warning(manifest),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _features_npz(stages: list[str], pool: str, results: list[ImageResult]) -> bytes:
+    # One array per feature, images stacked on axis 0: (N, C) or (N, C, H, W), float32.
+    arrays = {s: np.stack([pool_feature(r.outputs[s], pool) for r in results]) for s in stages}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@router.post(
+    "/features",
+    response_model=FeaturesResponse,
+    responses={
+        200: {
+            "description": "Features as JSON, or as .npz (one (N, ...) float32 array per feature) "
+            f"with `Accept: {NPZ_MEDIA_TYPE}`",
+            "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **INFERENCE_ERROR_RESPONSES,
+    },
+    openapi_extra=_IMAGE_BODY,
+    summary="Extract stage feature maps and/or the pooled embedding",
+    description="`curl -F file=@cat.jpg 'http://localhost:8000/features?stages=stage4&stages=embedding&pool=avg'`",
+)
+async def features(
+    request: Request,
+    state: StateDep,
+    batcher: BatcherDep,
+    manifest: ManifestDep,
+    timings: TimingsDep,
+    stages: Annotated[
+        list[FeatureName],
+        Query(description="Any of stage1..stage4, embedding (repeat the parameter)"),
+    ] = ["embedding"],  # noqa: B006 - FastAPI copies defaults
+    pool: Annotated[
+        PoolMode, Query(description="avg: one C vector per stage; none: full [C, H, W] maps")
+    ] = "avg",
+    timeout_ms: TimeoutQuery = None,
+    timeout_header: TimeoutHeader = None,
+) -> Response:
+    started = time.monotonic()
+    wanted = list(dict.fromkeys(stages))  # de-duplicated, request order kept
+    deadline = effective_deadline(state, started, timeout_ms, timeout_header)
+    results = await infer_images(request, state, batcher, timings, deadline)
+    if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
+        body = await _off_loop(state, _features_npz, wanted, pool, results)
+        return Response(
+            body,
+            media_type=NPZ_MEDIA_TYPE,
+            headers={"Content-Disposition": 'attachment; filename="features.npz"'},
+        )
+    body = await _off_loop(state, _features_json, manifest, wanted, pool, results)
+    return Response(body, media_type="application/json")
+
+
+@router.get("/healthz", response_model=Status, summary="Liveness: the process is up")
+async def healthz() -> Status:
+    return Status(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    responses={
+        503: {"model": ErrorResponse, "description": "Loading, warming up, draining or failed"}
+    },
+    summary="Readiness: loaded, warmed up and not draining",
+)
+async def readyz(state: StateDep) -> Status:
+    if not state.ready:
+        raise unavailable(state)
+    return Status(status="ready")
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelInfo,
+    responses={503: {"model": ErrorResponse, "description": "Model not loaded yet"}},
+    summary="The served model: variant, provider, weights, parity report, batching settings",
+)
+async def model_info(state: StateDep, manifest: ManifestDep) -> ModelInfo:
+    assert state.engine is not None
+    s = state.settings
+    return ModelInfo(
+        name=manifest.name,
+        variant=manifest.variant,
+        precision=manifest.precision,
+        input_size=manifest.image_size,
+        num_classes=manifest.num_classes,
+        provider=state.engine.provider,
+        weights=WeightsSummary(
+            **manifest.weights.model_dump(include={"source", "random", "sha256", "url"})
+        ),
+        warning=_warning(manifest),
+        outputs={k: list(v) for k, v in manifest.outputs.items()},
+        preprocess=manifest.preprocess.model_dump(),
+        parity=manifest.parity,
+        exporter=manifest.exporter,
+        batching=BatchingInfo(
+            max_batch_size=s.max_batch_size,
+            max_batch_delay_ms=s.max_batch_delay_ms,
+            queue_capacity=s.queue_capacity,
+            request_timeout_ms=s.request_timeout_ms,
+            max_images_per_request=s.max_images_per_request,
+        ),
+        ready=state.ready,
+    )

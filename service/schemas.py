@@ -1,0 +1,97 @@
+"""Response bodies (pydantic), with the examples shown in the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FeatureName = Literal["stage1", "stage2", "stage3", "stage4", "embedding"]
+PoolMode = Literal["avg", "none"]
+
+RANDOM_WEIGHTS_WARNING = (
+    "This model has RANDOM weights: its predictions are meaningless. "
+    "Export with official weights (`python -m export --checkpoint official`) for real use."
+)
+
+
+class Prediction(BaseModel):
+    label: str = Field(examples=["tabby"])
+    index: int = Field(ge=0, examples=[281])
+    score: float = Field(ge=0.0, le=1.0, description="Softmax probability", examples=[0.73])
+
+
+class ImageClassification(BaseModel):
+    predictions: list[Prediction] = Field(description="top_k classes, most probable first")
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "model": "swin_tiny_patch4_window7_224",
+                "results": [{"predictions": [{"label": "tabby", "index": 281, "score": 0.73}]}],
+            }
+        }
+    )
+    model: str = Field(description="Name of the served model")
+    results: list[ImageClassification] = Field(description="One entry per image, in request order")
+    warning: str | None = Field(None, description="Set when the model's weights are random")
+
+
+class FeaturesResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "model": "swin_tiny_patch4_window7_224",
+                "pool": "avg",
+                "shapes": {"embedding": [768]},
+                "results": [{"embedding": [0.12, -0.53, 0.98]}],
+            }
+        }
+    )
+    model: str
+    pool: PoolMode
+    shapes: dict[str, list[int]] = Field(description="Per-image shape of each returned feature")
+    results: list[dict[str, list[Any]]] = Field(
+        description="One entry per image: feature name -> nested lists of that shape"
+    )
+    warning: str | None = None
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_batch_delay_ms: float
+    queue_capacity: int
+    request_timeout_ms: int
+    max_images_per_request: int
+
+
+class WeightsSummary(BaseModel):
+    source: str
+    random: bool
+    sha256: str | None = None
+    url: str | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    variant: str
+    precision: str
+    input_size: int = Field(description="S: the model input is (N, 3, S, S)")
+    num_classes: int
+    provider: str = Field(description="Active ONNX Runtime execution provider")
+    weights: WeightsSummary
+    warning: str | None = Field(None, description="Loud notice when the weights are random")
+    outputs: dict[str, list[int | str]]
+    preprocess: dict[str, Any]
+    parity: dict[str, Any] | None = Field(
+        None, description="Exporter's PyTorch-vs-ONNX parity report"
+    )
+    exporter: dict[str, Any]
+    batching: BatchingInfo
+    ready: bool
+
+
+class Status(BaseModel):
+    status: str = Field(examples=["ok"])

@@ -1,0 +1,112 @@
+"""Service configuration: one validated settings object, read from ``SWIN_*`` environment variables.
+
+Every knob of the server lives here, so there are no scattered ``os.environ`` reads. Invalid values
+fail at start-up with pydantic's message, which names the variable and the constraint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Providers = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike ``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """All server settings. Environment variables are the field names upper-cased with ``SWIN_``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWIN_", extra="ignore", protected_namespaces=(), frozen=True
+    )
+
+    model_path: Path = Field(
+        Path("models/swin_tiny_patch4_window7_224.onnx"),
+        description="The exported .onnx file (with its swin.manifest metadata) to serve.",
+    )
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    providers: Providers = Field(
+        "auto", description="ONNX Runtime execution provider: auto (CUDA when present), cpu, cuda."
+    )
+    max_batch_size: int = Field(16, ge=1, le=256, description="Images per model run, at most.")
+    max_batch_delay_ms: float = Field(
+        5.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long a batch waits for more images after its first one (ms).",
+    )
+    queue_capacity: int = Field(
+        64, ge=1, le=100_000, description="Images that may wait for a batch; past it, 503."
+    )
+    request_timeout_ms: int = Field(
+        5000,
+        ge=1,
+        le=600_000,
+        description="Default deadline for an image to leave the queue (ms); clients may only shorten it.",
+    )
+    max_upload_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body, in bytes (413 past it)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest image, width*height, checked before decoding (413 past it).",
+    )
+    max_images_per_request: int = Field(
+        16, ge=1, le=1000, description="Most images (multipart file parts) in one request."
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="ORT intra-op threads; 0 = auto (CPUs - 1, a core left for decoding).",
+    )
+    inter_op_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="ORT inter-op threads; 0 = auto (1: the graph runs sequentially).",
+    )
+    decode_threads: int = Field(
+        0, ge=0, le=1024, description="Image-decode worker threads; 0 = auto (one per CPU)."
+    )
+    drain_timeout_s: float = Field(
+        8.0,
+        gt=0.0,
+        le=3600.0,
+        description="On SIGTERM, how long queued and running requests may take to finish (s). "
+        "Keep it below the orchestrator's grace period (compose 10 s, Kubernetes 30 s).",
+    )
+    log_level: LogLevel = Field("info", description="Log level of the server and uvicorn.")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.max_images_per_request > self.queue_capacity:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) must not exceed "
+                f"queue_capacity ({self.queue_capacity}): such a request could never be queued"
+            )
+        return self
+
+    def resolved_intra_op_threads(self) -> int:
+        """Threads for one model run; on CPU one core stays free for image decoding."""
+        return self.intra_op_threads or max(1, available_cpus() - 1)
+
+    def resolved_inter_op_threads(self) -> int:
+        return self.inter_op_threads or 1
+
+    def resolved_decode_threads(self) -> int:
+        return self.decode_threads or max(2, available_cpus())

@@ -1,0 +1,429 @@
+// The try-the-model page. Plain JS, no dependencies; it calls only the public API:
+// GET /v1/models, POST /classify, POST /features.
+"use strict";
+
+(() => {
+  const STAGES = ["stage1", "stage2", "stage3", "stage4"];
+  const TOP_K = 5;
+  const FEATURES_URL =
+    "/features?" + STAGES.map((s) => "stages=" + s).join("&") + "&pool=none";
+  // "inferno"-like colour stops, low to high; the CSS legend uses the same ones.
+  const RAMP = [
+    [0, 0, 4],
+    [87, 16, 110],
+    [188, 55, 84],
+    [249, 142, 9],
+    [252, 255, 164],
+  ];
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    summary: $("model-summary"),
+    banner: $("random-banner"),
+    card: $("model-card"),
+    drop: $("drop-zone"),
+    input: $("file-input"),
+    preview: $("preview"),
+    hint: $("drop-hint"),
+    status: $("status"),
+    error: $("error"),
+    errorText: $("error-text"),
+    errorDetail: $("error-detail"),
+    predictions: $("predictions"),
+    predEmpty: $("pred-empty"),
+    timing: document.querySelector("#timing tbody"),
+    opacity: $("opacity"),
+    canvases: Object.fromEntries(
+      STAGES.map((s) => [s, document.querySelector(`canvas[data-stage="${s}"]`)]),
+    ),
+  };
+
+  let model = null; // the /v1/models body, once loaded
+  let seq = 0; // only the latest upload may draw its results
+  let shown = null; // {bitmap, maps} of the results on screen, for opacity changes
+  let previewUrl = null;
+
+  // ---- API calls --------------------------------------------------------------------------
+
+  class ApiFailure extends Error {
+    constructor(status, code, detail, timing) {
+      super(detail);
+      this.status = status;
+      this.code = code;
+      this.timing = timing;
+    }
+  }
+
+  /** `decode;dur=1.2, batch;desc="2"` -> {decode: {dur: 1.2}, batch: {desc: "2"}} */
+  function parseServerTiming(header) {
+    const out = {};
+    for (const entry of (header || "").split(",")) {
+      const [name, ...params] = entry.trim().split(";");
+      if (!name) continue;
+      const metric = {};
+      for (const p of params) {
+        const [k, v = ""] = p.trim().split("=");
+        metric[k] = k === "dur" ? Number(v) : v.replace(/^"|"$/g, "");
+      }
+      out[name] = metric;
+    }
+    return out;
+  }
+
+  async function callApi(url, init) {
+    const started = performance.now();
+    let resp;
+    try {
+      resp = await fetch(url, init);
+    } catch (err) {
+      throw new ApiFailure(0, "network", String(err), null);
+    }
+    const timing = parseServerTiming(resp.headers.get("Server-Timing"));
+    timing.roundTrip = performance.now() - started;
+    if (!resp.ok) {
+      let code = "";
+      let detail = resp.statusText;
+      try {
+        const body = await resp.json();
+        code = body.error.code;
+        detail = body.error.message;
+      } catch {
+        // not our JSON error shape (a proxy's page, say): the status alone decides
+      }
+      throw new ApiFailure(resp.status, code, detail, timing);
+    }
+    return { body: await resp.json(), timing };
+  }
+
+  /** What went wrong, for a person rather than a program. */
+  function plainWords(err) {
+    const byCode = {
+      unsupported_media_type:
+        "This file type is not supported. Please choose a JPEG, PNG, WebP, GIF or BMP image.",
+      payload_too_large: "This file is too large for the server. Please choose a smaller image.",
+      image_too_large:
+        "This image has too many pixels for the server. Please choose a smaller image.",
+      too_many_images: "Too many images at once. Please send one image.",
+      invalid_image:
+        "This file could not be read as an image. It may be damaged or incomplete.",
+      bad_request: "The server could not read the upload. Please choose the file again.",
+      overloaded: "The server is busy right now. Please try again in a few seconds.",
+      deadline_exceeded: "The server is busy right now. Please try again in a few seconds.",
+      not_ready: "The model is still loading. Please try again in a few seconds.",
+      draining: "The server is restarting. Please try again in a few seconds.",
+      inference_failed: "The model failed on this image. Please try again.",
+      network:
+        "Could not reach the server. Check that it is still running, then try again." +
+        " (A very large file can also cause this.)",
+    };
+    if (byCode[err.code]) return byCode[err.code];
+    const byStatus = {
+      400: byCode.invalid_image,
+      413: byCode.payload_too_large,
+      415: byCode.unsupported_media_type,
+      503: byCode.overloaded,
+    };
+    return (
+      byStatus[err.status] ||
+      (err.status >= 500
+        ? "Something went wrong on the server. Please try again."
+        : "The server did not accept this request.")
+    );
+  }
+
+  // ---- Model card -------------------------------------------------------------------------
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function loadModel() {
+    for (;;) {
+      try {
+        model = (await callApi("/v1/models")).body;
+        showModel(model);
+        return;
+      } catch (err) {
+        if (err.status === 503) {
+          ui.summary.textContent = "The model is still loading; retrying…";
+          await sleep(2000);
+          continue;
+        }
+        ui.summary.textContent = "Could not load the model card: " + plainWords(err);
+        return;
+      }
+    }
+  }
+
+  function showModel(m) {
+    const w = m.weights;
+    const b = m.batching;
+    const weights =
+      (w.random ? "random (untrained)" : w.source) +
+      (w.sha256 ? ` · sha256 ${w.sha256.slice(0, 12)}…` : "");
+    const parity = m.parity
+      ? m.parity.passed
+        ? "passed" +
+          (m.parity.batch_sizes ? ` (batch sizes ${m.parity.batch_sizes.join(", ")})` : "")
+        : "FAILED"
+      : "not recorded";
+    ui.summary.textContent =
+      `${m.variant} · ${m.precision} · ${m.input_size}×${m.input_size} input · ` +
+      `${m.num_classes} classes · ${m.provider}`;
+    ui.banner.hidden = !w.random;
+    const rows = [
+      ["Variant", m.variant],
+      ["Precision", m.precision],
+      ["Input", `${m.input_size}×${m.input_size} centre crop, ${m.num_classes} classes`],
+      ["Provider", m.provider],
+      ["Weights", weights],
+      ["Export parity check", parity],
+      [
+        "Batching",
+        `up to ${b.max_batch_size} images per run, waiting at most ` +
+          `${b.max_batch_delay_ms} ms for more`,
+      ],
+      [
+        "Queue",
+        `${b.queue_capacity} images; deadline ${b.request_timeout_ms} ms; ` +
+          `${b.max_images_per_request} images per request at most`,
+      ],
+      ["Ready", m.ready ? "yes" : "warming up"],
+    ];
+    ui.card.replaceChildren(
+      ...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v, w.random && k === "Weights" ? "warn" : "")]),
+    );
+  }
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  // ---- One upload -------------------------------------------------------------------------
+
+  async function handleFile(file) {
+    const mine = ++seq;
+    ui.error.hidden = true;
+    ui.status.textContent = `Running the model on ${file.name}…`;
+    showPreview(file);
+
+    const post = (url) => {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      return callApi(url, { method: "POST", body: form });
+    };
+    // Both at once: the server's batcher may well run them in the same batch.
+    const [cls, feats, bitmap] = await Promise.allSettled([
+      post(`/classify?top_k=${TOP_K}`),
+      post(FEATURES_URL),
+      createImageBitmap(file),
+    ]);
+    if (mine !== seq) return; // a newer upload owns the page now
+
+    showTiming([
+      ["POST /classify", cls],
+      ["POST /features", feats],
+    ]);
+    const failed = [cls, feats].find((r) => r.status === "rejected");
+    if (failed) {
+      clearResults();
+      showError(failed.reason);
+      ui.status.textContent = "";
+      return;
+    }
+    showPredictions(cls.value.body.results[0].predictions);
+    const result = feats.value.body.results[0];
+    shown = {
+      bitmap: bitmap.status === "fulfilled" ? bitmap.value : null,
+      maps: Object.fromEntries(STAGES.map((s) => [s, channelMean(result[s])])),
+    };
+    drawHeatmaps();
+    ui.status.textContent = `Done: ${file.name}.`;
+  }
+
+  function showPreview(file) {
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    ui.preview.onload = () => {
+      ui.preview.hidden = false;
+      ui.hint.hidden = true;
+    };
+    ui.preview.onerror = () => {
+      ui.preview.hidden = true;
+      ui.hint.hidden = false;
+    };
+    ui.preview.alt = `Your image: ${file.name}`;
+    ui.preview.src = previewUrl;
+  }
+
+  function showError(err) {
+    ui.errorText.textContent = plainWords(err);
+    ui.errorDetail.textContent =
+      (err.status ? `HTTP ${err.status}${err.code ? " · " + err.code : ""}: ` : "") + err.message;
+    ui.error.hidden = false;
+  }
+
+  function clearResults() {
+    ui.predictions.replaceChildren();
+    ui.predEmpty.hidden = false;
+    shown = null;
+    for (const canvas of Object.values(ui.canvases)) {
+      canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+      delete canvas.dataset.ready;
+    }
+  }
+
+  function showPredictions(predictions) {
+    ui.predEmpty.hidden = true;
+    ui.predictions.replaceChildren(
+      ...predictions.map((p) => {
+        const pct = p.score * 100;
+        const text = pct >= 0.1 ? pct.toFixed(1) + "%" : "<0.1%";
+        const li = el("li", undefined, "bar");
+        const head = el("div", undefined, "bar-head");
+        const label = el("span", p.label, "label");
+        label.title = `class ${p.index}`;
+        head.append(label, el("span", text, "score"));
+        const track = el("div", undefined, "track");
+        track.setAttribute("aria-hidden", "true");
+        const fill = el("div", undefined, "fill");
+        fill.style.width = `${Math.max(pct, 0.5)}%`;
+        track.append(fill);
+        li.append(head, track);
+        return li;
+      }),
+    );
+  }
+
+  function showTiming(rows) {
+    const ms = (t, k) => (t && t[k] && Number.isFinite(t[k].dur) ? t[k].dur.toFixed(1) : "–");
+    ui.timing.replaceChildren(
+      ...rows.map(([name, settled]) => {
+        const t =
+          settled.status === "fulfilled" ? settled.value.timing : settled.reason.timing;
+        const tr = el("tr");
+        const status = settled.status === "fulfilled" ? "" : ` (HTTP ${settled.reason.status})`;
+        const th = el("th", name + status);
+        th.scope = "row";
+        tr.append(
+          th,
+          el("td", ms(t, "decode")),
+          el("td", ms(t, "queue")),
+          el("td", ms(t, "inference")),
+          el("td", t && t.batch ? t.batch.desc : "–"),
+          el("td", ms(t, "total")),
+          el("td", t ? t.roundTrip.toFixed(1) : "–"),
+        );
+        return tr;
+      }),
+    );
+  }
+
+  // ---- Heatmaps ---------------------------------------------------------------------------
+
+  /** [C][H][W] nested arrays -> {data: Float32Array(H*W), h, w, c}: the mean over channels. */
+  function channelMean(chw) {
+    const c = chw.length;
+    const h = chw[0].length;
+    const w = chw[0][0].length;
+    const data = new Float32Array(h * w);
+    for (const plane of chw) {
+      for (let y = 0; y < h; y++) {
+        const row = plane[y];
+        for (let x = 0; x < w; x++) data[y * w + x] += row[x];
+      }
+    }
+    for (let i = 0; i < data.length; i++) data[i] /= c;
+    return { data, h, w, c };
+  }
+
+  function colour(v) {
+    const pos = Math.min(Math.max(v, 0), 1) * (RAMP.length - 1);
+    const i = Math.min(Math.floor(pos), RAMP.length - 2);
+    const f = pos - i;
+    return RAMP[i].map((a, k) => Math.round(a + (RAMP[i + 1][k] - a) * f));
+  }
+
+  function drawHeatmaps() {
+    if (!shown) return;
+    const alpha = Number(ui.opacity.value);
+    for (const stage of STAGES) {
+      drawHeatmap(ui.canvases[stage], stage, shown.maps[stage], shown.bitmap, alpha);
+    }
+  }
+
+  function drawHeatmap(canvas, stage, map, bitmap, alpha) {
+    const ctx = canvas.getContext("2d");
+    const size = canvas.width;
+    ctx.globalAlpha = 1;
+    ctx.fillStyle = "#777";
+    ctx.fillRect(0, 0, size, size);
+    if (bitmap) {
+      // The square the model sees: resize the shorter side to resize_shorter, crop crop_size.
+      const pre = (model && model.preprocess) || {};
+      const frac = pre.crop_size && pre.resize_shorter ? pre.crop_size / pre.resize_shorter : 0.875;
+      const side = Math.min(bitmap.width, bitmap.height) * frac;
+      const sx = (bitmap.width - side) / 2;
+      const sy = (bitmap.height - side) / 2;
+      ctx.drawImage(bitmap, sx, sy, side, side, 0, 0, size, size);
+    }
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const v of map.data) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    const span = hi - lo || 1;
+    const small = document.createElement("canvas");
+    small.width = map.w;
+    small.height = map.h;
+    const sctx = small.getContext("2d");
+    const pixels = sctx.createImageData(map.w, map.h);
+    map.data.forEach((v, i) => {
+      const [r, g, b] = colour((v - lo) / span);
+      pixels.data.set([r, g, b, 255], i * 4);
+    });
+    sctx.putImageData(pixels, 0, 0);
+    ctx.globalAlpha = alpha;
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(small, 0, 0, size, size);
+    ctx.globalAlpha = 1;
+    const n = stage.slice(-1);
+    canvas.setAttribute(
+      "aria-label",
+      `Stage ${n} heatmap: mean of ${map.c} channels on a ${map.w}×${map.h} grid`,
+    );
+    canvas.nextElementSibling.textContent = `Stage ${n} · ${map.c} ch · ${map.w}×${map.h}`;
+    canvas.dataset.ready = "true";
+  }
+
+  // ---- Wiring -----------------------------------------------------------------------------
+
+  ui.input.addEventListener("change", () => {
+    if (ui.input.files.length) handleFile(ui.input.files[0]);
+    ui.input.value = ""; // choosing the same file again still fires "change"
+  });
+  ui.opacity.addEventListener("input", drawHeatmaps);
+  for (const type of ["dragenter", "dragover"]) {
+    ui.drop.addEventListener(type, (e) => {
+      e.preventDefault();
+      ui.drop.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    ui.drop.addEventListener(type, () => ui.drop.classList.remove("dragging"));
+  }
+  ui.drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer.files[0];
+    if (file) handleFile(file);
+  });
+  // A file dropped beside the zone must not make the browser navigate away to it.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (e) => e.preventDefault());
+  }
+
+  loadModel();
+})();

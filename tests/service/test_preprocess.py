@@ -1,0 +1,317 @@
+"""Preprocessing: numbers against an independent reference, every mode, EXIF, draft, hostile input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import service.preprocess as pre
+from service.errors import ApiError
+from service.manifest import PreprocessSpec
+
+SPEC = PreprocessSpec(
+    resize_shorter=73,
+    crop_size=64,
+    crop_pct=0.875,
+    interpolation="bicubic",
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
+SPEC_224 = SPEC.model_copy(update={"resize_shorter": 256, "crop_size": 224})
+MAX_PIXELS = 40_000_000
+
+# Expected handling of every file in ../shared/images (its README): status, or "ok".
+SHARED_EXPECTED = {
+    "hopper.jpg": "ok",
+    "hopper.png": "ok",
+    "hopper.webp": "ok",
+    "hopper.gif": "ok",
+    "hopper.bmp": "ok",  # our choice: BMP is served
+    "hopper_gray.jpg": "ok",
+    "hopper_orientation_6.jpg": "ok",
+    "hopper_bad_exif.jpg": "ok",
+    "flower.jpg": "ok",
+    "flower2.jpg": "ok",
+    "pil_sample_cmyk.jpg": "ok",
+    "pil123rgba.png": "ok",
+    "p_trns_single.png": "ok",
+    "dispose_bgnd_rgba.gif": "ok",
+    "broken.png": 400,
+    "truncated_end_chunk.png": 400,
+    "decompression_bomb.gif": 413,
+}
+
+
+def reference_pipeline(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """The official eval written out plainly (torchvision Resize(int) + CenterCrop + ToTensor +
+    Normalize), in float64, sharing no code with service.preprocess. PIL does only the resize."""
+    w, h = im.size
+    short = spec.resize_shorter
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    resized = np.asarray(im.convert("RGB").resize(size, Image.Resampling.BICUBIC), dtype=np.float64)
+    rh, rw = resized.shape[:2]
+    c = spec.crop_size
+    top, left = round((rh - c) / 2.0), round((rw - c) / 2.0)
+    crop = resized[top : top + c, left : left + c] / 255.0
+    out = (crop - np.array(spec.mean)) / np.array(spec.std)
+    return out.transpose(2, 0, 1)  # 3, S, S
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def decode(data: bytes, spec: PreprocessSpec = SPEC, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    return pre.decode_image(data, spec, max_pixels=max_pixels)
+
+
+@pytest.mark.parametrize("name", ["hopper.png", "flower.jpg", "flower2.jpg", "hopper.bmp"])
+@pytest.mark.parametrize("spec", [SPEC, SPEC_224], ids=["64", "224"])
+def test_matches_independent_reference(shared_dir, monkeypatch, name, spec):
+    monkeypatch.setattr(pre, "_draft_jpeg", lambda im, spec: None)  # draft has its own test
+    data = (shared_dir / "images" / name).read_bytes()
+    ours = decode(data, spec)
+    ref = reference_pipeline(Image.open(io.BytesIO(data)), spec)
+    assert ours.shape == (3, spec.crop_size, spec.crop_size) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_non_square_portrait_crop_is_centred():
+    # A portrait image with a bright band exactly in the middle third: the crop must be centred.
+    arr = np.zeros((300, 100, 3), np.uint8)
+    arr[100:200] = 255
+    ours = decode(encode(Image.fromarray(arr), "PNG"))
+    ref = reference_pipeline(Image.fromarray(arr), SPEC)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_extreme_aspect_ratio_uses_box_resize_within_one_grey_level():
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 255, (10, 3000, 3), dtype=np.uint8))
+    ours = decode(encode(strip, "PNG"))
+    ref = reference_pipeline(strip, SPEC)
+    one_grey_level = 1 / 255 / min(SPEC.std)
+    assert np.abs(ours - ref).max() <= one_grey_level + 1e-6
+    assert np.abs(ours - ref).mean() < 1e-3
+
+
+def test_same_photo_in_three_containers_agrees(shared_dir):
+    x = {
+        ext: decode((shared_dir / "images" / f"hopper.{ext}").read_bytes())
+        for ext in ("png", "jpg", "webp")
+    }
+    for ext in ("jpg", "webp"):
+        # Lossy re-encodes: a few grey levels on average (0.1 ~ 6 levels in normalised units).
+        assert np.abs(x[ext] - x["png"]).mean() < 0.1, ext
+
+
+def test_large_jpeg_draft_stays_close_to_full_decode(shared_dir):
+    big = Image.open(shared_dir / "images" / "flower.jpg").resize(
+        (2400, 1800), Image.Resampling.BICUBIC
+    )
+    data = encode(big, "JPEG", quality=95)
+    drafted = pre.load_rgb(data, SPEC_224, max_pixels=MAX_PIXELS)
+    assert drafted.size == (1200, 900)  # libjpeg decoded at 1/2: still 2x the resize target
+    assert min(pre.load_rgb(data, SPEC, max_pixels=MAX_PIXELS).size) >= 2 * SPEC.resize_shorter
+    for spec in (SPEC, SPEC_224):
+        ours = decode(data, spec)
+        full = reference_pipeline(Image.open(io.BytesIO(data)), spec)
+        diff = np.abs(ours - full)
+        assert diff.mean() < 0.01 and diff.max() < 0.1, (diff.mean(), diff.max())
+
+
+def test_small_jpeg_is_not_drafted(shared_dir):
+    data = (shared_dir / "images" / "flower.jpg").read_bytes()  # 480x360: < 4x the target
+    assert pre.load_rgb(data, SPEC_224, max_pixels=MAX_PIXELS).size == (480, 360)
+
+
+def test_exif_orientation_is_applied():
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, :40] = (255, 0, 0)  # left half red: upright it is wide, red on the left
+    upright = Image.fromarray(arr)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a camera held sideways stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    rotated_data = encode(stored, "PNG", exif=exif)
+    np.testing.assert_allclose(decode(rotated_data), decode(encode(upright, "PNG")), atol=1e-5)
+
+
+def test_shared_orientation_6_image_is_turned_upright(shared_dir):
+    im = Image.open(shared_dir / "images" / "hopper_orientation_6.jpg")
+    stored_w, stored_h = im.size
+    rgb = pre.load_rgb(
+        (shared_dir / "images" / "hopper_orientation_6.jpg").read_bytes(),
+        SPEC,
+        max_pixels=MAX_PIXELS,
+    )
+    if stored_w != stored_h:
+        assert rgb.size == (stored_h, stored_w)
+    assert rgb.getexif().get(0x0112) in (None, 1)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_are_composited_on_white(mode):
+    im = Image.new("RGBA", (40, 40), (0, 0, 0, 0)).convert(mode)  # fully transparent black
+    x = decode(encode(im, "PNG"))
+    white = (1.0 - np.array(SPEC.mean)) / np.array(SPEC.std)
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), white, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["PA", "RGBa"])
+def test_other_alpha_modes_composite_on_white(mode):
+    im = Image.new("RGBA", (8, 8), (0, 0, 0, 0)).convert(mode)
+    assert np.asarray(pre.to_rgb(im)).min() == 255
+
+
+def test_palette_with_transparency_index_is_white(shared_dir):
+    im = Image.new("P", (40, 40), 0)
+    im.putpalette([0, 0, 0] * 256)
+    x = decode(encode(im, "PNG", transparency=0))
+    white = (1.0 - np.array(SPEC.mean)) / np.array(SPEC.std)
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), white, atol=1e-4)
+
+
+def test_grey_becomes_three_equal_channels(shared_dir):
+    rgb = pre.load_rgb(
+        (shared_dir / "images" / "hopper_gray.jpg").read_bytes(), SPEC, max_pixels=MAX_PIXELS
+    )
+    arr = np.asarray(rgb)
+    assert (
+        rgb.mode == "RGB"
+        and (arr[..., 0] == arr[..., 1]).all()
+        and (arr[..., 1] == arr[..., 2]).all()
+    )
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped():
+    arr = np.full((20, 20), 32768, dtype=np.uint16)  # mid grey in 16 bits
+    im = Image.fromarray(arr)
+    assert im.mode.startswith("I;16")
+    rgb = pre.to_rgb(im)
+    assert np.asarray(rgb)[0, 0].tolist() == [128, 128, 128]  # convert("RGB") would give 255
+    decode(encode(im, "PNG"))  # and a real 16-bit PNG decodes
+
+
+def test_cmyk_is_converted_like_pillow(shared_dir):
+    data = (shared_dir / "images" / "pil_sample_cmyk.jpg").read_bytes()
+    ours = decode(data)
+    ref = reference_pipeline(Image.open(io.BytesIO(data)).convert("RGB"), SPEC)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_only_the_first_animation_frame_is_used():
+    frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    assert Image.open(io.BytesIO(data)).n_frames == 3
+    np.testing.assert_allclose(decode(data), decode(encode(frames[0], "PNG")), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_EXPECTED))
+def test_every_shared_image_gets_its_documented_outcome(shared_dir, name):
+    data = (shared_dir / "images" / name).read_bytes()
+    expected = SHARED_EXPECTED[name]
+    if expected == "ok":
+        x = decode(data)
+        assert x.shape == (3, 64, 64) and np.isfinite(x).all()
+    else:
+        with pytest.raises(ApiError) as err:
+            decode(data)
+        assert err.value.status == expected
+
+
+def test_shared_images_are_all_covered(shared_dir):
+    assert {p.name for p in (shared_dir / "images").iterdir()} == set(SHARED_EXPECTED)
+
+
+def test_pixel_cap_is_checked_before_decoding(monkeypatch):
+    data = encode(Image.new("RGB", (2000, 2000)), "PNG")
+    loaded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(1))
+    with pytest.raises(ApiError) as err:
+        decode(data, max_pixels=1_000_000)
+    assert err.value.status == 413 and err.value.code == "image_too_large"
+    assert loaded == []
+
+
+def test_decompression_bomb_is_refused_fast(shared_dir):
+    data = (shared_dir / "images" / "decompression_bomb.gif").read_bytes()
+    t0 = time.perf_counter()
+    with pytest.raises(ApiError) as err:
+        decode(data)
+    assert err.value.status == 413
+    assert time.perf_counter() - t0 < 0.1
+
+
+def test_pillow_bomb_warning_is_an_error_even_with_a_lax_cap(monkeypatch):
+    pre.configure_pillow()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ApiError) as err:
+        decode(encode(Image.new("RGB", (40, 40)), "PNG"), max_pixels=10**9)  # 1600 px: a warning
+    assert err.value.status == 413
+
+
+def test_corrupt_exif_is_not_an_error(shared_dir):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = decode((shared_dir / "images" / "hopper_bad_exif.jpg").read_bytes())
+    assert np.isfinite(x).all()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError("x"),
+        SyntaxError("x"),
+        ValueError("x"),
+        IndexError("x"),
+        struct.error("x"),
+        MemoryError(),
+        EOFError(),
+        KeyError("x"),
+    ],
+)
+def test_every_pillow_exception_type_maps_to_400(monkeypatch, exc):
+    def explode(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(pre.Image, "open", explode)
+    with pytest.raises(ApiError) as err:
+        decode(b"\x89PNG....")
+    assert err.value.status == 400 and err.value.code == "invalid_image"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"II*\x00" + b"\x00" * 64, 415),  # TIFF
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415),  # EPS: never parsed
+        (b"%PDF-1.7\n", 415),
+        (b"\x00\x00\x00\x1cftypavif" + b"\x00" * 32, 415),
+        (b"<html><body>hi</body></html>", 400),
+        (b"\x00" * 100, 400),
+        (b"", 400),
+    ],
+)
+def test_refused_formats_and_non_images(data, status):
+    with pytest.raises(ApiError) as err:
+        decode(data)
+    assert err.value.status == status
+
+
+def test_eps_never_reaches_a_parser(monkeypatch):
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(
+        EpsImagePlugin.EpsImageFile, "_open", lambda self: pytest.fail("EPS parser ran")
+    )
+    with pytest.raises(ApiError):
+        decode(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
