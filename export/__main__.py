@@ -16,26 +16,75 @@ from .weights import CHOICES
 
 def parse_args(argv: list[str] | None) -> ExportOptions:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    parser.add_argument("--variant", required=True, choices=sorted(PRESETS), metavar="NAME", help="one of: " + ", ".join(sorted(PRESETS)))
-    parser.add_argument("--checkpoint", default="random", help=f"weights: {CHOICES} (default: random)")
-    parser.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the preset's)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="head size: 1000 (ImageNet-1k) or 21841 (ImageNet-22k)")
-    parser.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: models/)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--variant",
+        required=True,
+        choices=sorted(PRESETS),
+        metavar="NAME",
+        help="one of: " + ", ".join(sorted(PRESETS)),
+    )
+    parser.add_argument(
+        "--checkpoint", default="random", help=f"weights: {CHOICES} (default: random)"
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow pickled checkpoints that hold Python objects besides tensors (runs their code)",
+    )
+    parser.add_argument(
+        "--img-size", type=int, default=None, help="input side in pixels (default: the preset's)"
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=1000,
+        help="head size: 1000 (ImageNet-1k) or 21841 (ImageNet-22k)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("models"), help="output folder (default: models/)"
+    )
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})"
+    )
     parser.add_argument("--fp16", action="store_true", help="also write a float16 variant for GPUs")
-    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 variant for CPUs")
-    parser.add_argument("--triton-repo", type=Path, default=None, metavar="DIR", help="also write a Triton model repository here")
-    parser.add_argument("--parity-batch-sizes", default=",".join(map(str, PARITY_BATCH_SIZES)), help="batch sizes of the parity check (default: %(default)s)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write a dynamically quantised int8 variant for CPUs",
+    )
+    parser.add_argument(
+        "--triton-repo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a Triton model repository here",
+    )
+    parser.add_argument(
+        "--parity-batch-sizes",
+        default=",".join(map(str, PARITY_BATCH_SIZES)),
+        help="batch sizes of the parity check (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
     args = parser.parse_args(argv)
     try:
         batch_sizes = tuple(int(b) for b in args.parity_batch_sizes.split(","))
     except ValueError:
-        parser.error(f"--parity-batch-sizes must be comma-separated integers, got {args.parity_batch_sizes!r}")
+        parser.error(
+            f"--parity-batch-sizes must be comma-separated integers, got {args.parity_batch_sizes!r}"
+        )
     return ExportOptions(
-        variant=args.variant, checkpoint=args.checkpoint, img_size=args.img_size, num_classes=args.num_classes,
-        out_dir=args.out, opset=args.opset, fp16=args.fp16, int8=args.int8, triton_repo=args.triton_repo,
-        parity_batch_sizes=batch_sizes, seed=args.seed,
+        variant=args.variant,
+        checkpoint=args.checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        out_dir=args.out,
+        opset=args.opset,
+        fp16=args.fp16,
+        int8=args.int8,
+        triton_repo=args.triton_repo,
+        parity_batch_sizes=batch_sizes,
+        seed=args.seed,
     )
 
 
@@ -47,7 +96,11 @@ def summary(result: ExportResult) -> str:
     lines = [
         "",
         f"Exported {info['name']} in {result.seconds:.1f} s"
-        + ("   ** RANDOM WEIGHTS: predictions are meaningless **" if info["weights"]["random"] else f"   weights: {info['weights']['source']} sha256 {str(info['weights']['sha256'])[:16]}..."),
+        + (
+            "   ** RANDOM WEIGHTS: predictions are meaningless **"
+            if info["weights"]["random"]
+            else f"   weights: {info['weights']['source']} sha256 {str(info['weights']['sha256'])[:16]}..."
+        ),
         "  outputs:  " + "  ".join(f"{k} {v}" for k, v in info["outputs"].items()),
         f"  parity:   PASS, worst {worst['rel_diff']:.2e} ({worst_name}) <= {parity['tolerance']:g}, batch {parity['batch_sizes']} (traced at {parity['trace_batch_size']})",
         f"  startup:  {startup['preoptimized_s']:.2f} s pre-optimised vs {startup['raw_graph_s']:.2f} s raw graph",
@@ -75,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nexport: interrupted; no model was written", file=sys.stderr)
         return 130
     except Exception as exc:  # every failure ends in one clear line and a non-zero exit
-        print(f"\nexport: FAILED: {type(exc).__name__}: {exc}\nNo unverified model file was written.", file=sys.stderr)
+        print(
+            f"\nexport: FAILED: {type(exc).__name__}: {exc}\nNo unverified model file was written.",
+            file=sys.stderr,
+        )
         return 1
     print(summary(result))
     return 0

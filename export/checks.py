@@ -43,7 +43,9 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
     return [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
 
 
-def check_symbolic_batch(proto: onnx.ModelProto, expected: dict[str, list[int | str]]) -> dict[str, Any]:
+def check_symbolic_batch(
+    proto: onnx.ModelProto, expected: dict[str, list[int | str]]
+) -> dict[str, Any]:
     """The batch is the only symbol on the graph's input and outputs, and no intermediate
     tensor computed from the input has an all-static shape (a baked-in trace batch).
 
@@ -52,21 +54,37 @@ def check_symbolic_batch(proto: onnx.ModelProto, expected: dict[str, list[int | 
     (inp,) = [i for i in proto.graph.input if i.name == INPUT_NAME]
     problems = []
     if (_dims(inp) or [None])[0] != "batch":
-        problems.append(f"input {INPUT_NAME} has shape {_dims(inp)}, expected a symbolic 'batch' first")
+        problems.append(
+            f"input {INPUT_NAME} has shape {_dims(inp)}, expected a symbolic 'batch' first"
+        )
     for out in proto.graph.output:
         if _dims(out) != expected.get(out.name):
-            problems.append(f"output {out.name} has shape {_dims(out)}, expected {expected.get(out.name)}")
+            problems.append(
+                f"output {out.name} has shape {_dims(out)}, expected {expected.get(out.name)}"
+            )
 
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.output]}
     dependent = _tensors_computed_from(inferred.graph, INPUT_NAME)
     unknown = [name for name in dependent if shapes.get(name) is None]
-    frozen = [name for name in dependent if shapes.get(name) is not None and shapes[name] and all(isinstance(d, int) and d > 0 for d in shapes[name])]
+    frozen = [
+        name
+        for name in dependent
+        if shapes.get(name) is not None
+        and shapes[name]
+        and all(isinstance(d, int) and d > 0 for d in shapes[name])
+    ]
     if frozen:
-        problems.append(f"{len(frozen)} intermediate tensors have a fixed batch: {frozen[:5]} ({[shapes[n] for n in frozen[:5]]})")
+        problems.append(
+            f"{len(frozen)} intermediate tensors have a fixed batch: {frozen[:5]} ({[shapes[n] for n in frozen[:5]]})"
+        )
     if problems:
         raise CheckFailed("; ".join(problems))
-    return {"batch_dependent_tensors": len(dependent), "shapes_inferred": len(dependent) - len(unknown), "frozen": 0}
+    return {
+        "batch_dependent_tensors": len(dependent),
+        "shapes_inferred": len(dependent) - len(unknown),
+        "frozen": 0,
+    }
 
 
 def _tensors_computed_from(graph: onnx.GraphProto, source: str) -> list[str]:
@@ -81,7 +99,9 @@ def _tensors_computed_from(graph: onnx.GraphProto, source: str) -> list[str]:
     return order
 
 
-def cpu_session(path: Path | str, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
+def cpu_session(
+    path: Path | str, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = level
     options.log_severity_level = 3
@@ -110,12 +130,16 @@ def check_parity(
     per_batch: dict[str, dict[str, float]] = {}
     for batch, x in random_inputs(batch_sizes, model.config.img_size, seed).items():
         expected = reference_outputs(model, x)
-        got = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()}), strict=True))
+        got = dict(
+            zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()}), strict=True)
+        )
         per_batch[str(batch)] = {}
         for name in OUTPUT_NAMES:
             ref = expected[name].numpy()
             if got[name].shape != ref.shape:
-                raise CheckFailed(f"{name} at batch {batch}: ONNX shape {got[name].shape}, PyTorch {ref.shape}")
+                raise CheckFailed(
+                    f"{name} at batch {batch}: ONNX shape {got[name].shape}, PyTorch {ref.shape}"
+                )
             diff = float(np.abs(got[name].astype(np.float64) - ref).max())
             scale = max(float(np.abs(ref).max()), 1e-6)
             per_batch[str(batch)][name] = diff / scale
@@ -148,8 +172,15 @@ def agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]
     ref_top5 = np.argsort(-reference["logits"], axis=1)[:, :5]
     cand_top5 = np.argsort(-candidate["logits"], axis=1)[:, :5]
     top1 = float((ref_top5[:, 0] == cand_top5[:, 0]).mean())
-    top5 = float(np.mean([len(set(r) & set(c)) / 5 for r, c in zip(ref_top5, cand_top5, strict=True)]))
-    return {"cosine_min": cosine, "top1_agreement": top1, "top5_overlap": top5, "images": len(reference["logits"])}
+    top5 = float(
+        np.mean([len(set(r) & set(c)) / 5 for r, c in zip(ref_top5, cand_top5, strict=True)])
+    )
+    return {
+        "cosine_min": cosine,
+        "top1_agreement": top1,
+        "top5_overlap": top5,
+        "images": len(reference["logits"]),
+    }
 
 
 def run_session(session: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:

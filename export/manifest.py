@@ -37,7 +37,12 @@ def output_shapes(config: SwinConfig) -> dict[str, list[int | str]]:
 
 
 def build_manifest(
-    *, name: str, variant: str, config: SwinConfig, weights: dict[str, Any], exporter: dict[str, Any]
+    *,
+    name: str,
+    variant: str,
+    config: SwinConfig,
+    weights: dict[str, Any],
+    exporter: dict[str, Any],
 ) -> dict[str, Any]:
     size = config.img_size
     return {
@@ -45,8 +50,14 @@ def build_manifest(
         "name": name,
         "variant": variant,
         "precision": "fp32",
-        "config": json.loads(json.dumps(dataclasses.asdict(config))),  # tuples -> lists, as read back
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", config.in_chans, size, size]},
+        "config": json.loads(
+            json.dumps(dataclasses.asdict(config))
+        ),  # tuples -> lists, as read back
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": ["batch", config.in_chans, size, size],
+        },
         "outputs": output_shapes(config),
         "preprocess": {
             "resize_shorter": int(size / CROP_PCT),
@@ -77,11 +88,17 @@ def embed(proto: onnx.ModelProto, manifest: dict[str, Any]) -> None:
 
 def read(source: onnx.ModelProto | Path | str) -> dict[str, Any]:
     """The manifest of an in-memory graph or of a file (weights are not loaded)."""
-    proto = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
+    proto = (
+        source
+        if isinstance(source, onnx.ModelProto)
+        else onnx.load(str(source), load_external_data=False)
+    )
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
-    raise ValueError(f"{source if not isinstance(source, onnx.ModelProto) else 'graph'} has no {METADATA_KEY!r} metadata: it was not written by `python -m export`")
+    raise ValueError(
+        f"{source if not isinstance(source, onnx.ModelProto) else 'graph'} has no {METADATA_KEY!r} metadata: it was not written by `python -m export`"
+    )
 
 
 def write_report(manifest: dict[str, Any], path: Path) -> None:

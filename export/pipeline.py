@@ -33,6 +33,7 @@ FP16_MIN_COSINE = 0.999
 class ExportOptions:
     variant: str
     checkpoint: str = "random"
+    trust_checkpoint: bool = False
     img_size: int | None = None
     num_classes: int = 1000
     out_dir: Path = Path("models")
@@ -89,18 +90,39 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
     progress = progress or Progress(steps)
     started = time.perf_counter()
     config = get_config(options.variant, num_classes=options.num_classes, img_size=options.img_size)
-    name = options.variant if options.img_size in (None, get_config(options.variant).img_size) else f"{options.variant}_{config.img_size}"
+    name = (
+        options.variant
+        if options.img_size in (None, get_config(options.variant).img_size)
+        else f"{options.variant}_{config.img_size}"
+    )
     out_dir = options.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with progress.step(f"Loading weights ({options.checkpoint}) into {options.variant} @ {config.img_size}px"):
+    with progress.step(
+        f"Loading weights ({options.checkpoint}) into {options.variant} @ {config.img_size}px"
+    ):
         torch.manual_seed(options.seed)
         model = SwinTransformer(config).eval()
-        weights = resolve_weights(model, options.checkpoint, variant=options.variant, seed=options.seed, warn=progress.warn)
+        weights = resolve_weights(
+            model,
+            options.checkpoint,
+            variant=options.variant,
+            seed=options.seed,
+            warn=progress.warn,
+            trusted=options.trust_checkpoint,
+        )
 
-    with progress.step(f"Tracing to ONNX (torch.onnx dynamo exporter, opset {options.opset}, batch {TRACE_BATCH})"):
+    with progress.step(
+        f"Tracing to ONNX (torch.onnx dynamo exporter, opset {options.opset}, batch {TRACE_BATCH})"
+    ):
         portable = trace_to_onnx(model, opset=options.opset)
-        info = manifest.build_manifest(name=name, variant=options.variant, config=config, weights=weights, exporter=_exporter_info(options.opset))
+        info = manifest.build_manifest(
+            name=name,
+            variant=options.variant,
+            config=config,
+            weights=weights,
+            exporter=_exporter_info(options.opset),
+        )
         manifest.embed(portable, info)
 
     with progress.step("Checking the graph (onnx.checker, symbolic batch on every tensor)"):
@@ -115,8 +137,12 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
         with progress.step("Optimising the graph offline (ONNX Runtime, extended level)"):
             optimize.optimize_offline(portable_path, optimized_path)
             startup = {
-                "raw_graph_s": optimize.startup_seconds(portable_path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-                "preoptimized_s": optimize.startup_seconds(optimized_path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                "raw_graph_s": optimize.startup_seconds(
+                    portable_path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                ),
+                "preoptimized_s": optimize.startup_seconds(
+                    optimized_path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                ),
             }
 
         sizes = ", ".join(str(b) for b in options.parity_batch_sizes)
@@ -125,9 +151,16 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
             parity = checks.check_parity(session, model, batch_sizes=options.parity_batch_sizes)
             parity["graph"] = graph_report
             if not parity["passed"]:
-                raise checks.CheckFailed(f"parity check failed (tolerance {parity['tolerance']:g}): " + ", ".join(f"{k} rel diff {v:.3g}" for k, v in parity["failed"].items()))
+                raise checks.CheckFailed(
+                    f"parity check failed (tolerance {parity['tolerance']:g}): "
+                    + ", ".join(f"{k} rel diff {v:.3g}" for k, v in parity["failed"].items())
+                )
         info["parity"] = parity
-        info["optimization"] = {"offline_level": "extended", "optimized_on": "CPUExecutionProvider", "startup": startup}
+        info["optimization"] = {
+            "offline_level": "extended",
+            "optimized_on": "CPUExecutionProvider",
+            "startup": startup,
+        }
 
         files: dict[str, Path] = {}
         with progress.step("Writing the model and its report"):
@@ -140,26 +173,44 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
 
         reference = _variant_reference(session, config.img_size)
         reports: dict[str, dict[str, Any]] = {}
-        for precision, wanted, convert in (("fp16", options.fp16, variants.to_fp16), ("int8", options.int8, variants.to_int8)):
+        for precision, wanted, convert in (
+            ("fp16", options.fp16, variants.to_fp16),
+            ("int8", options.int8, variants.to_int8),
+        ):
             if wanted:
                 with progress.step(f"Building and checking the {precision} variant"):
-                    written, reports[precision] = _write_variant(precision, convert(portable), info, reference, out_dir, name)
+                    written, reports[precision] = _write_variant(
+                        precision, convert(portable), info, reference, out_dir, name
+                    )
                     files.update(written)
         if options.triton_repo is not None:
             with progress.step(f"Writing the Triton model repository {options.triton_repo}"):
                 triton_dir = triton.write_triton_repo(options.triton_repo, name, portable, info)
                 files["triton"] = triton_dir
 
-    return ExportResult(model_path, report_path, info, files, reports, time.perf_counter() - started)
+    return ExportResult(
+        model_path, report_path, info, files, reports, time.perf_counter() - started
+    )
 
 
-def _variant_reference(session: ort.InferenceSession, img_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    x = np.random.default_rng(0).standard_normal((VARIANT_CHECK_BATCH, 3, img_size, img_size)).astype(np.float32)
+def _variant_reference(
+    session: ort.InferenceSession, img_size: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    x = (
+        np.random.default_rng(0)
+        .standard_normal((VARIANT_CHECK_BATCH, 3, img_size, img_size))
+        .astype(np.float32)
+    )
     return x, checks.run_session(session, x)
 
 
 def _write_variant(
-    precision: str, proto: onnx.ModelProto, info: dict[str, Any], reference, out_dir: Path, name: str
+    precision: str,
+    proto: onnx.ModelProto,
+    info: dict[str, Any],
+    reference,
+    out_dir: Path,
+    name: str,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Check a variant against the fp32 model's outputs, then write it with its own manifest."""
     x, expected = reference
@@ -175,12 +226,24 @@ def _write_variant(
         low = {k: v for k, v in agreement["cosine_min"].items() if v < FP16_MIN_COSINE}
         agreement["passed"] = not low
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        agreement["cuda"] = "available" if has_cuda else "not checked: no CUDAExecutionProvider on this machine; fp16 speed needs a GPU"
+        agreement["cuda"] = (
+            "available"
+            if has_cuda
+            else "not checked: no CUDAExecutionProvider on this machine; fp16 speed needs a GPU"
+        )
         if low:
             raise checks.CheckFailed(f"fp16 variant below cosine {FP16_MIN_COSINE}: {low}")
-    variant_info = {**info, "name": f"{name}.{precision}", "precision": precision, "agreement": agreement}
+    variant_info = {
+        **info,
+        "name": f"{name}.{precision}",
+        "precision": precision,
+        "agreement": agreement,
+    }
     manifest.embed(proto, variant_info)
-    model_path, report_path = out_dir / f"{name}.{precision}.onnx", out_dir / f"{name}.{precision}.json"
+    model_path, report_path = (
+        out_dir / f"{name}.{precision}.onnx",
+        out_dir / f"{name}.{precision}.json",
+    )
     save_atomically(proto, model_path)
     manifest.write_report(variant_info, report_path)
     return {precision: model_path, f"{precision}_report": report_path}, agreement
@@ -195,4 +258,3 @@ def _exporter_info(opset: int) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "opset": opset,
     }
-

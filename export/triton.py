@@ -14,7 +14,9 @@ PREFERRED_BATCHES = (8, 16, 32)
 MAX_QUEUE_DELAY_US = 2000
 
 
-def config_pbtxt(name: str, manifest: dict[str, Any], max_batch_size: int = TRITON_MAX_BATCH) -> str:
+def config_pbtxt(
+    name: str, manifest: dict[str, Any], max_batch_size: int = TRITON_MAX_BATCH
+) -> str:
     """`config.pbtxt` text: dims exclude the batch axis, which `max_batch_size` makes implicit."""
 
     def tensor(tensor_name: str, dims: list) -> str:
@@ -37,7 +39,9 @@ def config_pbtxt(name: str, manifest: dict[str, Any], max_batch_size: int = TRIT
     )
 
 
-def write_triton_repo(repo: Path, name: str, proto: onnx.ModelProto, manifest: dict[str, Any]) -> Path:
+def write_triton_repo(
+    repo: Path, name: str, proto: onnx.ModelProto, manifest: dict[str, Any]
+) -> Path:
     """Write `repo/<name>/1/model.onnx` and `repo/<name>/config.pbtxt`; returns the model dir."""
     model_dir = repo / name
     save_atomically(proto, model_dir / "1" / "model.onnx")

@@ -47,5 +47,7 @@ def to_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
         onnx.save(stripped, src)
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        )
         return onnx.load(dst)

@@ -31,32 +31,49 @@ def rebuild_reference(info: dict, checkpoint: str | None) -> SwinTransformer:
     else:
         source = checkpoint or weights.get("path") or weights.get("url")
         if not source:
-            raise checks.CheckFailed("the manifest does not say where its weights came from; pass --checkpoint")
-    loaded = resolve_weights(model, source, variant=info["variant"], seed=weights.get("seed") or 0, warn=lambda m: None)
+            raise checks.CheckFailed(
+                "the manifest does not say where its weights came from; pass --checkpoint"
+            )
+    loaded = resolve_weights(
+        model, source, variant=info["variant"], seed=weights.get("seed") or 0, warn=lambda m: None
+    )
     if weights["sha256"] and loaded["sha256"] != weights["sha256"]:
-        raise checks.CheckFailed(f"checkpoint {source} has SHA-256 {loaded['sha256']}, the artefact was exported from {weights['sha256']}")
+        raise checks.CheckFailed(
+            f"checkpoint {source} has SHA-256 {loaded['sha256']}, the artefact was exported from {weights['sha256']}"
+        )
     return model
 
 
-def verify(path: Path, checkpoint: str | None = None, batch_sizes=checks.PARITY_BATCH_SIZES) -> dict:
+def verify(
+    path: Path, checkpoint: str | None = None, batch_sizes=checks.PARITY_BATCH_SIZES
+) -> dict:
     proto = onnx.load(str(path))
     info = manifest.read(proto)
     if info.get("precision", "fp32") != "fp32":
-        raise checks.CheckFailed(f"{path} is the {info['precision']} variant; verify its fp32 model (its agreement figures are in its report)")
+        raise checks.CheckFailed(
+            f"{path} is the {info['precision']} variant; verify its fp32 model (its agreement figures are in its report)"
+        )
     graph_report = None
     if not any(node.domain == "com.microsoft" for node in proto.graph.node):
         checks.check_onnx_model(proto)
         graph_report = checks.check_symbolic_batch(proto, info["outputs"])
     model = rebuild_reference(info, checkpoint)
     report = checks.check_parity(checks.cpu_session(path), model, batch_sizes=batch_sizes)
-    report["graph"] = graph_report or "skipped: ONNX Runtime-optimised graph (checked on the portable graph at export)"
+    report["graph"] = (
+        graph_report
+        or "skipped: ONNX Runtime-optimised graph (checked on the portable graph at export)"
+    )
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__)
     parser.add_argument("model", type=Path, help="an .onnx file written by `python -m export`")
-    parser.add_argument("--checkpoint", default=None, help="the weights it was exported from, if not where the manifest says")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="the weights it was exported from, if not where the manifest says",
+    )
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
     if not args.model.is_file():
@@ -70,9 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     for name, entry in report["outputs"].items():
-        print(f"  {name:<10} max|diff| {entry['max_abs_diff']:.3e}  relative {entry['rel_diff']:.3e}")
+        print(
+            f"  {name:<10} max|diff| {entry['max_abs_diff']:.3e}  relative {entry['rel_diff']:.3e}"
+        )
     verdict = "PASS" if report["passed"] else "FAIL"
-    print(f"{verdict}: batch sizes {report['batch_sizes']}, tolerance {report['tolerance']:g} (seed {report['seed']})")
+    print(
+        f"{verdict}: batch sizes {report['batch_sizes']}, tolerance {report['tolerance']:g} (seed {report['seed']})"
+    )
     return 0 if report["passed"] else 1
 
 

@@ -31,48 +31,91 @@ def randomize(model: SwinTransformer, seed: int) -> None:
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim == 1:
-                param.add_(noise * 0.02)
+        for name, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape, generator=generator) * 0.02
+            if param.ndim > 1:
+                param.copy_(noise.clamp_(-0.04, 0.04))  # truncated normal, as in training init
+            elif "norm" in name and name.endswith(".weight"):
+                param.copy_(1.0 + noise)  # LayerNorm scales near 1
             else:
-                param.copy_((noise * 0.02).clamp_(-0.04, 0.04))
+                param.copy_(noise)
 
 
 def resolve_weights(
-    model: SwinTransformer, checkpoint: str, *, variant: str, seed: int, warn: Callable[[str], None]
+    model: SwinTransformer,
+    checkpoint: str,
+    *,
+    variant: str,
+    seed: int,
+    warn: Callable[[str], None],
+    trusted: bool = False,
 ) -> dict[str, Any]:
-    """Load `checkpoint` into `model`; returns the manifest's `weights` entry."""
+    """Load `checkpoint` into `model`; returns the manifest's `weights` entry.
+
+    `trusted` allows pickled checkpoints holding Python objects besides tensors (unpickling
+    can run code, so only for files you trust).
+    """
     if checkpoint == "random":
         randomize(model, seed)
-        return {"source": "random", "random": True, "sha256": None, "url": None, "seed": seed, "warning": RANDOM_WARNING}
+        return {
+            "source": "random",
+            "random": True,
+            "sha256": None,
+            "url": None,
+            "seed": seed,
+            "warning": RANDOM_WARNING,
+        }
     if checkpoint in ("official", "auto"):
         try:
             url = pretrained_url(variant, num_classes=model.config.num_classes)
             path = download_weights(url)
         except Exception as exc:
             if checkpoint == "official":
-                raise WeightsError(f"could not get the official weights for {variant}: {exc}") from exc
-            warn(f"official weights unavailable ({exc}); falling back to random weights.\n{RANDOM_WARNING}")
+                raise WeightsError(
+                    f"could not get the official weights for {variant}: {exc}"
+                ) from exc
+            warn(
+                f"official weights unavailable ({exc}); falling back to random weights.\n{RANDOM_WARNING}"
+            )
             return resolve_weights(model, "random", variant=variant, seed=seed, warn=warn)
-        _load(model, path)
-        return {"source": "official", "random": False, "sha256": sha256_file(path), "url": url, "seed": None}
+        _load(model, path, trusted)
+        return {
+            "source": "official",
+            "random": False,
+            "sha256": sha256_file(path),
+            "url": url,
+            "seed": None,
+        }
     if checkpoint.startswith(("http://", "https://", "file://")):
         path = download_weights(checkpoint)
-        _load(model, path)
-        return {"source": "url", "random": False, "sha256": sha256_file(path), "url": checkpoint, "seed": None}
+        _load(model, path, trusted)
+        return {
+            "source": "url",
+            "random": False,
+            "sha256": sha256_file(path),
+            "url": checkpoint,
+            "seed": None,
+        }
     path = Path(checkpoint)
     if not path.exists():
         raise WeightsError(f"checkpoint {checkpoint!r} not found; pass {CHOICES}")
-    _load(model, path)
-    return {"source": "file", "random": False, "sha256": _sha256_of(path), "url": None, "path": str(path.resolve()), "seed": None}
+    _load(model, path, trusted)
+    return {
+        "source": "file",
+        "random": False,
+        "sha256": _sha256_of(path),
+        "url": None,
+        "path": str(path.resolve()),
+        "seed": None,
+    }
 
 
-def _load(model: SwinTransformer, path: Path) -> None:
+def _load(model: SwinTransformer, path: Path, trusted: bool) -> None:
     try:
-        load_checkpoint(model, path)
+        load_checkpoint(model, path, trusted=trusted)
     except ValueError as exc:
-        raise WeightsError(str(exc)) from exc
+        hint = " (on the command line: --trust-checkpoint)" if "trusted=True" in str(exc) else ""
+        raise WeightsError(f"{exc}{hint}") from exc
 
 
 def _sha256_of(path: Path) -> str:

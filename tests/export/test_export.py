@@ -73,14 +73,23 @@ def test_manifest_round_trips_through_the_onnx_metadata_and_the_json_report(tiny
 
 
 def test_labels_follow_the_head_size():
-    info = manifest.build_manifest(name="x", variant=MICRO, config=get_config(MICRO, num_classes=21841), weights={}, exporter={})
+    info = manifest.build_manifest(
+        name="x",
+        variant=MICRO,
+        config=get_config(MICRO, num_classes=21841),
+        weights={},
+        exporter={},
+    )
     assert len(info["labels"]) == 21841
 
 
 def test_graph_has_a_symbolic_batch_everywhere_and_folded_position_bias(tiny_export, tmp_path):
     proto = onnx.load(tiny_export.files["triton"] / "1" / "model.onnx")  # the portable graph
     report = checks.check_symbolic_batch(proto, tiny_export.manifest["outputs"])
-    assert report["batch_dependent_tensors"] > 100 and report["shapes_inferred"] == report["batch_dependent_tensors"]
+    assert (
+        report["batch_dependent_tensors"] > 100
+        and report["shapes_inferred"] == report["batch_dependent_tensors"]
+    )
     # The bias gather is resolved at export time: no table, no Gather, in the graph.
     assert not [n for n in proto.graph.node if n.op_type == "Gather"]
     assert not [i for i in proto.graph.initializer if "relative_position_bias_table" in i.name]
@@ -116,7 +125,9 @@ def test_the_classic_int_batch_bug_cannot_be_exported(monkeypatch, tmp_path):
 
     def frozen_reverse(windows, M, H, W):  # B = int(windows.shape[0] / (H*W/M/M))
         B = int(windows.shape[0] / (H * W / M / M))
-        return windows.view(B, H // M, W // M, M, M, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)
+        return (
+            windows.view(B, H // M, W // M, M, M, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)
+        )
 
     monkeypatch.setattr(swin, "window_reverse", frozen_reverse)
     rc = export_main(["--variant", MICRO, "--checkpoint", "random", "--out", str(tmp_path)])
@@ -133,7 +144,18 @@ def test_a_failing_parity_check_fails_the_cli_and_writes_no_model(monkeypatch, t
         return out
 
     monkeypatch.setattr(checks, "reference_outputs", off_by_a_little)
-    rc = export_main(["--variant", MICRO, "--checkpoint", "random", "--out", str(tmp_path), "--parity-batch-sizes", "1,3"])
+    rc = export_main(
+        [
+            "--variant",
+            MICRO,
+            "--checkpoint",
+            "random",
+            "--out",
+            str(tmp_path),
+            "--parity-batch-sizes",
+            "1,3",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "parity check failed" in err and "stage3" in err
@@ -141,12 +163,16 @@ def test_a_failing_parity_check_fails_the_cli_and_writes_no_model(monkeypatch, t
 
 
 def test_cli_rejects_an_unknown_checkpoint_cleanly(tmp_path, capsys):
-    rc = export_main(["--variant", MICRO, "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path)])
+    rc = export_main(
+        ["--variant", MICRO, "--checkpoint", str(tmp_path / "nope.pth"), "--out", str(tmp_path)]
+    )
     assert rc == 1 and "not found" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_verify_cli_passes_on_a_good_model_and_fails_on_a_tampered_one(tiny_export, tmp_path, capsys):
+def test_verify_cli_passes_on_a_good_model_and_fails_on_a_tampered_one(
+    tiny_export, tmp_path, capsys
+):
     assert verify_main([str(tiny_export.model_path)]) == 0
     assert "PASS" in capsys.readouterr().out
     proto = onnx.load(tiny_export.model_path)
@@ -174,7 +200,11 @@ def test_fp16_and_int8_variants_run_and_report_agreement(tiny_export):
     assert "CUDAExecutionProvider" in fp16["cuda"] or fp16["cuda"] == "available"
     proto = onnx.load(tiny_export.files["fp16"])
     assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    kept = {n.op_type for n in proto.graph.node if n.op_type in ("LayerNormalization", "Softmax", "ReduceMean")}
+    kept = {
+        n.op_type
+        for n in proto.graph.node
+        if n.op_type in ("LayerNormalization", "Softmax", "ReduceMean")
+    }
     assert kept, "sensitive ops present"
     halves = {i.name for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT16}
     assert halves, "weights stored in fp16"
@@ -194,7 +224,11 @@ def test_triton_config_parses_as_triton_model_config_protobuf(tiny_export):
     config = text_format.Parse((repo / "config.pbtxt").read_text(), _triton_model_config()())
     assert config.name == MICRO and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 64
-    assert [i.name for i in config.input] == ["pixel_values"] and list(config.input[0].dims) == [3, 64, 64]
+    assert [i.name for i in config.input] == ["pixel_values"] and list(config.input[0].dims) == [
+        3,
+        64,
+        64,
+    ]
     assert [o.name for o in config.output] == list(OUTPUT_NAMES)
     assert list(config.output[2].dims) == [24, 16, 16]
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
