@@ -3,8 +3,14 @@
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, SwinConfig, get_config
 from .labels import class_labels, imagenet_labels
-from .swin import SwinTransformer, build_model, relative_position_index, shifted_window_mask
-from .swin import window_partition, window_reverse
+from .swin import (
+    SwinTransformer,
+    build_model,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from .weights import ChecksumError, DownloadError, download_weights, pretrained_url, sha256_file
 
 __all__ = [

@@ -115,4 +115,6 @@ def get_config(name: str, *, num_classes: int = 1000, img_size: int | None = Non
         config = PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(PRESETS)}") from None
-    return replace(config, num_classes=num_classes, img_size=config.img_size if img_size is None else img_size)
+    return replace(
+        config, num_classes=num_classes, img_size=config.img_size if img_size is None else img_size
+    )

@@ -82,7 +82,9 @@ class WindowAttention(nn.Module):
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * M - 1) ** 2, heads))
-        self.register_buffer("relative_position_index", relative_position_index(M), persistent=False)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(M), persistent=False
+        )
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 

@@ -25,7 +25,14 @@ def tiny_export(tmp_path_factory):
     from export.pipeline import ExportOptions, Progress, run_export
 
     out = tmp_path_factory.mktemp("micro-export")
-    options = ExportOptions(variant=MICRO, checkpoint="random", out_dir=out, fp16=True, int8=True, triton_repo=out / "triton")
+    options = ExportOptions(
+        variant=MICRO,
+        checkpoint="random",
+        out_dir=out,
+        fp16=True,
+        int8=True,
+        triton_repo=out / "triton",
+    )
     return run_export(options, Progress(8))
 
 

@@ -18,7 +18,10 @@ from model.swin import (
 MICRO = "swin_micro_patch4_window4_64"
 
 
-@pytest.mark.parametrize(("B", "H", "W", "C", "M"), [(1, 7, 7, 3, 7), (2, 14, 21, 5, 7), (3, 8, 8, 4, 4), (2, 24, 12, 1, 12)])
+@pytest.mark.parametrize(
+    ("B", "H", "W", "C", "M"),
+    [(1, 7, 7, 3, 7), (2, 14, 21, 5, 7), (3, 8, 8, 4, 4), (2, 24, 12, 1, 12)],
+)
 def test_window_partition_round_trip(B, H, W, C, M):
     x = torch.randn(B, H, W, C)
     windows = window_partition(x, M)
@@ -33,6 +36,7 @@ def test_shifted_mask_has_the_papers_3x3_region_structure():
     mask = shifted_window_mask(Hp, Hp, M, s)
     assert mask.shape == (4, M * M, M * M)
     assert set(mask.unique().tolist()) == {0.0, MASK_VALUE}
+
     # Rebuild the region id of every token from the paper's picture: rows and columns split
     # into [0, Hp-M), [Hp-M, Hp-s), [Hp-s, Hp).
     def band(i):
@@ -107,9 +111,14 @@ def test_every_preset_gives_the_documented_shapes(name, batch):
 
 def test_swin_tiny_shapes_match_the_issue():
     with torch.device("meta"):
-        feats = build_model("swin_tiny_patch4_window7_224").forward_features(torch.empty(1, 3, 224, 224))
+        feats = build_model("swin_tiny_patch4_window7_224").forward_features(
+            torch.empty(1, 3, 224, 224)
+        )
     assert [tuple(feats[f"stage{i}"].shape[1:]) for i in range(1, 5)] == [
-        (96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)
+        (96, 56, 56),
+        (192, 28, 28),
+        (384, 14, 14),
+        (768, 7, 7),
     ]
 
 
@@ -122,7 +131,10 @@ def test_num_classes_22k_and_other_input_sizes():
 def test_small_final_map_shrinks_the_window_and_drops_the_shift():
     geo = get_config("swin_tiny_patch4_window7_224").stages()
     assert [(g.resolution, g.window, g.shift, g.padded) for g in geo] == [
-        (56, 7, 3, 56), (28, 7, 3, 28), (14, 7, 3, 14), (7, 7, 0, 7)
+        (56, 7, 3, 56),
+        (28, 7, 3, 28),
+        (14, 7, 3, 14),
+        (7, 7, 0, 7),
     ]
     model = build_model(MICRO)
     last = model.layers[3].blocks[1]
