@@ -17,11 +17,16 @@ from service.batcher import Batcher
 from service.engine import Engine, OnnxEngine, warmup_batch_sizes
 from service.errors import ApiError, ErrorCode, code_for_status, error_body
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from service.middleware import (
+    BodyLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    ObservabilityMiddleware,
+)
 from service.preprocess import configure_pillow
 from service.routes import router
 from service.settings import Settings
 from service.state import ServiceState
+from service.ui import router as ui_router
 
 log = logging.getLogger("service")
 
@@ -100,7 +105,9 @@ def create_app(
         finally:
             state.begin_drain()
             state.warmup_task.cancel()
-            finished = await state.batcher.drain(settings.drain_timeout_s)
+            # uvicorn has already spent part of the drain budget finishing HTTP requests (which
+            # empties the queue); the batcher gets the rest, so the process exits in time.
+            finished = await state.batcher.drain(max(0.5, state.drain_time_left()))
             state.decode_executor.shutdown(wait=False, cancel_futures=True)
             log.info("drained (%s)", "all requests finished" if finished else "timed out")
 
@@ -112,10 +119,19 @@ def create_app(
     )
     app.state.service = state
     app.include_router(router)
+    app.include_router(ui_router)
     _install_error_handlers(app, metrics)
     # Starlette wraps in reverse order: observability is outermost, so it also times and counts
-    # the 413s the body limit sends itself.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, metrics=metrics)
+    # the 503s of the concurrency limit and the 413s the body limit sends itself.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        timeout_s=settings.body_timeout_s,
+        metrics=metrics,
+    )
+    app.add_middleware(
+        ConcurrencyLimitMiddleware, max_requests=settings.max_concurrent_requests, metrics=metrics
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
 

@@ -92,7 +92,11 @@
       }
       throw new ApiFailure(resp.status, code, detail, timing);
     }
-    return { body: await resp.json(), timing };
+    try {
+      return { body: await resp.json(), timing };
+    } catch (err) {
+      throw new ApiFailure(resp.status, "bad_response", String(err), timing);
+    }
   }
 
   /** What went wrong, for a person rather than a program. */
@@ -112,6 +116,7 @@
       not_ready: "The model is still loading. Please try again in a few seconds.",
       draining: "The server is restarting. Please try again in a few seconds.",
       inference_failed: "The model failed on this image. Please try again.",
+      bad_response: "The server sent an answer this page could not read. Please try again.",
       network:
         "Could not reach the server. Check that it is still running, then try again." +
         " (A very large file can also cause this.)",
@@ -188,9 +193,8 @@
       ],
       ["Ready", m.ready ? "yes" : "warming up"],
     ];
-    ui.card.replaceChildren(
-      ...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v, w.random && k === "Weights" ? "warn" : "")]),
-    );
+    const cls = (k) => (w.random && k === "Weights" ? "warn" : "");
+    ui.card.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v, cls(k))]));
   }
 
   function el(tag, text, className) {
@@ -219,7 +223,11 @@
       post(FEATURES_URL),
       createImageBitmap(file),
     ]);
-    if (mine !== seq) return; // a newer upload owns the page now
+    const image = bitmap.status === "fulfilled" ? bitmap.value : null;
+    if (mine !== seq) {
+      if (image) image.close();
+      return; // a newer upload owns the page now
+    }
 
     showTiming([
       ["POST /classify", cls],
@@ -227,19 +235,27 @@
     ]);
     const failed = [cls, feats].find((r) => r.status === "rejected");
     if (failed) {
+      if (image) image.close();
       clearResults();
       showError(failed.reason);
       ui.status.textContent = "";
       return;
     }
-    showPredictions(cls.value.body.results[0].predictions);
-    const result = feats.value.body.results[0];
-    shown = {
-      bitmap: bitmap.status === "fulfilled" ? bitmap.value : null,
-      maps: Object.fromEntries(STAGES.map((s) => [s, channelMean(result[s])])),
-    };
-    drawHeatmaps();
-    ui.status.textContent = `Done: ${file.name}.`;
+    try {
+      if (shown && shown.bitmap) shown.bitmap.close();
+      showPredictions(cls.value.body.results[0].predictions);
+      const result = feats.value.body.results[0];
+      shown = {
+        bitmap: image,
+        maps: Object.fromEntries(STAGES.map((s) => [s, channelMean(result[s])])),
+      };
+      drawHeatmaps();
+      ui.status.textContent = `Done: ${file.name}.`;
+    } catch (err) {
+      clearResults();
+      showError(new ApiFailure(0, "bad_response", String(err), null));
+      ui.status.textContent = "";
+    }
   }
 
   function showPreview(file) {
@@ -267,6 +283,7 @@
   function clearResults() {
     ui.predictions.replaceChildren();
     ui.predEmpty.hidden = false;
+    if (shown && shown.bitmap) shown.bitmap.close();
     shown = null;
     for (const canvas of Object.values(ui.canvases)) {
       canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);

@@ -1,0 +1,156 @@
+"""A real ``python -m service`` process on a free port, and headless Debian Chromium driven by
+Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# A small upload cap, so the 413 case needs only a 1.5 MB file.
+MAX_UPLOAD_BYTES = 1_000_000
+# Not the default (16), so the test can tell the model card shows live settings.
+MAX_BATCH_SIZE = 8
+
+# As in ../.library/env/machines/python.md: without the background-networking flags Chromium
+# keeps trying hosts this machine cannot reach.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    max_batch_size: int
+    max_upload_bytes: int
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server, started as a subprocess and ready (``/readyz`` 200)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "SWIN_MODEL_PATH": str(tiny_model_path),
+        "SWIN_HOST": "127.0.0.1",
+        "SWIN_PORT": str(port),
+        "SWIN_PROVIDERS": "cpu",
+        "SWIN_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
+        "SWIN_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        "SWIN_LOG_LEVEL": "warning",
+    }
+    log_path = tmp_path_factory.mktemp("browser-server") / "server.log"
+    with log_path.open("w+b") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url, proc, log)
+            yield Server(url, MAX_BATCH_SIZE, MAX_UPLOAD_BYTES)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"python -m service exited with {proc.returncode}:\n{log.read().decode()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    log.seek(0)
+    pytest.fail(f"server not ready within 90 s:\n{log.read().decode()}")
+
+
+def _chromium_path() -> str:
+    path = (
+        os.environ.get("SWIN_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
+    if not path:
+        pytest.skip(
+            "Chromium is not installed (Debian: apt-get install chromium chromium-driver; "
+            ".ci/run does this), or point SWIN_CHROMIUM at a Chromium binary"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'"
+    )
+    executable = _chromium_path()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; errors if the page threw or logged a console error.
+
+    Chromium itself logs "Failed to load resource ... status of 4xx" for every API error
+    response; the error tests provoke those on purpose and check what the page shows instead.
+    """
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
+    page.on(
+        "console",
+        lambda msg: (
+            problems.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None
+        ),
+    )
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    unexpected = [p for p in problems if "the server responded with a status of 4" not in p]
+    assert not unexpected, unexpected
+
+
+@pytest.fixture
+def screenshot_dirs(tmp_path: Path) -> list[Path]:
+    """Where screenshots go: pytest's tmp dir, and $SWIN_SCREENSHOT_DIR when set."""
+    dirs = [tmp_path]
+    if extra := os.environ.get("SWIN_SCREENSHOT_DIR"):
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        dirs.append(Path(extra))
+    return dirs
