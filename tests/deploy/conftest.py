@@ -1,0 +1,149 @@
+"""Readers for the deployment files (Dockerfile, compose, monitoring), shared by tests/deploy."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE = "swin-serve"  # the compose service that runs the server
+
+
+# ---- Dockerfile -------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One build stage: its base image, name and (keyword, arguments) instructions."""
+
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [value for kw, value in self.instructions if kw == keyword]
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Split a Dockerfile into stages. Joins continuation lines and drops comments, as Docker does."""
+    lines, buf = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        lines.append(buf + line)
+        buf = ""
+    stages: list[Stage] = []
+    for line in lines:
+        keyword, _, value = line.partition(" ")
+        keyword, value = keyword.upper(), value.strip()
+        if keyword == "FROM":
+            words = [w for w in value.split() if not w.startswith("--platform")]
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else ""
+            stages.append(Stage(base=words[0], name=name))
+        elif stages:  # ARGs before the first FROM only feed FROM lines
+            stages[-1].instructions.append((keyword, value))
+    return stages
+
+
+@pytest.fixture(scope="session")
+def stages() -> dict[str, Stage]:
+    return {s.name: s for s in parse_dockerfile((ROOT / "Dockerfile").read_text())}
+
+
+@pytest.fixture(scope="session")
+def stage_order() -> list[str]:
+    return [s.name for s in parse_dockerfile((ROOT / "Dockerfile").read_text())]
+
+
+# ---- compose ------------------------------------------------------------------------------------
+
+
+class Reset:
+    """Compose's `!reset` tag: the key is deleted from the merged file."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+
+def load_compose(name: str) -> dict[str, Any]:
+    return yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge: mappings recurse, sequences append, scalars replace, `!reset` deletes.
+
+    Appending is why an override cannot drop the GPU reservation with `devices: []`.
+    """
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Reset):
+            merged.pop(key, None)
+        else:
+            merged[key] = merge(base.get(key), value)
+    return merged
+
+
+@pytest.fixture(scope="session")
+def compose() -> dict[str, Any]:
+    return load_compose("docker-compose.yml")
+
+
+@pytest.fixture(scope="session")
+def compose_cpu(compose) -> dict[str, Any]:
+    return merge(compose, load_compose("docker-compose.cpu.yml"))
+
+
+# ---- the service's own modules (written in parallel; absent modules skip with a reason) ------
+
+
+def service_module(name: str):
+    if importlib.util.find_spec("service") is None or importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} does not exist yet, so this cross-check cannot run")
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="session")
+def settings_cls():
+    return service_module("service.settings").Settings
+
+
+@pytest.fixture(scope="session")
+def metric_names() -> set[str]:
+    """Every series name the service exposes, from the metric families service/metrics.py declares."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("", "_count", "_sum", "_created"),
+        "info": ("_info",),
+    }
+    registry = service_module("service.metrics").Metrics().registry
+    return {
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+@pytest.fixture(scope="session")
+def dashboard() -> dict[str, Any]:
+    return json.loads((ROOT / "deploy/grafana/dashboards/swin-serve.json").read_text())

@@ -1,0 +1,144 @@
+"""The two README commands, the Makefile behind them, and CI calling the same test command."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+
+
+def commands(script: str) -> list[str]:
+    lines = (line.strip() for line in script.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_readme_opens_with_exactly_make_serve_and_make_test():
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```[a-z]*\n(.*?)```", readme, re.S)
+    assert first_block, "README has no code block"
+    assert commands(first_block.group(1)) == ["make serve", "make test"]
+
+
+def test_ci_runs_the_readme_test_command_and_stops_on_failure():
+    ci = ROOT / ".ci/run"
+    assert ci.stat().st_mode & stat.S_IXUSR, ".ci/run is not executable"
+    lines = commands(ci.read_text())
+    assert "set -euo pipefail" in lines
+    assert lines[-1] == "make test"
+
+
+FAKE_PYTHON = """#!/bin/sh
+# Stands in for .venv/bin/python: records what make asked of it.
+echo "$*" >> "$(dirname "$0")/../../calls.log"
+"""
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    """A copy of the Makefile and pyproject.toml with a fake venv python that logs its calls."""
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    python = tmp_path / ".venv/bin/python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/swin_tiny_patch4_window7_224.onnx").touch()
+    return tmp_path
+
+
+# Variables the Makefile reads; an outer `make test PYTEST_ARGS=...` passes them down too.
+MAKE_INPUTS = (
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "PYTHON",
+    "PYTEST_ARGS",
+    "VARIANT",
+    "CHECKPOINT",
+    "EXPORT_ARGS",
+    "TORCH_INDEX_URL",
+    "SWIN_PORT",
+    "SWIN_MODEL_PATH",
+)
+
+
+def make(cwd: Path, *targets: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in MAKE_INPUTS}
+    return subprocess.run(
+        ["make", "--no-print-directory", *targets],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=60,
+    )
+
+
+def calls(sandbox: Path) -> list[str]:
+    log = sandbox / "calls.log"
+    calls = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return calls
+
+
+@needs_make
+def test_make_test_installs_once_and_again_only_when_pyproject_changes(sandbox):
+    assert make(sandbox, "test").returncode == 0
+    assert calls(sandbox) == ["-m pip install -e .[serve,export,dev]", "-m pytest"]
+    assert make(sandbox, "test").returncode == 0
+    assert calls(sandbox) == ["-m pytest"]
+    # The dev install covers serve: no second install, and no export (the model exists).
+    assert make(sandbox, "serve").returncode == 0
+    assert calls(sandbox) == ["-m service"]
+    # The benchmark tools come on top, once.
+    assert make(sandbox, "bench").returncode == 0
+    assert make(sandbox, "bench").returncode == 0
+    assert calls(sandbox) == ["-m pip install -e .[serve,export,dev,bench]", "-m bench", "-m bench"]
+    assert make(sandbox, "test").returncode == 0
+    assert calls(sandbox) == ["-m pytest"]
+    with (sandbox / "pyproject.toml").open("a") as f:
+        f.write("\n# changed\n")
+    assert make(sandbox, "test").returncode == 0
+    assert calls(sandbox) == ["-m pip install -e .[serve,export,dev]", "-m pytest"]
+
+
+@needs_make
+def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
+    (sandbox / "models/swin_tiny_patch4_window7_224.onnx").unlink()
+    result = make(sandbox, "serve")
+    assert result.returncode == 0, result.stderr
+    assert calls(sandbox) == [
+        "-m pip install -e .[serve,export]",
+        "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out models/",
+        "-m service",
+    ]
+    assert "http://127.0.0.1:8000/" in result.stdout
+
+
+@needs_make
+def test_make_refuses_an_old_python_with_a_clear_message(tmp_path):
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
+    old.chmod(0o755)
+    result = make(tmp_path, "test", PYTHON=str(old))
+    assert result.returncode != 0
+    assert "Python 3.11 or newer is needed" in result.stderr and "3.10.12" in result.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
+@needs_make
+def test_make_help_lists_the_everyday_targets():
+    out = make(ROOT, "help").stdout
+    for target in ("serve", "test", "export", "lint", "format", "bench", "soak", "docker", "clean"):
+        assert re.search(rf"make {target}\b", out), f"make {target} missing from help"
