@@ -82,11 +82,17 @@ format: $(DEV_STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/)
-	$(PY) -m bench
+bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_ARGS=--quick: smoke run)
+	@command -v wrk >/dev/null || { echo "installing wrk, the HTTP load generator"; \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  if command -v apt-get >/dev/null; then \
+	    $$sudo apt-get install -y wrk || { $$sudo apt-get update && $$sudo apt-get install -y wrk; }; \
+	  else echo "error: wrk is needed: brew install wrk, dnf install wrk, ..." >&2; exit 1; fi; }
+	$(PY) -m bench $(BENCH_ARGS)
 
 soak: $(BENCH_STAMP) ## long-running load and memory soak test
-	$(PY) -m bench.soak
+	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out models/
+	$(PY) -m bench.soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
 
 docker: ## build the default (GPU) image
 	$(DOCKER) build $(DOCKER_BUILD_ARGS) -t $(IMAGE) .

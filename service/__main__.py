@@ -11,42 +11,17 @@ import signal
 import sys
 from types import FrameType
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.server import EXIT_FATAL_DEVICE, DrainingServer, uvicorn_config
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("service")
 
 EXIT_BAD_SETTINGS = 2
 EXIT_STARTUP_FAILED = 3
-EXIT_FATAL_DEVICE = 70  # EX_SOFTWARE
-
-# HTTP-level limits (see README, "Configuration"):
-TIMEOUT_KEEP_ALIVE_S = 5  # idle keep-alive connections are closed after this
-MAX_HEADER_BYTES = 16 * 1024  # h11_max_incomplete_event_size: request line + headers
-BACKLOG = 256
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, plus: readiness flips to 503 the moment SIGTERM/SIGINT arrives, and a fatal
-    device error ends the process with EXIT_FATAL_DEVICE."""
-
-    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
-        super().__init__(config)
-        self.service_state = state
-        self.exit_code = 0
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Called from the signal handler; a flag flip is all that is safe (and all that is needed).
-        self.service_state.begin_drain()
-        super().handle_exit(sig, frame)
-
-    def fatal(self, exc: BaseException) -> None:
-        self.exit_code = EXIT_FATAL_DEVICE
-        self.should_exit = True
+__all__ = ["EXIT_BAD_SETTINGS", "EXIT_FATAL_DEVICE", "EXIT_STARTUP_FAILED", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,24 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     server_ref: list[DrainingServer] = []
     app = create_app(settings, on_fatal=lambda exc: server_ref[0].fatal(exc))
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="h11",  # for h11_max_incomplete_event_size, a hard cap on header bytes
-        lifespan="on",
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_keep_alive=TIMEOUT_KEEP_ALIVE_S,
-        # Past this many open connections + tasks uvicorn answers 503 itself: a backstop well
-        # above what the queue admits, so the queue (with its JSON 503s) decides first.
-        limit_concurrency=max(64, 4 * settings.queue_capacity),
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        backlog=BACKLOG,
-        timeout_graceful_shutdown=settings.drain_timeout_s,
-        server_header=False,
-        proxy_headers=False,
-    )
+    config = uvicorn_config(app, settings)
     server = DrainingServer(config, app.state.service)
     server_ref.append(server)
     _log_banner(settings)

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batcher import Batcher
+from service.batcher import Batcher, Draining
 from service.engine import Engine, OnnxEngine, warmup_batch_sizes
 from service.errors import ApiError, ErrorCode, code_for_status, error_body
 from service.metrics import Metrics
@@ -100,11 +100,13 @@ def create_app(
         state.warmup_task = asyncio.create_task(
             _warm_up(state, eng, handle_fatal), name="swin-warmup"
         )
+        watchdog = asyncio.create_task(_drain_watchdog(state), name="swin-drain-watchdog")
         try:
             yield
         finally:
             state.begin_drain()
             state.warmup_task.cancel()
+            watchdog.cancel()
             # uvicorn has already spent part of the drain budget finishing HTTP requests (which
             # empties the queue); the batcher gets the rest, so the process exits in time.
             finished = await state.batcher.drain(max(0.5, state.drain_time_left()))
@@ -134,6 +136,27 @@ def create_app(
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
+
+
+# How long before the drain budget ends unfinished requests are answered 503: uvicorn cancels
+# whatever is left at the budget's end, and a cancelled request gets its bare text 500.
+DRAIN_ANSWER_MARGIN_S = 0.3
+_DRAIN_POLL_S = 0.05
+
+
+async def _drain_watchdog(state: ServiceState) -> None:
+    """Once a drain has begun, wait out its budget, then answer what is left with 503 draining.
+
+    The drain starts in a signal handler, where no task can be scheduled, hence the polling
+    (a flag read every 50 ms).
+    """
+    while not state.draining:
+        await asyncio.sleep(_DRAIN_POLL_S)
+    await asyncio.sleep(max(0.0, state.drain_time_left() - DRAIN_ANSWER_MARGIN_S))
+    if state.batcher is not None:
+        failed = state.batcher.abandon(Draining("the drain budget ran out before this image ran"))
+        if failed:
+            log.error("drain budget spent: answered %d unfinished images with 503", failed)
 
 
 async def _warm_up(state: ServiceState, engine: Engine, handle_fatal: FatalHook) -> None:

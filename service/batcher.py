@@ -96,6 +96,7 @@ class Batcher:
         self._accepting = True
         self._closing = False
         self._in_flight = 0
+        self._running: list[_Item] = []  # the batch on the model now
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -103,6 +104,10 @@ class Batcher:
     def depth(self) -> int:
         """Images waiting for a batch."""
         return self._depth
+
+    def has_room(self, n: int = 1) -> bool:
+        """Whether ``n`` more images would be admitted now (a cheap pre-check; submit decides)."""
+        return self._depth + n <= self._capacity
 
     @property
     def idle(self) -> bool:
@@ -174,6 +179,20 @@ class Batcher:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def abandon(self, error: BatcherError) -> int:
+        """Stop accepting and fail every queued and running image with ``error`` now; returns
+        how many requests' images were failed. A running batch still finishes on the model, but
+        its results are dropped: used when the drain budget is nearly spent, so that clients get
+        a 503 they can retry rather than a dropped connection."""
+        self._accepting = False
+        pending = [it for it in self._queue if it.queued and not it.future.done()]
+        pending += [it for it in self._running if not it.future.done()]
+        self._fail_queued(error)
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(error)
+        return len(pending)
+
     # -- the loop -------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
@@ -231,6 +250,7 @@ class Batcher:
             self._metrics.queue_wait.observe(started - item.enqueued)
         self._metrics.batch_size.observe(n)
         self._in_flight += n
+        self._running = batch
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(
@@ -258,6 +278,7 @@ class Batcher:
             return
         finally:
             self._in_flight -= n
+            self._running = []
         elapsed = time.monotonic() - started
         self._metrics.inference_time.observe(elapsed)
         self._metrics.images.labels(outcome="ok").inc(n)

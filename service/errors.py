@@ -29,6 +29,9 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"  # 503
     DRAINING = "draining"  # 503
     DEADLINE_EXCEEDED = "deadline_exceeded"  # 503
+    # 499 (nginx's "client closed request"): only ever counted in metrics, never sent, because
+    # the client is gone. Keeps a disconnect from being counted as a server error.
+    CLIENT_DISCONNECTED = "client_disconnected"
 
 
 # Seconds a client should wait before retrying each 503 (Retry-After).
@@ -63,18 +66,31 @@ class ApiError(Exception):
     """Raised anywhere below the routes; the app's handler turns it into the JSON error."""
 
     def __init__(
-        self, status: int, code: ErrorCode, message: str, *, details: Any | None = None
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        *,
+        details: Any | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        # For errors raised with part of the body still unread: the connection cannot be reused.
+        self.close_connection = close_connection
 
     @property
     def headers(self) -> dict[str, str]:
+        headers = {}
         retry = RETRY_AFTER_S.get(self.code)
-        return {"Retry-After": str(retry)} if retry is not None else {}
+        if retry is not None:
+            headers["Retry-After"] = str(retry)
+        if self.close_connection:
+            headers["Connection"] = "close"
+        return headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, self.details)
@@ -85,6 +101,10 @@ def error_body(code: ErrorCode, message: str, details: Any | None = None) -> dic
     if details is not None:
         err["details"] = details
     return {"error": err}
+
+
+def overloaded(message: str) -> ApiError:
+    return ApiError(503, ErrorCode.OVERLOADED, message)
 
 
 def invalid_image(message: str) -> ApiError:
@@ -133,7 +153,7 @@ INFERENCE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         **_example(ErrorCode.INVALID_IMAGE, "cannot decode image: truncated PNG"),
     },
     408: {
-        "description": "Body not received in time",
+        "description": "Body not received within SWIN_BODY_TIMEOUT_S",
         **_example(ErrorCode.REQUEST_TIMEOUT, "request body not received in time"),
     },
     413: {

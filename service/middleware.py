@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the upload byte cap, and per-request timing + request metrics.
+"""Pure ASGI middleware: request concurrency and the upload byte/time caps, and per-request
+timing + request metrics.
 
 Pure ASGI (not BaseHTTPMiddleware) so the body can be counted as it streams in, before anything
 buffers or parses it, and so responses are not re-buffered.
@@ -6,39 +7,81 @@ buffers or parses it, and so responses are not re-buffered.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
+import anyio
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ApiError, ErrorCode, error_body
+from service.errors import ApiError, ErrorCode, error_body, overloaded
 from service.metrics import Metrics, endpoint_label
 from service.state import RequestTimings
 
 log = logging.getLogger(__name__)
 
-# A client that sends no body bytes for this long is cut off (408), so slow uploaders cannot
-# hold a worker slot forever; uvicorn's own timeouts only cover idle keep-alive connections.
-BODY_READ_TIMEOUT_S = 30.0
+# Requests that carry no body (probes, /metrics, docs): never limited, so liveness and metrics
+# stay available under any load.
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _carries_body(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] not in _BODYLESS_METHODS
+
+
+class ConcurrencyLimitMiddleware:
+    """503 ``overloaded`` (JSON, Retry-After) once ``max_requests`` requests with a body are in
+    progress. The batcher's queue bounds images waiting for the model; this bounds everything
+    before the queue (bodies being received or decoded), and so the memory they hold.
+
+    Replaces uvicorn's ``limit_concurrency`` as the request limit: that one answers plain text.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_requests: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_requests = max_requests
+        self.metrics = metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _carries_body(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_requests:
+            # Outside the app's exception handlers, so answer here. uvicorn discards the unread
+            # body, and the connection stays usable.
+            error = overloaded(f"server overloaded: {self.in_flight} requests in progress")
+            self.metrics.rejections.labels(reason=error.code.value).inc()
+            response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class BodyLimitMiddleware:
     """413 for bodies over ``max_bytes``: from Content-Length before reading, else while streaming.
+    408 when the whole body has not arrived ``timeout_s`` after the request started.
 
     Chunked uploads and a Content-Length that understates the body are caught by counting the
-    bytes the app actually receives; the app never sees more than ``max_bytes`` of body.
+    bytes the app actually receives; the app never sees more than ``max_bytes`` of body. The time
+    bound is for the whole body, not per read: a client trickling a byte a second must not hold
+    a request slot for the hours ``max_bytes`` would take.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float, metrics: Metrics) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if not _carries_body(scope):
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length")
@@ -65,17 +108,21 @@ class BodyLimitMiddleware:
 
         received = 0
         body_done = False
+        deadline = time.monotonic() + self.timeout_s
 
         async def counting_receive() -> Message:
             nonlocal received, body_done
             if body_done:
                 return await receive()  # e.g. waiting for http.disconnect: no body timeout
-            try:
-                message = await asyncio.wait_for(receive(), BODY_READ_TIMEOUT_S)
-            except TimeoutError:
+            with anyio.move_on_after(deadline - time.monotonic()) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
                 raise ApiError(
-                    408, ErrorCode.REQUEST_TIMEOUT, "request body not received in time"
-                ) from None
+                    408,
+                    ErrorCode.REQUEST_TIMEOUT,
+                    f"request body not received within {self.timeout_s:g} s",
+                    close_connection=True,
+                )
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -83,6 +130,7 @@ class BodyLimitMiddleware:
                         413,
                         ErrorCode.PAYLOAD_TOO_LARGE,
                         f"body exceeds the limit of {self.max_bytes} bytes",
+                        close_connection=True,
                     )
                 body_done = not message.get("more_body", False)
             return message
@@ -133,6 +181,12 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, observed_send)
+        except ClientDisconnect:
+            # The client left mid-body: nobody to answer, and not a server error. Counted as 499.
+            if response_started:
+                raise
+            self.metrics.rejections.labels(reason=ErrorCode.CLIENT_DISCONNECTED.value).inc()
+            self.metrics.requests.labels(endpoint=endpoint, status="499").inc()
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], endpoint)
             if response_started:

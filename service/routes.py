@@ -156,6 +156,11 @@ async def infer_images(
     assert state.engine is not None
     spec = state.engine.manifest.preprocess
     decode = functools.partial(decode_image, spec=spec, max_pixels=state.settings.max_image_pixels)
+    if not batcher.has_room(1):
+        # Refuse before reading or decoding anything: under overload that work would be wasted,
+        # and it would slow down the 503s themselves. (A request with room for only part of its
+        # images is still refused by submit, after decoding.)
+        raise ApiError(503, ErrorCode.OVERLOADED, "server overloaded: queue full")
     bodies = await read_image_bodies(request, state)
     inputs = []
     for data in bodies:

@@ -91,6 +91,39 @@ class Settings(BaseSettings):
         "Keep it below the orchestrator's grace period (compose 10 s, Kubernetes 30 s).",
     )
     log_level: LogLevel = Field("info", description="Log level of the server and uvicorn.")
+    # HTTP-level limits: they bound what slow or abusive clients can hold (see README, Reliability).
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=3600.0,
+        description="A connection must deliver a complete request line and headers within this "
+        "many seconds of opening (or of its previous response), or it is closed (s).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="The whole request body must arrive within this many seconds of the request "
+        "start, or the request is answered 408 and the connection closed (s).",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="Idle keep-alive connections are closed after this (s)."
+    )
+    max_concurrent_requests: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Inference requests in progress at once (reading, decoding, queued or "
+        "running); past it, a JSON 503 at once. Bounds memory: at most this many bodies of "
+        "max_upload_bytes are held. Probes and /metrics are not counted.",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Open TCP connections (uvicorn limit_concurrency). A backstop above "
+        "max_concurrent_requests: past it uvicorn itself answers a plain-text 503.",
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
@@ -98,6 +131,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) must not exceed "
                 f"queue_capacity ({self.queue_capacity}): such a request could never be queued"
+            )
+        if self.max_connections <= self.max_concurrent_requests:
+            raise ValueError(
+                f"max_connections ({self.max_connections}) must exceed max_concurrent_requests "
+                f"({self.max_concurrent_requests}), so that our JSON 503 fires before uvicorn's"
             )
         return self
 

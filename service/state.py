@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ class ServiceState:
     ready: bool = False  # what /readyz says: warmed, not draining, device healthy
     draining: bool = False  # SIGTERM seen: readiness 503, accepted requests still finish
     fatal: BaseException | None = None
+    drain_started: float | None = None  # time.monotonic() of the first begin_drain()
     _ready_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def mark_ready(self) -> None:
@@ -62,9 +64,17 @@ class ServiceState:
         reached us (on connections already open) is accepted work that should complete. The
         batcher refuses new work only once uvicorn has drained HTTP and the lifespan ends.
         """
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
         self.draining = True
         self.ready = False
         self.metrics.ready.set(0)
+
+    def drain_time_left(self) -> float:
+        """Seconds of ``settings.drain_timeout_s`` not yet used since the drain began."""
+        if self.drain_started is None:
+            return self.settings.drain_timeout_s
+        return self.settings.drain_timeout_s - (time.monotonic() - self.drain_started)
 
     def mark_fatal(self, exc: BaseException) -> None:
         self.fatal = exc

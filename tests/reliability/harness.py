@@ -1,0 +1,63 @@
+"""Runs the real server (``service.__main__.main``) with its ONNX engine wrapped, for tests.
+
+Run as a script (``python tests/reliability/harness.py``) with the usual ``SWIN_*`` settings. The
+wrapping is configured by ``HARNESS_*`` variables, which production code never reads:
+
+- ``HARNESS_BATCH_DELAY_MS``: every model run also sleeps this long, so the server's capacity is
+  known (max_batch_size images per delay) whatever the machine.
+- ``HARNESS_FAIL_RUNS``: comma-separated indices of model runs after warm-up (0 = first) that
+  raise an ordinary EngineError.
+- ``HARNESS_FATAL_AT``: index of the run after warm-up that raises a fatal device error (the
+  message ONNX Runtime gives for a CUDA illegal address).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from service.__main__ import main
+from service.engine import EngineError, FatalEngineError, OnnxEngine
+
+
+def _wrap(engine: OnnxEngine) -> OnnxEngine:
+    delay_s = float(os.environ.get("HARNESS_BATCH_DELAY_MS", "0")) / 1e3
+    fail_runs = {int(i) for i in os.environ.get("HARNESS_FAIL_RUNS", "").split(",") if i}
+    fatal_at = int(os.environ.get("HARNESS_FATAL_AT", "-1"))
+    real_run, real_warmup = engine.run, engine.warmup
+    lock = threading.Lock()
+    runs_after_warmup: list[int] = []  # a list so the closures can count
+    warmed = threading.Event()
+
+    def run(batch):
+        if not warmed.is_set():
+            return real_run(batch)
+        with lock:
+            index = len(runs_after_warmup)
+            runs_after_warmup.append(len(batch))
+        if delay_s:
+            time.sleep(delay_s)
+        if index == fatal_at:
+            raise FatalEngineError(
+                "fatal device error: CUDA error: an illegal memory access was encountered"
+            )
+        if index in fail_runs:
+            raise EngineError(f"injected failure of run {index}")
+        return real_run(batch)
+
+    def warmup(batch_sizes):
+        real_warmup(batch_sizes)
+        warmed.set()
+
+    engine.run = run  # type: ignore[method-assign]
+    engine.warmup = warmup  # type: ignore[method-assign]
+    return engine
+
+
+_real_load = OnnxEngine.load
+OnnxEngine.load = staticmethod(lambda settings: _wrap(_real_load(settings)))  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Faults in the real server process: a failing model run, a fatal device error, a bad model file.
+
+(In-process versions: tests/service/test_load_behaviour.py. Missing model and undecodable model
+file exit codes and messages: tests/service/test_config.py.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+
+def test_a_failing_model_run_fails_only_its_batch(start_server, jpeg):
+    # Batch size 1: the first run after warm-up fails, so exactly one request gets 500.
+    server = start_server(max_batch_size=1, harness_fail_runs="0")
+    first = httpx.post(f"{server.base}/classify", files={"file": jpeg()}, timeout=10)
+    later = [
+        httpx.post(f"{server.base}/classify", files={"file": jpeg(color=(i, 9, 9))}, timeout=10)
+        for i in range(5)
+    ]
+    ready = httpx.get(f"{server.base}/readyz", timeout=5)
+    assert first.status_code == 500 and first.json()["error"]["code"] == "inference_failed"
+    assert [r.status_code for r in later] == [200] * 5
+    assert ready.status_code == 200
+    assert server.proc.poll() is None  # an ordinary run error never stops the process
+
+
+def test_fatal_device_error_makes_readiness_fail_and_the_process_exit_70(start_server, jpeg):
+    # Batches of 4 collected over 300 ms: the fatal run holds several requests at once.
+    server = start_server(max_batch_size=4, max_batch_delay_ms=300, harness_fatal_at="0")
+    url = f"{server.base}/classify"
+    with ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(httpx.post, url, files={"file": jpeg(color=(i, 0, 0))}, timeout=10)
+            for i in range(4)
+        ]
+        responses = [f.result() for f in futures]
+    # Readiness right after: 503, or no listener at all once shutdown began. Never 200.
+    try:
+        ready_status = httpx.get(f"{server.base}/readyz", timeout=2).status_code
+    except httpx.TransportError:
+        ready_status = None
+    rc = server.proc.wait(timeout=15)
+    assert [r.status_code for r in responses] == [500] * 4, [r.text for r in responses]
+    assert {r.json()["error"]["code"] for r in responses} == {"inference_failed"}
+    assert ready_status in (503, None)
+    assert rc == 70, server.log()
+    assert "FATAL device error" in server.log()
+
+
+def test_corrupt_model_exits_3_without_ever_listening(tiny_model_path, tmp_path, helpers):
+    corrupt = tmp_path / "corrupt.onnx"
+    data = tiny_model_path.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])  # a truncated protobuf
+    port = helpers.free_port()
+    env = helpers.server_env(corrupt, port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=helpers.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    accepted = 0
+    try:
+        # Poll the port for the whole life of the process: a half-alive server would accept.
+        while proc.poll() is None:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+                accepted += 1
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, out
+    assert "cannot load ONNX model" in out and str(corrupt) in out
+    assert accepted == 0
