@@ -1,0 +1,343 @@
+"""``python -m bench [all|engine|service|profile|report] [--quick]``: the benchmark suite.
+
+``all`` (the default, what ``make bench`` runs) = engine + service + profile, then the report:
+``bench/results/results.json`` (raw figures), ``results.md`` (tables), two PNG plots, and the
+README section between the bench markers. ``--quick`` is a smoke run of the whole pipeline in
+a few minutes; it writes to ``bench/results/raw/quick/`` and leaves the README alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import (
+    RESULTS_DIR,
+    ROOT,
+    SAMPLE_IMAGE,
+    cpus,
+    machine_info,
+    progress,
+    read_json,
+    write_json,
+)
+
+FULL = {
+    "batches": (1, 2, 4, 8, 16, 32),
+    "engine_reps": 3,
+    "engine_warmup": 1,
+    "min_images": 8,
+    "concurrency": (1, 4, 16, 64),
+    "duration_s": 15.0,
+    "warmup_s": 8.0,
+    "service_reps": 2,
+    "profile_s": 12.0,
+}
+QUICK = {
+    "batches": (1, 8),
+    "engine_reps": 1,
+    "engine_warmup": 1,
+    "min_images": 1,
+    "concurrency": (1, 16),
+    "duration_s": 4.0,
+    "warmup_s": 3.0,
+    "service_reps": 1,
+    "profile_s": 0.0,
+}
+
+
+def plan_cpus() -> tuple[list[int] | None, list[int] | None, str]:
+    """(server cpus, load-generator cpus, explanation)."""
+    all_cpus = cpus()
+    if len(all_cpus) >= 4:
+        return (
+            all_cpus[:-1],
+            all_cpus[-1:],
+            f"Servers and the engine benchmark pinned to CPUs {all_cpus[:-1]} (taskset), wrk to "
+            f"CPU {all_cpus[-1]}: the load generator never competes with the server.",
+        )
+    if len(all_cpus) >= 2:
+        return (
+            None,
+            all_cpus[-1:],
+            f"Only {len(all_cpus)} CPUs: wrk (one thread) is pinned to CPU {all_cpus[-1]} with "
+            "taskset, the servers may use every CPU. Giving wrk a core of its own would halve the "
+            "server's compute, and wrk needs little of one (its measured CPU share is in "
+            "results.json, `loadgen_cpu_share`).",
+        )
+    return None, None, "One CPU: nothing pinned; wrk shares the core with the server."
+
+
+def run_engine(cfg: dict[str, Any], threads: int, models) -> dict[str, Any]:
+    from bench import engine
+    from bench.models import load_torch_reference
+
+    cuda_reason = engine.cuda_unavailable_reason()
+    if cuda_reason:
+        progress(f"GPU runtimes skipped: {cuda_reason}")
+    torch_model = load_torch_reference(models)
+    runners = [
+        engine.torch_runner(torch_model, threads),
+        engine.ort_cpu_runner("ort_fp32", "ONNX Runtime fp32", models.fp32, threads),
+        engine.ort_cpu_runner("ort_int8", "ONNX Runtime int8 (dynamic)", models.int8, threads),
+    ]
+    all_cpus = len(cpus())
+    if all_cpus > threads:
+        # What the cores the service leaves to decoding would add to a model run.
+        extra = engine.ort_cpu_runner(
+            f"ort_fp32_t{all_cpus}", f"ONNX Runtime fp32, {all_cpus} threads", models.fp32, all_cpus
+        )
+        extra.batches = tuple(b for b in (1, 8) if b in cfg["batches"])
+        runners.append(extra)
+        torch_all = engine.torch_runner(
+            torch_model,
+            all_cpus,
+            f"torch_eager_t{all_cpus}",
+            f"PyTorch eager fp32, {all_cpus} threads",
+        )
+        torch_all.batches = extra.batches
+        runners.append(torch_all)
+    if not cuda_reason:
+        from bench.models import ensure_fp16
+
+        runners.append(engine.cuda_runner("cuda_fp32", "ORT CUDA fp32 (IO binding)", models.fp32))
+        runners.append(
+            engine.cuda_runner("cuda_fp16", "ORT CUDA fp16 (IO binding)", ensure_fp16(models))
+        )
+    for r in runners:
+        if r.batches == engine.CPU_BATCHES:
+            r.batches = tuple(cfg["batches"])
+    runners.append(decode_runner(models))
+    progress(f"engine benchmark: {[r.name for r in runners]}, batches {cfg['batches']}")
+    res = engine.run_engine_benchmark(
+        runners, reps=cfg["engine_reps"], warmup=cfg["engine_warmup"], min_images=cfg["min_images"]
+    )
+    decode = res.pop("decode")
+    return {
+        "threads": threads,
+        "runtimes": res,
+        "decode_ms": decode["batches"]["1"]["latency_ms"],
+        "decode_image": f"{SAMPLE_IMAGE.name}, {SAMPLE_IMAGE.stat().st_size} bytes",
+        "int8_agreement": models.int8_agreement(),
+        "gpu": cuda_reason or "run",
+    }
+
+
+def decode_runner(models):
+    """The service's decode + preprocess of the benchmark JPEG, timed interleaved with the engines."""
+    from bench.engine import Runner
+    from service.manifest import PreprocessSpec
+    from service.preprocess import decode_image
+
+    data = SAMPLE_IMAGE.read_bytes()
+    spec = PreprocessSpec(**models.manifest()["preprocess"])
+    return Runner(
+        "decode",
+        "JPEG decode + preprocess",
+        lambda _x: decode_image(data, spec, max_pixels=40_000_000),
+        (1,),
+    )
+
+
+def engine_probe(models, threads: int):
+    """Raw ORT fp32 (the service's threads) and decode figures, taken between load runs."""
+    import statistics
+
+    from bench.engine import ort_session, probe_throughput
+
+    session = ort_session(models.fp32, threads)
+    decode = decode_runner(models).run
+
+    def probe(concurrency: int, result: dict[str, Any]) -> dict[str, Any]:
+        if concurrency not in (1, 16):  # the levels the targets compare
+            return {}
+        batch = max(1, round(result.get("mean_batch_size") or 1))
+        img_s, per_call = probe_throughput(session, batch)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            decode(None)
+            times.append(time.perf_counter() - t0)
+        return {
+            "batch": batch,
+            "img_per_s": round(img_s, 3),
+            "latency_ms": round(per_call * 1e3, 2),
+            "decode_ms": round(statistics.median(times) * 1e3, 2),
+        }
+
+    return probe
+
+
+def run_service(
+    cfg, models, server_cpus, loadgen_cpus, pinning, env, also=(), threads: int = 1
+) -> dict[str, Any]:
+    from bench import service
+    from bench.loadgen import wrk_path
+
+    wrk = wrk_path()
+    servers = [service.service_server(models.fp32, server_cpus, env)]
+    for name, extra_env in also:  # tuning candidates, loaded interleaved with the default
+        s = service.service_server(models.fp32, server_cpus, {**env, **extra_env})
+        s.name = f"service_{name}"
+        s.label = f"swin-serve, {' '.join(f'{k}={v}' for k, v in extra_env.items())}"
+        servers.append(s)
+    servers.append(service.peer_server(models.fp32_report, server_cpus))
+    progress(f"service benchmark: concurrency {cfg['concurrency']}, {cfg['duration_s']:g} s each")
+    res = service.run_service_benchmark(
+        servers,
+        SAMPLE_IMAGE,
+        concurrency=tuple(cfg["concurrency"]),
+        duration_s=cfg["duration_s"],
+        warmup_s=cfg["warmup_s"],
+        reps=cfg["service_reps"],
+        loadgen_cpus=loadgen_cpus,
+        probe=engine_probe(models, threads),
+    )
+    return {
+        "servers": res,
+        "pinning": pinning,
+        "loadgen": f"{wrk} -t1 (closed loop, raw image/jpeg body, Lua done() percentiles)",
+        "body": SAMPLE_IMAGE.name,
+    }
+
+
+def run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env) -> dict[str, Any]:
+    import tempfile
+
+    from bench import profile, service
+    from bench.loadgen import lua_script
+
+    progress("profiling the engine with the ONNX Runtime profiler (batch 8)")
+    out: dict[str, Any] = {"engine_ort": profile.profile_engine(models.fp32, threads)}
+    seconds = cfg["profile_s"] or 5.0
+    server = service.service_server(models.fp32, server_cpus, env)
+    with tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp, service.running([server]):
+        script = Path(tmp) / "post.lua"
+        script.write_text(lua_script(SAMPLE_IMAGE))
+        progress(f"py-spy on the service under c=16 for {seconds:g} s")
+        out["service_pyspy"] = profile.profile_service(
+            server, script, duration_s=seconds, loadgen_cpus=loadgen_cpus
+        )
+    return out
+
+
+def parse_also(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """``NAME:SWIN_A=1,SWIN_B=2`` -> (NAME, {SWIN_A: 1, SWIN_B: 2})."""
+    out = []
+    for spec in specs:
+        name, sep, pairs = spec.partition(":")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--also wants NAME:SWIN_X=V[,SWIN_Y=W], got {spec!r}")
+        out.append((name, parse_env(pairs.split(","))))
+    return out
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.startswith("SWIN_"):
+            raise SystemExit(f"--service-env wants SWIN_NAME=value, got {p!r}")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["all", "engine", "service", "profile", "report"]
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few minutes")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="engine threads (0: as the service, CPUs - 1)"
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="SWIN_X=V",
+        help="extra server setting for the service under test (repeatable)",
+    )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME:SWIN_X=V,...",
+        help="also load a service with these settings, interleaved (repeatable)",
+    )
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not regenerate the README section"
+    )
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    results: dict[str, Any] = read_json(results_path) if results_path.exists() else {}
+
+    if args.what != "report":
+        from bench.models import ensure_models
+
+        started = time.perf_counter()
+        server_cpus, loadgen_cpus, pinning = plan_cpus()
+        # The engine runs as the service runs it: its intra-op threads (CPUs - 1, a core left
+        # for decoding), and PyTorch gets the same number.
+        threads = args.threads or max(1, len(server_cpus or cpus()) - 1)
+        if server_cpus:
+            import os
+
+            os.sched_setaffinity(0, server_cpus)  # the engine benchmark gets the server's cores
+        env = parse_env(args.service_env)
+        models = ensure_models()
+        if args.what in ("all", "engine"):
+            results["engine"] = run_engine(cfg, threads, models)
+        if args.what in ("all", "service"):
+            results["service"] = run_service(
+                cfg,
+                models,
+                server_cpus,
+                loadgen_cpus,
+                pinning,
+                env,
+                parse_also(args.also),
+                threads,
+            )
+        if args.what == "profile" or (args.what == "all" and not args.quick):
+            results["profile"] = run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env)
+        results["meta"] = {
+            "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "mode": "quick" if args.quick else "full",
+            "what": args.what,
+            "seconds": round(time.perf_counter() - started, 1),
+            "machine": machine_info(),
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        }
+    if not results:
+        print(f"no results in {results_path}; run the benchmark first", file=sys.stderr)
+        return 1
+    results["targets"] = report.compute_targets(results)
+    write_json(results_path, results)
+    report.plot(results, out_dir)
+    notes_path = out_dir / "NOTES.md"
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    markdown = report.render_markdown(results, notes=notes)
+    (out_dir / "results.md").write_text("# Benchmark results\n\n" + markdown)
+    for t in results["targets"]:
+        progress(f"{t['status']:<7} {t['name']}: {t['measured']} (>= {t['threshold']})")
+    if not args.quick and not args.no_readme and out_dir == RESULTS_DIR:
+        readme = ROOT / "README.md"
+        section = report.render_markdown(results, image_prefix="bench/results/", notes=notes)
+        readme.write_text(report.replace_readme_section(readme.read_text(), section))
+        progress("README benchmark section regenerated")
+    progress(f"results in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

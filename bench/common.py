@@ -1,0 +1,104 @@
+"""Shared helpers: paths, progress lines, statistics and the machine description.
+
+Times are in seconds unless a name says otherwise (``_ms``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MODELS_DIR = ROOT / "models" / "bench"  # git-ignored: the bench's own random-weight export
+VARIANT = "swin_tiny_patch4_window7_224"
+SAMPLE_IMAGE = ROOT.parent / "shared" / "images" / "flower.jpg"
+
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One timestamped progress line on stderr (long runs stay visibly alive)."""
+    elapsed = time.perf_counter() - _T0
+    print(f"[bench {elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, ``q`` in [0, 100]."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+
+
+def interpolate_log2(points: dict[int, float], x: float) -> float:
+    """Value at ``x`` from {batch: value}, linear in log2(batch); clamped to the end points."""
+    if not points:
+        raise ValueError("no points to interpolate")
+    keys = sorted(points)
+    if x <= keys[0]:
+        return points[keys[0]]
+    if x >= keys[-1]:
+        return points[keys[-1]]
+    for lo, hi in itertools.pairwise(keys):
+        if lo <= x <= hi:
+            t = (math.log2(x) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+            return points[lo] + t * (points[hi] - points[lo])
+    raise AssertionError("unreachable")
+
+
+def cpus() -> list[int]:
+    """The CPUs this process may run on, in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = (0.0, 0.0, 0.0)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpus": len(cpus()),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

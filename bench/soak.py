@@ -1,0 +1,269 @@
+"""Soak: the real server under mixed good, bad and overload traffic for a long time (``make soak``).
+
+    python -m bench.soak --minutes 10 --model models/swin_tiny_patch4_window7_224.onnx
+
+It starts ``python -m service`` on a free loopback port, measures the server's capacity (closed
+loop, a few seconds), then runs for ``--minutes``, every second offering:
+
+- good images (the ../shared photos) at ``--good-load`` x capacity;
+- a few bad requests (junk, truncated, empty, text, wrong content type, over the byte cap,
+  a decompression bomb), each with the status the README promises;
+- once a minute, a ``--burst-s`` overload burst at ``--burst-load`` x capacity.
+
+Each minute it prints requests by status and error code, and the server's RSS; at the end a JSON
+summary with the RSS trend. The exit status is 1 if any request got a status its kind does not
+allow (any 5xx but 503, or no answer at all), or if RSS grew by more than
+``--max-rss-growth-mib`` over the second half of the run (the first half lets the allocator and
+ONNX Runtime arenas reach their high-water mark). Load goes to 127.0.0.1 only, bounded in time
+and rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from bench.loadclient import TRANSPORT_ERROR, Outcome, build_request, send
+
+SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+GOOD_NAMES = ("hopper.jpg", "flower.jpg", "flower2.jpg", "hopper.png", "hopper.webp", "hopper.gif")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def good_requests() -> list[bytes]:
+    return [
+        build_request("/classify", (SHARED_IMAGES / n).read_bytes(), "image/*") for n in GOOD_NAMES
+    ]
+
+
+def bad_requests(max_upload_bytes: int) -> list[tuple[str, bytes, set[int]]]:
+    """(kind, request, the statuses it may get). 503 is allowed for all: admission comes first."""
+    jpeg = (SHARED_IMAGES / "hopper.jpg").read_bytes()
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 99, 199)).save(png, format="PNG")
+    kinds = [
+        ("junk", build_request("/classify", os.urandom(2048), "image/jpeg"), {400}),
+        ("truncated", build_request("/classify", jpeg[: len(jpeg) // 3], "image/jpeg"), {400}),
+        ("empty", build_request("/classify", b"", "image/png"), {400}),
+        ("html", build_request("/classify", b"<html><body>hi</body></html>", "image/png"), {400}),
+        ("wrong_type", build_request("/classify", png.getvalue(), "text/plain"), {415}),
+        # Headers only: the 413 comes from Content-Length, before any body is read. (Sending the
+        # body too would race the server's close against our write, and lose the response.)
+        (
+            "too_big",
+            build_request("/classify", b"\xff" * (max_upload_bytes + 1), "image/jpeg").split(
+                b"\r\n\r\n"
+            )[0]
+            + b"\r\n\r\n",
+            {413},
+        ),
+        (
+            "bomb",
+            build_request(
+                "/classify", (SHARED_IMAGES / "decompression_bomb.gif").read_bytes(), "image/gif"
+            ),
+            {413},
+        ),
+        ("top_k", build_request("/classify?top_k=0", png.getvalue(), "image/png"), {422}),
+    ]
+    return [(k, r, ok | {503}) for k, r, ok in kinds]
+
+
+def start_server(model: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
+    env.update(
+        SWIN_MODEL_PATH=str(model),
+        SWIN_PORT=str(port),
+        SWIN_HOST="127.0.0.1",
+        SWIN_PROVIDERS="cpu",
+        SWIN_LOG_LEVEL="warning",
+        **env_extra,
+    )
+    return subprocess.Popen([sys.executable, "-m", "service"], env=env)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server not ready in time")
+
+
+async def measure_capacity(port: int, request: bytes, seconds: float, concurrency: int) -> float:
+    """Closed loop with ``concurrency`` clients: 200 responses per second."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            if (await send("127.0.0.1", port, request)).status == 200:
+                done += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return done / seconds
+
+
+class Tally:
+    """Counts per minute and overall; only aggregates are kept, so memory stays flat."""
+
+    def __init__(self) -> None:
+        self.minute: Counter[str] = Counter()
+        self.total: Counter[str] = Counter()
+        self.latencies_503: list[float] = []  # of the "overloaded" ones only
+        self.unexpected: Counter[str] = Counter()
+
+    def add(self, kind: str, outcome: Outcome, allowed: set[int]) -> None:
+        status = outcome.status
+        key = "no_response" if status == TRANSPORT_ERROR else str(status)
+        if outcome.code:
+            key += f" {outcome.code}"
+        self.minute[key] += 1
+        self.total[key] += 1
+        if outcome.code == "overloaded":  # deadline_exceeded 503s come at their deadline
+            self.latencies_503.append(outcome.seconds)
+        if status not in allowed:
+            self.unexpected[f"{kind}->{status}"] += 1
+
+
+async def soak(args: argparse.Namespace, port: int, pid: int) -> dict:
+    good = good_requests()
+    bad = bad_requests(args.max_upload_bytes)
+    capacity = await measure_capacity(port, good[0], args.calibrate_s, concurrency=8)
+    print(f"capacity ~{capacity:.1f} images/s (closed loop, 8 clients)", flush=True)
+    tally = Tally()
+    rss_trend: list[tuple[int, float]] = [(0, rss_mib(pid))]
+    pending: set[asyncio.Task] = set()
+    t0 = time.perf_counter()
+    seconds = int(args.minutes * 60)
+
+    async def fire(kind: str, request: bytes, allowed: set[int], at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        outcome = await send("127.0.0.1", port, request, timeout_s=30)
+        tally.add(kind, outcome, allowed)
+
+    for second in range(seconds):
+        in_burst = second % 60 >= 60 - args.burst_s
+        rate = capacity * (args.burst_load if in_burst else args.good_load)
+        n_good = max(1, round(rate))
+        start = t0 + second
+        for i in range(n_good):
+            request = good[(second * 7 + i) % len(good)]
+            task = asyncio.create_task(fire("good", request, {200, 503}, start + i / n_good))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        for j in range(args.bad_per_s):
+            kind, request, allowed = bad[(second * args.bad_per_s + j) % len(bad)]
+            task = asyncio.create_task(fire(kind, request, allowed, start + (j + 0.5) / 2))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.sleep(max(0.0, start + 1 - time.perf_counter()))
+        if (second + 1) % 60 == 0:
+            rss = rss_mib(pid)
+            rss_trend.append((second + 1, rss))
+            print(
+                f"[{(second + 1) // 60:3d} min] {dict(sorted(tally.minute.items()))} "
+                f"RSS {rss:.1f} MiB",
+                flush=True,
+            )
+            tally.minute.clear()
+    await asyncio.gather(*pending)
+    rss_trend.append((seconds, rss_mib(pid)))
+    lat = sorted(tally.latencies_503)
+    first_min = rss_trend[1][1] if len(rss_trend) > 2 else rss_trend[0][1]
+    # A leak keeps growing; allocator and ONNX Runtime arenas rise to a high-water mark and stay.
+    # So the verdict is on the second half of the run, after that mark had time to be reached.
+    halfway = min(rss_trend, key=lambda point: abs(point[0] - seconds / 2))[1]
+    return {
+        "capacity_images_per_s": round(capacity, 2),
+        "minutes": args.minutes,
+        "requests": sum(tally.total.values()),
+        "by_status": dict(sorted(tally.total.items())),
+        "unexpected": dict(tally.unexpected),
+        "p99_overloaded_503_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1e3, 1) if lat else None,
+        "rss_mib": [(s, round(r, 1)) for s, r in rss_trend],
+        "rss_growth_after_first_minute_mib": round(rss_trend[-1][1] - first_min, 1),
+        "rss_growth_second_half_mib": round(rss_trend[-1][1] - halfway, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--model", type=Path, default=Path("models/swin_tiny_patch4_window7_224.onnx")
+    )
+    parser.add_argument("--good-load", type=float, default=0.6, help="x capacity, outside bursts")
+    parser.add_argument("--burst-load", type=float, default=2.0, help="x capacity, in bursts")
+    parser.add_argument("--burst-s", type=int, default=10, help="seconds of burst per minute")
+    parser.add_argument("--bad-per-s", type=int, default=2)
+    parser.add_argument("--calibrate-s", type=float, default=10.0)
+    parser.add_argument("--max-upload-bytes", type=int, default=1024 * 1024)
+    parser.add_argument(
+        "--max-rss-growth-mib", type=float, default=64.0, help="over the second half of the run"
+    )
+    parser.add_argument("--out", type=Path, help="also write the JSON summary here")
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"{args.model} not found: `make export` (Swin-T) or pass --model")
+
+    port = free_port()
+    proc = start_server(
+        args.model,
+        port,
+        {"SWIN_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "SWIN_QUEUE_CAPACITY": "32"},
+    )
+    try:
+        wait_ready(port, proc)
+        summary = asyncio.run(soak(args, port, proc.pid))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    summary["server_exit_status"] = rc
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    failed = (
+        summary["unexpected"]
+        or summary["rss_growth_second_half_mib"] > args.max_rss_growth_mib
+        or rc != 0
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

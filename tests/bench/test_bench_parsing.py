@@ -1,0 +1,269 @@
+"""The benchmark's parsing and report logic (nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.__main__ import parse_also, parse_env
+from bench.common import interpolate_log2, percentile
+from bench.loadgen import MARKER, LoadGenError, lua_script, parse_wrk_output
+from bench.profile import bucket_of, summarise_folded, summarise_ort_trace
+from bench.report import (
+    README_END,
+    README_START,
+    compute_targets,
+    render_markdown,
+    replace_readme_section,
+)
+from bench.service import histogram_means, parse_prometheus
+
+WRK_STDOUT = f"""Running 5s test @ http://127.0.0.1:8000/classify
+  1 threads and 16 connections
+{MARKER}{{"requests":100,"duration_us":5000000,"bytes":1000,"errors_connect":0,"errors_read":1,"errors_write":0,"errors_status":4,"errors_timeout":2,"lat_mean_us":12345.6,"lat_max_us":90000,"lat_p50_us":10000,"lat_p90_us":20000,"lat_p95_us":30000,"lat_p99_us":80000}}
+"""
+
+
+def test_wrk_output_gives_throughput_of_successful_requests_and_ms_latencies():
+    r = parse_wrk_output(WRK_STDOUT)
+    assert r["ok"] == 96  # 4 non-2xx answers are not throughput
+    assert r["throughput_rps"] == pytest.approx(96 / 5.0)
+    assert (r["p50_ms"], r["p95_ms"], r["p99_ms"]) == (10.0, 30.0, 80.0)
+    assert r["non_2xx"] == 4
+    assert r["error_count"] == 7  # status + read + timeout
+
+
+def test_wrk_output_without_the_marker_line_is_an_error_naming_it():
+    with pytest.raises(LoadGenError, match="BENCH_JSON"):
+        parse_wrk_output("Running 5s test\nsocket errors: connect 16\n")
+
+
+def test_lua_script_posts_the_file_as_raw_jpeg_and_quotes_odd_paths(tmp_path):
+    path = tmp_path / 'a "quoted" dir' / "x.jpg"
+    script = lua_script(path)
+    assert json.dumps(str(path)) in script  # a valid Lua string literal for the path
+    assert 'wrk.method = "POST"' in script
+    assert 'wrk.headers["Content-Type"] = "image/jpeg"' in script
+    assert "latency:percentile(99)" in script
+    assert "%%" not in script  # the Python template was expanded exactly once
+
+
+PROM_BEFORE = """# HELP swin_batch_size Images per model run.
+swin_batch_size_bucket{le="1.0"} 2.0
+swin_batch_size_sum 10.0
+swin_batch_size_count 5.0
+swin_request_duration_seconds_sum{endpoint="/classify"} 1.0
+swin_request_duration_seconds_count{endpoint="/classify"} 2.0
+swin_request_duration_seconds_sum{endpoint="/metrics"} 0.5
+swin_request_duration_seconds_count{endpoint="/metrics"} 1.0
+"""
+PROM_AFTER = """swin_batch_size_sum 40.0
+swin_batch_size_count 9.0
+swin_request_duration_seconds_sum{endpoint="/classify"} 5.0
+swin_request_duration_seconds_count{endpoint="/classify"} 6.0
+swin_request_duration_seconds_sum{endpoint="/metrics"} 0.5
+swin_request_duration_seconds_count{endpoint="/metrics"} 1.0
+"""
+
+
+def test_mean_batch_size_is_the_histogram_difference_between_scrapes():
+    means = histogram_means(parse_prometheus(PROM_BEFORE), parse_prometheus(PROM_AFTER))
+    assert means["swin_batch_size"] == {"count": 4.0, "mean": 7.5}  # (40-10)/(9-5)
+    # Label sets are added up: 4 s over 4 new requests.
+    assert means["swin_request_duration_seconds"]["mean"] == pytest.approx(1.0)
+    assert means["swin_decode_seconds"] == {"count": 0.0, "mean": None}
+
+
+def test_interpolation_is_linear_in_log2_batch_and_clamped():
+    pts = {1: 10.0, 2: 20.0, 8: 50.0}
+    assert interpolate_log2(pts, 2) == 20.0
+    assert interpolate_log2(pts, 4) == pytest.approx(35.0)  # halfway from 2 to 8 in log2
+    assert interpolate_log2(pts, 0.5) == 10.0
+    assert interpolate_log2(pts, 64) == 50.0
+
+
+def test_percentile_interpolates_between_samples():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 99) == 5
+
+
+def test_folded_stacks_are_bucketed_by_innermost_known_frame():
+    folded = (
+        "process;<module> (service/__main__.py:1);_infer (service/batcher.py:280);"
+        "run (onnxruntime/capi/onnxruntime_inference_collection.py:2) 30\n"
+        "process;run (asyncio/events.py:1);decode_image (service/preprocess.py:9);"
+        "resize (PIL/Image.py:3) 10\n"
+        "process;run (uvicorn/server.py:1);h11 (h11/_connection.py:3) 10\n"
+    )
+    s = summarise_folded(folded)
+    assert s["samples"] == 50
+    assert s["share"]["inference (ORT session.run)"] == 0.6
+    assert s["share"]["decode + preprocess"] == 0.2
+    assert bucket_of("a (x.py:1);b (y.py:2)") == "other"
+
+
+def test_ort_trace_counts_node_kernel_time_by_operator():
+    events = [
+        {"cat": "Node", "name": "m_kernel_time", "dur": 30, "args": {"op_name": "MatMul"}},
+        {"cat": "Node", "name": "m2_kernel_time", "dur": 10, "args": {"op_name": "Add"}},
+        {"cat": "Node", "name": "m_fence_before", "dur": 99, "args": {"op_name": "MatMul"}},
+        {"cat": "Session", "name": "model_run", "dur": 1000},
+    ]
+    s = summarise_ort_trace(events)
+    assert s["share"] == {"MatMul": 0.75, "Add": 0.25}
+    assert s["total_kernel_ms"] == 0.04
+
+
+def _results(svc16_rps=30.0, peer16_rps=10.0, svc_p99=100.0, peer_p99=200.0, svc1_p50=60.0):
+    def runtime(curve):
+        return {
+            "label": "x",
+            "batches": {
+                str(b): {"img_per_s": v, "latency_ms": 1e3 * b / v} for b, v in curve.items()
+            },
+        }
+
+    def level(rps, p50, p99, mb=None):
+        return {
+            "throughput_rps": rps,
+            "p50_ms": p50,
+            "p95_ms": p99,
+            "p99_ms": p99,
+            "error_count": 0,
+            "mean_batch_size": mb,
+            "server_cpu_s_per_request": 0.1,
+        }
+
+    return {
+        "engine": {
+            "threads": 1,
+            "decode_ms": 10.0,
+            "runtimes": {
+                "torch_eager": runtime({1: 10.0, 8: 10.0}),
+                "ort_fp32": runtime({1: 20.0, 8: 26.0}),  # batch 1: 50 ms
+                "ort_int8": runtime({1: 30.0, 8: 40.0}),
+            },
+            "int8_agreement": {
+                "cosine_min": {"logits": 0.9999},
+                "top1_agreement": 1.0,
+                "top5_overlap": 0.96,
+                "images": 16,
+            },
+        },
+        "service": {
+            "servers": {
+                "service": {
+                    "label": "svc",
+                    "levels": {
+                        "1": level(15.0, svc1_p50, 80.0, 1.0),
+                        "16": level(svc16_rps, 400.0, svc_p99, 8.0),
+                    },
+                },
+                "peer": {
+                    "label": "peer",
+                    "levels": {"1": level(9, 90, 99), "16": level(peer16_rps, 900, peer_p99)},
+                },
+            }
+        },
+    }
+
+
+def _by_id(results):
+    return {t["id"]: t for t in compute_targets(results)}
+
+
+def test_targets_are_ratios_from_the_run_with_pass_and_miss():
+    t = _by_id(_results())
+    assert [x["status"] for x in t.values()] == ["PASS"] * 5
+    assert t["ort_vs_eager"]["measured"] == 2.6  # 26 / 10 at batch 8
+    assert t["int8_vs_fp32"]["measured"] == pytest.approx(40 / 26, abs=1e-3)
+    assert "top-1 agreement 1.000" in t["int8_vs_fp32"]["detail"]
+    assert t["service_vs_engine"]["measured"] == pytest.approx(30 / 26, abs=1e-3)  # at batch 8
+    assert t["service_vs_peer"]["measured"] == 3.0
+    assert t["c1_latency"]["measured"] == pytest.approx(1.2 * (50 + 10) / 60)
+
+
+def test_engine_ratio_is_the_median_of_per_repetition_ratios():
+    r = _results()
+    batches = r["engine"]["runtimes"]
+    # Rep 2 was hit by a burst on the ORT side only; pairing per repetition shrugs it off.
+    batches["torch_eager"]["batches"]["8"]["samples_ms"] = [800.0, 800.0, 800.0]
+    batches["ort_fp32"]["batches"]["8"]["samples_ms"] = [400.0, 4000.0, 500.0]
+    assert _by_id(r)["ort_vs_eager"]["measured"] == pytest.approx(1.6)  # median of 2, 0.2, 1.6
+
+
+def test_service_targets_prefer_the_engine_probe_taken_right_after_the_load_run():
+    r = _results()
+    levels = r["service"]["servers"]["service"]["levels"]
+    levels["16"]["engine_probe"] = {"batch": 8, "img_per_s": 20.0, "latency_ms": 400.0}
+    levels["1"]["engine_probe"] = {
+        "batch": 1,
+        "img_per_s": 25.0,
+        "latency_ms": 40.0,
+        "decode_ms": 5.0,
+    }
+    t = _by_id(r)
+    assert t["service_vs_engine"]["measured"] == 1.5  # 30 req/s / 20 img/s
+    assert t["c1_latency"]["measured"] == pytest.approx(1.2 * 45 / 60)
+    assert t["c1_latency"]["status"] == "MISS"
+
+
+def test_service_vs_peer_pairs_the_repetitions():
+    r = _results()
+    r["service"]["servers"]["service"]["levels"]["16"]["throughput_all_reps"] = [30.0, 12.0, 20.0]
+    r["service"]["servers"]["peer"]["levels"]["16"]["throughput_all_reps"] = [10.0, 12.0, 5.0]
+    assert _by_id(r)["service_vs_peer"]["measured"] == 3.0  # median of 3, 1, 4
+
+
+def test_service_faster_than_peer_but_with_higher_p99_is_a_miss():
+    peer_target = _by_id(_results(svc_p99=300.0, peer_p99=200.0))["service_vs_peer"]
+    assert peer_target["measured"] == 3.0
+    assert peer_target["status"] == "MISS"
+    assert "NOT lower" in peer_target["detail"]
+
+
+def test_slow_p50_at_c1_is_a_miss():
+    assert _by_id(_results(svc1_p50=200.0))["c1_latency"]["status"] == "MISS"
+
+
+def test_missing_sections_are_reported_not_run():
+    assert {t["status"] for t in compute_targets({})} == {"NOT RUN"}
+
+
+README = "# x\n\nintro\n\n## Benchmarks\n\nHand-written intro.\n\n## Reliability\n\nkeep me\n"
+
+
+def test_readme_markers_are_added_under_the_heading_then_replaced_in_place():
+    once = replace_readme_section(README, "table v1")
+    assert once.index("## Benchmarks") < once.index(README_START) < once.index("## Reliability")
+    assert "Hand-written intro." in once and "keep me" in once
+    twice = replace_readme_section(once, "table v2")
+    assert "table v1" not in twice and "table v2" in twice
+    assert twice.count(README_START) == 1 and twice.count(README_END) == 1
+    assert twice.replace("table v2", "table v1") == once  # nothing else moved
+
+
+def test_readme_without_benchmarks_heading_is_refused():
+    with pytest.raises(ValueError, match="Benchmarks"):
+        replace_readme_section("# x\n", "t")
+
+
+def test_markdown_report_holds_tables_targets_and_plot_links():
+    md = render_markdown(_results(), image_prefix="bench/results/")
+    assert "at batch 8, 1 thread(s) (the service's setting) | 2.60 | >= 1.3 | **PASS**" in md
+    assert "| service | 16 | 30.00 |" in md
+    assert "](bench/results/engine_throughput.png)" in md
+    assert "### Analysis" not in md
+    with_notes = render_markdown(_results(), notes="Why int8 wins.\n")
+    assert "### Analysis\n\nWhy int8 wins.\n" in with_notes
+
+
+def test_extra_service_settings_are_parsed_and_checked():
+    assert parse_also(["b2:SWIN_MAX_BATCH_SIZE=2,SWIN_MAX_BATCH_DELAY_MS=0"]) == [
+        ("b2", {"SWIN_MAX_BATCH_SIZE": "2", "SWIN_MAX_BATCH_DELAY_MS": "0"})
+    ]
+    with pytest.raises(SystemExit):
+        parse_env(["PATH=/tmp"])
+    with pytest.raises(SystemExit):
+        parse_also(["no-colon"])
