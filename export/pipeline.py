@@ -134,7 +134,7 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
         portable_path, optimized_path = work / "portable.onnx", work / "optimized.onnx"
         onnx.save(portable, portable_path)
 
-        with progress.step("Optimising the graph offline (ONNX Runtime, extended level)"):
+        with progress.step("Optimising the graph offline (GELU fusion, then ONNX Runtime extended level)"):
             optimize.optimize_offline(portable_path, optimized_path)
             startup = {
                 "raw_graph_s": optimize.startup_seconds(
@@ -157,7 +157,7 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
                 )
         info["parity"] = parity
         info["optimization"] = {
-            "offline_level": "extended",
+            "offline_level": "gelu fusion + extended",
             "optimized_on": "CPUExecutionProvider",
             "startup": startup,
         }

@@ -95,6 +95,9 @@ def create_app(
             queue_capacity=settings.queue_capacity,
             metrics=metrics,
             on_fatal=handle_fatal,
+            parallel_batches=settings.resolved_parallel_batches(
+                on_gpu=eng.provider == "CUDAExecutionProvider"
+            ),
         )
         state.batcher.start()
         state.warmup_task = asyncio.create_task(

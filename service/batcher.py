@@ -1,9 +1,11 @@
 """Server-side dynamic batching: one background task, one future per image.
 
-The task blocks for the first queued image, then keeps taking images until it has
-``max_batch_size`` of them or ``max_batch_delay`` has passed since the first was queued. It runs
-the engine on a dedicated thread (never on the event loop), checks that every output has one row
-per input, and resolves each image's future. A failed run fails only its own futures.
+The task waits for a free run slot and the first queued image, then keeps taking images until
+it has ``max_batch_size`` of them or ``max_batch_delay`` has passed since the first was queued.
+It runs the engine on a dedicated thread (never on the event loop), checks that every output has
+one row per input, and resolves each image's future. A failed run fails only its own futures.
+Up to ``parallel_batches`` batches run at once, each on its own thread; while every slot is busy
+the queue grows, so batches grow with the load.
 
 Admission is bounded in images, not requests: a request with N images needs N free slots, or it
 is refused at once (Overloaded). Each image carries a deadline; one that is still queued when its
@@ -80,6 +82,7 @@ class Batcher:
         queue_capacity: int,
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None] | None = None,
+        parallel_batches: int = 1,
     ) -> None:
         self._engine = engine
         self._max_batch_size = max_batch_size
@@ -90,13 +93,17 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._depth = 0  # images queued and not dropped; what the capacity bounds
         self._wakeup = asyncio.Event()
-        # One thread: batches run one after another, and the next batch fills while one runs.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swin-infer")
+        # One thread per run slot: a batch fills while the others run.
+        self._executor = ThreadPoolExecutor(
+            max_workers=parallel_batches, thread_name_prefix="swin-infer"
+        )
+        self._slots = asyncio.Semaphore(parallel_batches)
+        self._runs: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._accepting = True
         self._closing = False
         self._in_flight = 0
-        self._running: list[_Item] = []  # the batch on the model now
+        self._running: list[list[_Item]] = []  # the batches on the model now
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -186,7 +193,7 @@ class Batcher:
         a 503 they can retry rather than a dropped connection."""
         self._accepting = False
         pending = [it for it in self._queue if it.queued and not it.future.done()]
-        pending += [it for it in self._running if not it.future.done()]
+        pending += [it for batch in self._running for it in batch if not it.future.done()]
         self._fail_queued(error)
         for item in pending:
             if not item.future.done():
@@ -196,24 +203,44 @@ class Batcher:
     # -- the loop -------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
-            first = await self._wait_first()
-            if first is None:
-                return  # closing and nothing left
-            batch = [first]
-            flush_at = first.enqueued + self._max_batch_delay_s
-            while len(batch) < self._max_batch_size:
-                item = self._pop_live()
-                if item is not None:
-                    batch.append(item)
-                    continue
-                remaining = flush_at - time.monotonic()
-                if remaining <= 0 or self._closing:
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-            await self._run_batch(batch)
+        try:
+            while True:
+                # A slot first: while every slot is busy, images queue up and the next batch
+                # is formed from all of them.
+                await self._slots.acquire()
+                batch = await self._form_batch()
+                if batch is None:
+                    self._slots.release()
+                    return  # closing and nothing left
+                run = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                self._runs.add(run)
+                run.add_done_callback(self._release_slot)
+        finally:
+            if self._runs:  # drain waits for this task: let the running batches finish
+                await asyncio.gather(*self._runs, return_exceptions=True)
+
+    def _release_slot(self, run: asyncio.Task[None]) -> None:
+        self._runs.discard(run)
+        self._slots.release()
+
+    async def _form_batch(self) -> list[_Item] | None:
+        first = await self._wait_first()
+        if first is None:
+            return None
+        batch = [first]
+        flush_at = first.enqueued + self._max_batch_delay_s
+        while len(batch) < self._max_batch_size:
+            item = self._pop_live()
+            if item is not None:
+                batch.append(item)
+                continue
+            remaining = flush_at - time.monotonic()
+            if remaining <= 0 or self._closing:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        return batch
 
     async def _wait_first(self) -> _Item | None:
         while True:
@@ -250,7 +277,7 @@ class Batcher:
             self._metrics.queue_wait.observe(started - item.enqueued)
         self._metrics.batch_size.observe(n)
         self._in_flight += n
-        self._running = batch
+        self._running.append(batch)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(
@@ -278,7 +305,7 @@ class Batcher:
             return
         finally:
             self._in_flight -= n
-            self._running = []
+            self._running.remove(batch)
         elapsed = time.monotonic() - started
         self._metrics.inference_time.observe(elapsed)
         self._metrics.images.labels(outcome="ok").inc(n)

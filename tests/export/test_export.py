@@ -59,6 +59,16 @@ def test_real_swin_t_export_passes_parity(swin_t_export):
         assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max(), name
 
 
+def test_served_graph_has_gelu_fused_into_portable_contrib_ops(tiny_export):
+    served = onnx.load(tiny_export.model_path)
+    ops = {(n.domain or "ai.onnx", n.op_type) for n in served.graph.node}
+    assert not {op for _, op in ops} & {"Erf", "Tanh"}, "GELU left unfused"
+    assert ("com.microsoft", "BiasGelu") in ops or ("com.microsoft", "Gelu") in ops
+    # Only ops with CPU and CUDA kernels: no CPU-layout (NCHWc) or other CPU-only fusions.
+    assert {d for d, _ in ops} <= {"ai.onnx", "com.microsoft"}
+    assert [d.dim_param for d in served.graph.input[0].type.tensor_type.shape.dim][:1] == ["batch"]
+
+
 def test_manifest_round_trips_through_the_onnx_metadata_and_the_json_report(tiny_export):
     stored = manifest.read(tiny_export.model_path)
     beside = json.loads(tiny_export.report_path.read_text())

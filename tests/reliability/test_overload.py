@@ -56,6 +56,7 @@ def test_twice_capacity_gives_only_200_and_fast_503_with_flat_memory(start_serve
         max_images_per_request=1,
         request_timeout_ms=TIMEOUT_MS,
         harness_batch_delay_ms=RUN_DELAY_MS,
+        parallel_batches=1,  # one run at a time: the capacity above is known
     )
     image = jpeg(size=(160, 120))
     offer_load(server.port, image, OFFERED_PER_S, WARMUP_S)  # steady state first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -187,3 +188,52 @@ async def test_drain_finishes_queued_work_then_refuses(make_engine):
     assert sum(engine.calls) == 6
     with pytest.raises(Draining):
         await b.submit([_img(1)], _far())
+
+
+class _OverlapEngine:
+    """Records how many runs were on the model at once; each run waits briefly for company."""
+
+    def __init__(self, inner):
+        self.inner, self.now, self.most = inner, 0, 0
+        self.lock = threading.Lock()
+
+    def run(self, batch):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.1)
+        with self.lock:
+            self.now -= 1
+        return self.inner.outputs_for(batch)
+
+
+async def test_parallel_slots_run_batches_side_by_side_and_batches_grow_under_load(make_engine):
+    engine = _OverlapEngine(make_engine())
+    b = _batcher(engine, max_batch_size=4, max_batch_delay_s=0.0, parallel_batches=2)
+    b.start()
+    results = await asyncio.gather(*(b.submit([_img(i)], _far()) for i in range(12)))
+    await b.drain(5)
+    assert engine.most == 2  # two runs overlapped, never more than the slots
+    for i, (r,) in enumerate(results):
+        np.testing.assert_allclose(r.outputs["embedding"][:3], i)
+    # With both slots busy the rest queued and went in larger batches, not 12 runs of 1.
+    assert max(r.batch_size for (r,) in results) > 1
+
+
+async def test_one_slot_never_overlaps_runs(make_engine):
+    engine = _OverlapEngine(make_engine())
+    b = _batcher(engine, max_batch_size=2, max_batch_delay_s=0.0, parallel_batches=1)
+    b.start()
+    await asyncio.gather(*(b.submit([_img(i)], _far()) for i in range(6)))
+    await b.drain(5)
+    assert engine.most == 1
+
+
+async def test_drain_waits_for_every_running_batch(make_engine):
+    engine = _OverlapEngine(make_engine())
+    b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=3)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(5)]
+    await asyncio.sleep(0.02)  # some batches are on the model now
+    assert await b.drain(5)
+    assert all(p.done() and not p.exception() for p in pending)

@@ -53,15 +53,23 @@ def test_request_larger_than_queue_is_a_config_error():
         Settings(queue_capacity=4, max_images_per_request=8)
 
 
-def test_auto_threads_leave_a_core_for_decoding(monkeypatch):
+def test_auto_threads_leave_a_core_for_decoding_and_split_among_parallel_batches(monkeypatch):
     import service.settings as settings_mod
 
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 8)
     s = Settings()
-    assert s.resolved_intra_op_threads() == 7 and s.resolved_inter_op_threads() == 1
+    assert s.resolved_parallel_batches(on_gpu=False) == 4  # capped at 4
+    assert s.resolved_parallel_batches(on_gpu=True) == 1  # the GPU serialises runs anyway
+    assert s.resolved_intra_op_threads() == 2 and s.resolved_inter_op_threads() == 1  # 7 / 4
+    assert Settings(parallel_batches=1).resolved_intra_op_threads() == 7
     assert Settings(intra_op_threads=3).resolved_intra_op_threads() == 3
+    assert Settings(parallel_batches=3).resolved_parallel_batches(on_gpu=True) == 3
+    monkeypatch.setattr(settings_mod, "available_cpus", lambda: 2)
+    assert Settings().resolved_parallel_batches(on_gpu=False) == 2
+    assert Settings().resolved_intra_op_threads() == 1
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 1)
     assert Settings().resolved_intra_op_threads() == 1
+    assert Settings().resolved_parallel_batches(on_gpu=False) == 1
 
 
 def test_warmup_covers_powers_of_two_and_the_max():

@@ -84,7 +84,8 @@ async def test_request_past_its_deadline_is_503_and_never_runs(
 ):
     engine = make_engine(delay_s=0.4)
     kw = {"request_timeout_ms": 100} if how == "server_default" else {}
-    async with serve(make_app(engine, max_batch_size=1, **kw)) as client:
+    # One run slot: the busy request holds the model while the next one waits out its deadline.
+    async with serve(make_app(engine, max_batch_size=1, parallel_batches=1, **kw)) as client:
         busy = asyncio.create_task(client.post("/classify", files={"file": png(color=(0, 0, 0))}))
         await asyncio.sleep(0.1)
         url, headers = "/classify", {}
