@@ -134,7 +134,9 @@ def run_export(options: ExportOptions, progress: Progress | None = None) -> Expo
         portable_path, optimized_path = work / "portable.onnx", work / "optimized.onnx"
         onnx.save(portable, portable_path)
 
-        with progress.step("Optimising the graph offline (GELU fusion, then ONNX Runtime extended level)"):
+        with progress.step(
+            "Optimising the graph offline (GELU fusion, then ONNX Runtime extended level)"
+        ):
             optimize.optimize_offline(portable_path, optimized_path)
             startup = {
                 "raw_graph_s": optimize.startup_seconds(
