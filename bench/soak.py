@@ -26,7 +26,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,15 +36,10 @@ from pathlib import Path
 from PIL import Image
 
 from bench.loadclient import TRANSPORT_ERROR, Outcome, build_request, send
+from bench.service import free_port
 
 SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 GOOD_NAMES = ("hopper.jpg", "flower.jpg", "flower2.jpg", "hopper.png", "hopper.webp", "hopper.gif")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:

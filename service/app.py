@@ -88,16 +88,15 @@ def create_app(
         state.decode_executor = ThreadPoolExecutor(
             max_workers=settings.resolved_decode_threads(), thread_name_prefix="swin-decode"
         )
+        on_gpu = eng.provider == "CUDAExecutionProvider"
         state.batcher = Batcher(
             eng,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.resolved_max_batch_size(on_gpu=on_gpu),
             max_batch_delay_s=settings.max_batch_delay_ms / 1e3,
             queue_capacity=settings.queue_capacity,
             metrics=metrics,
             on_fatal=handle_fatal,
-            parallel_batches=settings.resolved_parallel_batches(
-                on_gpu=eng.provider == "CUDAExecutionProvider"
-            ),
+            parallel_batches=settings.resolved_parallel_batches(on_gpu=on_gpu),
         )
         state.batcher.start()
         state.warmup_task = asyncio.create_task(
@@ -164,7 +163,8 @@ async def _drain_watchdog(state: ServiceState) -> None:
 
 async def _warm_up(state: ServiceState, engine: Engine, handle_fatal: FatalHook) -> None:
     """Run every batch size the batcher can form once, then flip readiness on."""
-    sizes = warmup_batch_sizes(state.settings.max_batch_size)
+    assert state.batcher is not None
+    sizes = warmup_batch_sizes(state.batcher.max_batch_size)
     try:
         await asyncio.to_thread(engine.warmup, sizes)
     except Exception as exc:  # a model that cannot run a zero batch must not report ready

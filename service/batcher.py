@@ -97,6 +97,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(
             max_workers=parallel_batches, thread_name_prefix="swin-infer"
         )
+        self._parallel_batches = parallel_batches
         self._slots = asyncio.Semaphore(parallel_batches)
         self._runs: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -106,6 +107,14 @@ class Batcher:
         self._running: list[list[_Item]] = []  # the batches on the model now
 
     # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    @property
+    def parallel_batches(self) -> int:
+        return self._parallel_batches
 
     @property
     def depth(self) -> int:

@@ -336,7 +336,7 @@ async def metrics(state: StateDep) -> Response:
 )
 async def model_info(state: StateDep, manifest: ManifestDep) -> ModelInfo:
     assert state.engine is not None
-    s = state.settings
+    s, batcher = state.settings, state.batcher
     return ModelInfo(
         name=manifest.name,
         variant=manifest.variant,
@@ -353,7 +353,8 @@ async def model_info(state: StateDep, manifest: ManifestDep) -> ModelInfo:
         parity=manifest.parity,
         exporter=manifest.exporter,
         batching=BatchingInfo(
-            max_batch_size=s.max_batch_size,
+            max_batch_size=batcher.max_batch_size if batcher else s.max_batch_size,
+            parallel_batches=batcher.parallel_batches if batcher else s.parallel_batches,
             max_batch_delay_ms=s.max_batch_delay_ms,
             queue_capacity=s.queue_capacity,
             request_timeout_ms=s.request_timeout_ms,

@@ -61,6 +61,7 @@ class FeaturesResponse(BaseModel):
 
 class BatchingInfo(BaseModel):
     max_batch_size: int
+    parallel_batches: int
     max_batch_delay_ms: float
     queue_capacity: int
     request_timeout_ms: int

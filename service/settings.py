@@ -41,7 +41,13 @@ class Settings(BaseSettings):
     providers: Providers = Field(
         "auto", description="ONNX Runtime execution provider: auto (CUDA when present), cpu, cuda."
     )
-    max_batch_size: int = Field(16, ge=1, le=256, description="Images per model run, at most.")
+    max_batch_size: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Images per model run, at most; 0 = auto (4 on CPU, where a larger batch "
+        "adds latency but no images/s (see Benchmarks); 32 on CUDA).",
+    )
     max_batch_delay_ms: float = Field(
         5.0,
         ge=0.0,
@@ -147,6 +153,9 @@ class Settings(BaseSettings):
                 f"({self.max_concurrent_requests}), so that our JSON 503 fires before uvicorn's"
             )
         return self
+
+    def resolved_max_batch_size(self, *, on_gpu: bool) -> int:
+        return self.max_batch_size or (32 if on_gpu else 4)
 
     def resolved_parallel_batches(self, *, on_gpu: bool) -> int:
         if self.parallel_batches:

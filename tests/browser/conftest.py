@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.support import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 # A small upload cap, so the 413 case needs only a 1.5 MB file.
@@ -35,12 +34,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Server:
     url: str
@@ -51,7 +44,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server, started as a subprocess and ready (``/readyz`` 200)."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SWIN_MODEL_PATH": str(tiny_model_path),
@@ -69,7 +62,7 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(url, proc, log)
+            wait_ready(url, proc, 90, lambda: log.seek(0) or log.read().decode())
             yield Server(url, MAX_BATCH_SIZE, MAX_UPLOAD_BYTES)
         finally:
             proc.terminate()
@@ -78,22 +71,6 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"python -m service exited with {proc.returncode}:\n{log.read().decode()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    log.seek(0)
-    pytest.fail(f"server not ready within 90 s:\n{log.read().decode()}")
 
 
 def _chromium_path() -> str:

@@ -2,8 +2,8 @@
 
 ``start_server(**settings)`` runs ``tests/reliability/harness.py`` (the real ``service.__main__``,
 optionally with a slowed or failing engine) on a free 127.0.0.1 port with the tiny exported model,
-waits for readiness and stops it at teardown (SIGTERM, then SIGKILL of that one PID). Test
-modules cannot import this file (``--import-mode=importlib``), so helpers are fixtures.
+waits for readiness and stops it at teardown (SIGTERM, then SIGKILL of that one PID). Shared
+helpers live in ``tests/support.py``; the ``helpers`` fixture hands them on.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import free_port, metric, parse_metrics, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("harness.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Prometheus text -> {(sample name, sorted labels): value}."""
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def metric(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 class LiveServer:
@@ -79,17 +60,7 @@ class LiveServer:
         return sock
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"server not ready after {timeout_s} s:\n{self.log()}")
+        wait_ready(self.base, self.proc, timeout_s, self.log)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -32,7 +32,7 @@ def test_settings_read_swin_env(monkeypatch):
 @pytest.mark.parametrize(
     ("var", "value"),
     [
-        ("SWIN_MAX_BATCH_SIZE", "0"),
+        ("SWIN_MAX_BATCH_SIZE", "-1"),
         ("SWIN_PORT", "70000"),
         ("SWIN_PROVIDERS", "tpu"),
         ("SWIN_QUEUE_CAPACITY", "-1"),
@@ -135,7 +135,7 @@ def _run_main(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_cli_rejects_bad_settings_with_exit_2():
-    proc = _run_main({"SWIN_MAX_BATCH_SIZE": "0"})
+    proc = _run_main({"SWIN_MAX_BATCH_SIZE": "-1"})
     assert proc.returncode == 2
     assert "max_batch_size" in proc.stderr
 
@@ -152,3 +152,9 @@ def test_cli_refuses_a_corrupt_model_file(tmp_path):
     proc = _run_main({"SWIN_MODEL_PATH": str(bad), "SWIN_PORT": "0"})
     assert proc.returncode == 3, proc.stderr
     assert "cannot load ONNX model" in proc.stderr
+
+
+def test_auto_batch_size_is_small_on_cpu_and_large_on_cuda():
+    assert Settings().resolved_max_batch_size(on_gpu=False) == 4
+    assert Settings().resolved_max_batch_size(on_gpu=True) == 32
+    assert Settings(max_batch_size=12).resolved_max_batch_size(on_gpu=False) == 12

@@ -14,6 +14,7 @@ import pytest
 
 from service.app import create_app
 from service.engine import EngineError, ModelLoadError, OnnxEngine
+from tests.support import free_port, wait_ready
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -146,14 +147,6 @@ async def test_app_serves_the_onnx_model_end_to_end(synthetic_model, serve, pngs
     assert np.asarray(feats.json()["results"][0]["stage2"]).shape == (16, 4, 4)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs):
     """The real process: readiness 503 at once, accepted requests all 200, exit status 0."""
     import os
@@ -165,7 +158,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs)
 
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
     env.update(
         SWIN_MODEL_PATH=str(synthetic_model),
@@ -181,15 +174,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs)
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        else:
-            pytest.fail("server never became ready")
+        wait_ready(base, proc, 30)
         images = pngs(12)
         codes: list[int | str] = []
 
