@@ -51,8 +51,14 @@ def check_symbolic_batch(
 
     `expected` maps each output name to its manifest shape, e.g. ["batch", 96, 56, 56].
     """
-    (inp,) = [i for i in proto.graph.input if i.name == INPUT_NAME]
+    inputs = [i for i in proto.graph.input if i.name == INPUT_NAME]
+    if not inputs:
+        raise CheckFailed(f"the graph has no input named {INPUT_NAME!r}")
+    (inp,) = inputs
     problems = []
+    missing = sorted(set(expected) - {o.name for o in proto.graph.output})
+    if missing:
+        problems.append(f"outputs missing from the graph: {missing}")
     if (_dims(inp) or [None])[0] != "batch":
         problems.append(
             f"input {INPUT_NAME} has shape {_dims(inp)}, expected a symbolic 'batch' first"
@@ -74,6 +80,10 @@ def check_symbolic_batch(
         and shapes[name]
         and all(isinstance(d, int) and d > 0 for d in shapes[name])
     ]
+    if unknown:  # a tensor ONNX cannot shape is one whose batch we cannot vouch for
+        problems.append(
+            f"{len(unknown)} tensors computed from the input have no inferred shape: {unknown[:5]}"
+        )
     if frozen:
         problems.append(
             f"{len(frozen)} intermediate tensors have a fixed batch: {frozen[:5]} ({[shapes[n] for n in frozen[:5]]})"
@@ -141,11 +151,14 @@ def check_parity(
                     f"{name} at batch {batch}: ONNX shape {got[name].shape}, PyTorch {ref.shape}"
                 )
             diff = float(np.abs(got[name].astype(np.float64) - ref).max())
-            scale = max(float(np.abs(ref).max()), 1e-6)
-            per_batch[str(batch)][name] = diff / scale
+            scale = float(np.abs(ref).max())
+            # NaN or inf on either side makes the ratio NaN, and a NaN must fail, never compare
+            # its way past the tolerance.
+            rel = diff / max(scale, 1e-6) if np.isfinite(scale) else float("nan")
+            per_batch[str(batch)][name] = rel
             entry = worst.setdefault(name, {"max_abs_diff": 0.0, "rel_diff": 0.0, "scale": scale})
-            if diff / scale >= entry["rel_diff"]:
-                entry.update(max_abs_diff=diff, rel_diff=diff / scale, scale=scale)
+            if not rel <= entry["rel_diff"]:  # larger, or NaN
+                entry.update(max_abs_diff=diff, rel_diff=rel, scale=scale)
     failed = {n: e["rel_diff"] for n, e in worst.items() if not e["rel_diff"] <= tolerance}
     return {
         "passed": not failed,

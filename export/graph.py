@@ -24,7 +24,7 @@ from model import SwinTransformer
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("logits", "embedding", "stage1", "stage2", "stage3", "stage4")
 DEFAULT_OPSET = 18
-TRACE_BATCH = 2  # differs from the batch sizes 1, 3, 8 and 17 the parity check runs
+TRACE_BATCH = 2  # the parity check also runs at 1, 3, 8 and 17, which differ from it
 
 
 class ExportWrapper(nn.Module):

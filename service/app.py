@@ -162,7 +162,7 @@ async def _drain_watchdog(state: ServiceState) -> None:
 
 
 async def _warm_up(state: ServiceState, engine: Engine, handle_fatal: FatalHook) -> None:
-    """Run every batch size the batcher can form once, then flip readiness on."""
+    """Run batch sizes 1, 2, 4, ... up to the largest the batcher forms, then flip readiness on."""
     assert state.batcher is not None
     sizes = warmup_batch_sizes(state.batcher.max_batch_size)
     try:

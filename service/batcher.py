@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -103,8 +104,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._accepting = True
         self._closing = False
-        self._in_flight = 0
-        self._running: list[list[_Item]] = []  # the batches on the model now
+        self._running: list[list[_Item]] = []  # batches handed to a run slot, not yet answered
+        self._forming: list[_Item] = []  # the batch being filled now (out of the queue already)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class Batcher:
 
     @property
     def idle(self) -> bool:
-        return self._depth == 0 and self._in_flight == 0
+        return self._depth == 0 and not self._forming and not self._running
 
     def start(self) -> None:
         if self._task is None:
@@ -186,8 +187,8 @@ class Batcher:
             log.error(
                 "drain: %d images still queued after %.1f s; failing them", self._depth, timeout_s
             )
+            self.abandon(Draining("server shut down before this image ran"))
             self._task.cancel()  # type: ignore[union-attr]
-            self._fail_queued(Draining("server shut down before this image ran"))
             return False
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -196,12 +197,13 @@ class Batcher:
         self._accepting = False
 
     def abandon(self, error: BatcherError) -> int:
-        """Stop accepting and fail every queued and running image with ``error`` now; returns
-        how many requests' images were failed. A running batch still finishes on the model, but
+        """Stop accepting and fail every queued, forming and running image with ``error`` now;
+        returns how many images were failed. A running batch still finishes on the model, but
         its results are dropped: used when the drain budget is nearly spent, so that clients get
         a 503 they can retry rather than a dropped connection."""
         self._accepting = False
         pending = [it for it in self._queue if it.queued and not it.future.done()]
+        pending += [it for it in self._forming if not it.future.done()]
         pending += [it for batch in self._running for it in batch if not it.future.done()]
         self._fail_queued(error)
         for item in pending:
@@ -221,22 +223,30 @@ class Batcher:
                 if batch is None:
                     self._slots.release()
                     return  # closing and nothing left
+                self._running.append(batch)  # visible to abandon() before the task starts
                 run = asyncio.get_running_loop().create_task(self._run_batch(batch))
                 self._runs.add(run)
-                run.add_done_callback(self._release_slot)
+                run.add_done_callback(functools.partial(self._release_slot, batch))
         finally:
             if self._runs:  # drain waits for this task: let the running batches finish
                 await asyncio.gather(*self._runs, return_exceptions=True)
 
-    def _release_slot(self, run: asyncio.Task[None]) -> None:
+    def _release_slot(self, batch: list[_Item], run: asyncio.Task[None]) -> None:
+        # A run cancelled before it started never reached its own handlers: answer it here.
+        self._fail_items(batch, Draining("server shut down before this image's batch ran"))
+        self._retire(batch)
         self._runs.discard(run)
         self._slots.release()
+
+    def _retire(self, batch: list[_Item]) -> None:
+        if any(b is batch for b in self._running):
+            self._running = [b for b in self._running if b is not batch]
 
     async def _form_batch(self) -> list[_Item] | None:
         first = await self._wait_first()
         if first is None:
             return None
-        batch = [first]
+        batch = self._forming = [first]
         flush_at = first.enqueued + self._max_batch_delay_s
         while len(batch) < self._max_batch_size:
             item = self._pop_live()
@@ -249,6 +259,7 @@ class Batcher:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
+        self._forming = []
         return batch
 
     async def _wait_first(self) -> _Item | None:
@@ -285,8 +296,6 @@ class Batcher:
         for item in batch:
             self._metrics.queue_wait.observe(started - item.enqueued)
         self._metrics.batch_size.observe(n)
-        self._in_flight += n
-        self._running.append(batch)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(
@@ -295,6 +304,11 @@ class Batcher:
             bad = {k: v.shape for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != n}
             if bad:
                 raise InferenceFailed(f"engine returned wrong row counts for a batch of {n}: {bad}")
+        except asyncio.CancelledError:
+            # Cancelled at the end of a drain that ran out of time: answer, never leave a
+            # request waiting on a future nobody will resolve.
+            self._fail_items(batch, Draining("server shut down before this image's batch finished"))
+            raise
         except Exception as exc:
             fatal = isinstance(exc, FatalEngineError)
             log.error("batch of %d failed%s: %s", n, " (FATAL)" if fatal else "", exc)
@@ -308,13 +322,16 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(error)
             if fatal:
+                # The device is gone: queued images would only fail on it one batch at a
+                # time; answer them with a 503 the client can retry elsewhere.
                 self._accepting = False
+                self._closing = True
+                self._fail_queued(Draining("the inference device failed; retry"))
                 if self._on_fatal is not None:
                     self._on_fatal(exc)
             return
         finally:
-            self._in_flight -= n
-            self._running.remove(batch)
+            self._retire(batch)
         elapsed = time.monotonic() - started
         self._metrics.inference_time.observe(elapsed)
         self._metrics.images.labels(outcome="ok").inc(n)
@@ -343,6 +360,12 @@ class Batcher:
                 item.future.cancel()
         if dropped:
             self._set_depth(self._depth - dropped)
+
+    @staticmethod
+    def _fail_items(items: list[_Item], error: BatcherError) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _fail_queued(self, error: BatcherError) -> None:
         while self._queue:

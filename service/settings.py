@@ -96,7 +96,10 @@ class Settings(BaseSettings):
         description="ORT inter-op threads; 0 = auto (1: the graph runs sequentially).",
     )
     decode_threads: int = Field(
-        0, ge=0, le=1024, description="Image-decode worker threads; 0 = auto (one per CPU)."
+        0,
+        ge=0,
+        le=1024,
+        description="Image-decode worker threads; 0 = auto (one per CPU, at least 2).",
     )
     drain_timeout_s: float = Field(
         8.0,

@@ -245,3 +245,26 @@ def test_triton_config_parses_as_triton_model_config_protobuf(tiny_export):
     assert (repo / "1" / "model.onnx").is_file()
     with pytest.raises(text_format.ParseError):
         text_format.Parse("max_batch_size: [oops", _triton_model_config()())
+
+
+def test_parity_fails_on_nan_outputs_instead_of_comparing_past_them(tiny_export, monkeypatch):
+    model = rebuild_reference(tiny_export.manifest, None)
+    real = checks.reference_outputs
+
+    def nan_stage2(model, x):
+        out = real(model, x)
+        out["stage2"] = out["stage2"] * float("nan")
+        return out
+
+    monkeypatch.setattr(checks, "reference_outputs", nan_stage2)
+    report = checks.check_parity(
+        checks.cpu_session(tiny_export.model_path), model, batch_sizes=(1, 3)
+    )
+    assert report["passed"] is False and "stage2" in report["failed"]
+
+
+def test_symbolic_check_fails_when_an_expected_output_is_missing(tiny_export):
+    proto = onnx.load(tiny_export.files["triton"] / "1" / "model.onnx")
+    expected = {**tiny_export.manifest["outputs"], "stage5": ["batch", 1]}
+    with pytest.raises(checks.CheckFailed, match="missing"):
+        checks.check_symbolic_batch(proto, expected)

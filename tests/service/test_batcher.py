@@ -237,3 +237,31 @@ async def test_drain_waits_for_every_running_batch(make_engine):
     await asyncio.sleep(0.02)  # some batches are on the model now
     assert await b.drain(5)
     assert all(p.done() and not p.exception() for p in pending)
+
+
+async def test_fatal_error_answers_queued_images_with_draining_instead_of_running_them(make_engine):
+    engine = make_engine(delay_s=0.1, fail=lambda index, batch: True, fatal=True)
+    b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=1)
+    b.start()
+    first = asyncio.ensure_future(b.submit([_img(0)], _far()))
+    await asyncio.sleep(0.02)  # the first image is on the (failing) device
+    queued = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(1, 4)]
+    with pytest.raises(InferenceFailed):
+        await first
+    for q in queued:
+        with pytest.raises(Draining):
+            await q
+    assert engine.calls == [1]  # the broken device saw only the first batch
+    await b.drain(5)
+
+
+async def test_drain_that_runs_out_of_time_answers_running_and_queued_images(make_engine):
+    engine = make_engine(delay_s=0.5)
+    b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=1)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(3)]
+    await asyncio.sleep(0.05)  # one on the model, two queued
+    assert await b.drain(0.1) is False
+    done, not_done = await asyncio.wait(pending, timeout=2)
+    assert not not_done, "a request was left waiting forever"
+    assert all(isinstance(p.exception(), Draining) for p in done)
