@@ -78,36 +78,21 @@ def resolve_weights(
                 f"official weights unavailable ({exc}); falling back to random weights.\n{RANDOM_WARNING}"
             )
             return resolve_weights(model, "random", variant=variant, seed=seed, warn=warn)
-        _load(model, path, trusted)
-        return {
-            "source": "official",
-            "random": False,
-            "sha256": sha256_file(path),
-            "url": url,
-            "seed": None,
-        }
+        return _loaded(model, path, trusted, source="official", url=url)
     if checkpoint.startswith(("http://", "https://", "file://")):
-        path = download_weights(checkpoint)
-        _load(model, path, trusted)
-        return {
-            "source": "url",
-            "random": False,
-            "sha256": sha256_file(path),
-            "url": checkpoint,
-            "seed": None,
-        }
+        return _loaded(model, download_weights(checkpoint), trusted, source="url", url=checkpoint)
     path = Path(checkpoint)
     if not path.exists():
         raise WeightsError(f"checkpoint {checkpoint!r} not found; pass {CHOICES}")
+    return {**_loaded(model, path, trusted, source="file", url=None), "path": str(path.resolve())}
+
+
+def _loaded(
+    model: SwinTransformer, path: Path, trusted: bool, *, source: str, url: str | None
+) -> dict[str, Any]:
+    """Load `path` into `model`; the manifest's `weights` entry for trained weights."""
     _load(model, path, trusted)
-    return {
-        "source": "file",
-        "random": False,
-        "sha256": _sha256_of(path),
-        "url": None,
-        "path": str(path.resolve()),
-        "seed": None,
-    }
+    return {"source": source, "random": False, "sha256": _sha256_of(path), "url": url, "seed": None}
 
 
 def _load(model: SwinTransformer, path: Path, trusted: bool) -> None:
