@@ -12,6 +12,8 @@
 #
 # Only the export stage has torch. The runtime stages get the verified ONNX model and the
 # project's wheel from it, and install onnxruntime (cpu) or onnxruntime-gpu (gpu), never both.
+# Every stage installs under requirements.lock (pip --constraint), so an image built next month
+# holds the same releases as the one tested today.
 
 ARG VARIANT=swin_tiny_patch4_window7_224
 
@@ -24,12 +26,14 @@ ARG TORCH_FIND_LINKS=/build/wheels
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
 
-# Dependencies first, from pyproject.toml alone, so that the torch layer survives code changes.
-COPY pyproject.toml ./
+# Dependencies first, from pyproject.toml and the lock alone, so that the torch layer survives
+# code changes.
+COPY pyproject.toml requirements.lock ./
 COPY deploy/requirements.py deploy/
 COPY wheels/ wheels/
 RUN python deploy/requirements.py serve export > /tmp/requirements.txt \
- && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+ && pip install --constraint requirements.lock pip \
+ && pip install --constraint requirements.lock ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} -r /tmp/requirements.txt
 
 COPY . .
@@ -50,11 +54,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SWIN_MODEL_PATH=/app/models/${VARIANT}.onnx
 WORKDIR /app
 
-COPY pyproject.toml /tmp/deps/
+COPY pyproject.toml requirements.lock /tmp/deps/
 COPY deploy/requirements.py /tmp/deps/deploy/
 RUN python -m venv /opt/venv \
  && python /tmp/deps/deploy/requirements.py serve > /tmp/deps/requirements.txt \
- && pip install -r /tmp/deps/requirements.txt \
+ && pip install --constraint /tmp/deps/requirements.lock -r /tmp/deps/requirements.txt \
  && rm -rf /tmp/deps \
  && groupadd --system --gid 10001 swin \
  && useradd --system --uid 10001 --gid swin --no-create-home swin
@@ -85,7 +89,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /app
 
 # Ubuntu's python3 (3.12) in a venv; no compilers: every dependency ships as a wheel.
-COPY pyproject.toml /tmp/deps/
+COPY pyproject.toml requirements.lock /tmp/deps/
 COPY deploy/requirements.py /tmp/deps/deploy/
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -93,7 +97,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv \
  && python /tmp/deps/deploy/requirements.py gpu > /tmp/deps/requirements.txt \
- && pip install -r /tmp/deps/requirements.txt \
+ && pip install --constraint /tmp/deps/requirements.lock -r /tmp/deps/requirements.txt \
  && rm -rf /tmp/deps \
  && groupadd --system --gid 10001 swin \
  && useradd --system --uid 10001 --gid swin --no-create-home swin

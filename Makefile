@@ -1,12 +1,14 @@
 # Everyday commands. `make help` lists them.
 #
-# The virtual environment is (re)installed only when pyproject.toml changes: each install
-# leaves a stamp named after a checksum of pyproject.toml, so a second `make serve` or
-# `make test` goes straight to work.
+# Every package is installed at its version in requirements.lock (see `make lock`). The virtual
+# environment is (re)installed only when the lock or pyproject.toml changes: each install leaves
+# a stamp named after their checksums, so a second `make serve` or `make test` goes straight
+# to work.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LOCK := requirements.lock
 
 VARIANT ?= swin_tiny_patch4_window7_224
 CHECKPOINT ?= auto
@@ -14,23 +16,23 @@ EXPORT_ARGS ?=
 MODEL := models/$(VARIANT).onnx
 PYTEST_ARGS ?=
 
-# pip normally finds torch on PyPI, whose Linux wheel pulls in the CUDA libraries (GBs).
-# On a CPU-only machine, `make serve TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`
-# fetches the small CPU build instead.
+# torch is locked as its small CPU build. deploy/install-locked takes it from a local wheel when
+# pip is configured with one, else from TORCH_INDEX_URL, else from the PyTorch CPU index.
 TORCH_INDEX_URL ?=
-PIP_INSTALL := $(PY) -m pip install $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+export TORCH_INDEX_URL
+INSTALL := deploy/install-locked $(PY)
 
 DOCKER ?= docker
 IMAGE ?= swin-serve
 DOCKER_BUILD_ARGS ?=
 
-HASH := $(firstword $(shell cksum pyproject.toml))
+HASH := $(firstword $(shell cat pyproject.toml $(LOCK) | cksum))
 SERVE_STAMP := $(VENV)/.installed-serve-$(HASH)
 DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test export lint format bench soak docker docker-cpu clean distclean
+.PHONY: help serve test export lint format lock bench soak docker docker-cpu clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -41,22 +43,21 @@ $(PY):
 	  echo "       Install it, or point make at one: make PYTHON=python3.12 ..." >&2; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 	  echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
-	$(PY) -m pip install -q --upgrade pip
 
 # Each install is a superset of the one before (serve < dev < bench) and leaves the stamps of
 # the smaller ones too.
 $(SERVE_STAMP): | $(PY)
 	@if [ -f $(DEV_STAMP) ]; then touch $@; else \
-	  rm -f $(VENV)/.installed-* && $(PIP_INSTALL) -e '.[serve,export]' && touch $@; fi
+	  rm -f $(VENV)/.installed-* && $(INSTALL) serve,export && touch $@; fi
 
 $(DEV_STAMP): | $(PY)
 	rm -f $(VENV)/.installed-*
-	$(PIP_INSTALL) -e '.[serve,export,dev]'
+	$(INSTALL) serve,export,dev
 	touch $@ $(SERVE_STAMP)
 
 $(BENCH_STAMP): | $(PY)
 	rm -f $(VENV)/.installed-*
-	$(PIP_INSTALL) -e '.[serve,export,dev,bench]'
+	$(INSTALL) serve,export,dev,bench
 	touch $@ $(DEV_STAMP) $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on :8000
@@ -65,7 +66,7 @@ serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on 
 	  echo "  http://127.0.0.1:$$port/            (web page)"; \
 	  echo "  http://127.0.0.1:$$port/docs        (OpenAPI)"; \
 	  echo "  curl http://127.0.0.1:$$port/readyz"; \
-	  echo "  curl -F file=@../shared/images/flower.jpg http://127.0.0.1:$$port/classify"; echo
+	  echo "  curl -F file=@samples/images/flower.jpg http://127.0.0.1:$$port/classify"; echo
 	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(PY) -m service
 
 test: $(DEV_STAMP) ## install (with dev tools) and run the whole test suite
@@ -81,6 +82,17 @@ lint: $(DEV_STAMP) ## ruff lint and format check
 format: $(DEV_STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Resolves pyproject.toml's requirements (every extra) on this Python to the newest releases
+# they allow, and records the digest of pyproject.toml's dependency tables in the lock.
+# PACKAGE=name upgrades only that package and keeps every other pin.
+lock: | $(PY) ## re-resolve requirements.lock after a change to pyproject.toml's dependencies
+	$(PY) -m pip install -q --constraint $(LOCK) pip-tools
+	$(PY) -m piptools compile --quiet --all-extras --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --newline=LF \
+	  $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) --output-file $(LOCK) pyproject.toml
+	$(PY) deploy/requirements.py --stamp $(LOCK)
+	@echo "$(LOCK) updated: commit it with the change to pyproject.toml that needed it"
 
 bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_ARGS=--quick: smoke run)
 	@command -v wrk >/dev/null || { echo "installing wrk, the HTTP load generator"; \

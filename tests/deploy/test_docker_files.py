@@ -2,7 +2,7 @@
 
 No container engine runs in the test suite (and the CUDA base image cannot be pulled here), so
 these read the files and pin down what container-smoke cannot exercise: the GPU stage and the
-GPU compose service. ../shared/tools/container-smoke builds and runs the CPU target for real.
+GPU compose service. A podman-based smoke run (outside this suite) builds and runs the CPU target.
 """
 
 from __future__ import annotations
@@ -94,6 +94,19 @@ def test_runtime_stages_never_install_torch(stages, stage):
     for copy in runtime.args("COPY"):
         if "--from=export" in copy:
             assert copy.split()[1] in ("/build/dist/", "/build/models/"), copy
+
+
+@pytest.mark.parametrize("stage", ["export", *RUNTIMES])
+def test_every_stage_installs_its_requirements_under_the_lock(stages, stage):
+    runs = [v for kind, v in stages[stage].instructions if kind == "RUN"]
+    installs = [
+        cmd for run in runs for cmd in run.split("&&") if re.search(r"pip install\b.* -r ", cmd)
+    ]
+    assert installs, f"{stage} installs no requirements file"
+    for cmd in installs:
+        assert re.search(r"--constraint \S*requirements\.lock", cmd), cmd
+    copies = " ".join(stages[stage].args("COPY"))
+    assert "requirements.lock" in copies
 
 
 def test_runtime_extras_are_torch_free_and_exclusive():
@@ -203,6 +216,7 @@ def test_dockerignore_sends_sources_and_wheels_but_not_local_state():
     for path in (
         "wheels/torch-2.13.0+cpu.whl",
         "pyproject.toml",
+        "requirements.lock",
         "README.md",
         "deploy/requirements.py",
         "service/app.py",

@@ -43,9 +43,11 @@ echo "$*" >> "$(dirname "$0")/../../calls.log"
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Path:
-    """A copy of the Makefile and pyproject.toml with a fake venv python that logs its calls."""
-    shutil.copy(ROOT / "Makefile", tmp_path)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    """A copy of the Makefile, pyproject.toml, the lock and its installer, with a fake venv
+    python that logs its calls (and so answers yes when asked for a local torch wheel)."""
+    for name in ("Makefile", "pyproject.toml", "requirements.lock", "deploy/install-locked"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(ROOT / name, tmp_path / name)
     python = tmp_path / ".venv/bin/python"
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
@@ -90,10 +92,21 @@ def calls(sandbox: Path) -> list[str]:
     return calls
 
 
+def install(sandbox: Path, extras: str) -> list[str]:
+    """The calls deploy/install-locked makes: everything under the lock, torch's CPU build."""
+    lock = f"--constraint {sandbox}/requirements.lock"
+    probe = ["-m pip install -q --dry-run --no-deps --no-index torch==2.13.0+cpu"]
+    return [
+        *(probe if "export" in extras else []),
+        f"-m pip install -q {lock} pip setuptools",
+        f"-m pip install {lock} --no-build-isolation -e {sandbox}[{extras}]",
+    ]
+
+
 @needs_make
-def test_make_test_installs_once_and_again_only_when_pyproject_changes(sandbox):
+def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_changes(sandbox):
     assert make(sandbox, "test").returncode == 0
-    assert calls(sandbox) == ["-m pip install -e .[serve,export,dev]", "-m pytest"]
+    assert calls(sandbox) == [*install(sandbox, "serve,export,dev"), "-m pytest"]
     assert make(sandbox, "test").returncode == 0
     assert calls(sandbox) == ["-m pytest"]
     # The dev install covers serve: no second install, and no export (the model exists).
@@ -102,13 +115,14 @@ def test_make_test_installs_once_and_again_only_when_pyproject_changes(sandbox):
     # The benchmark tools come on top, once.
     assert make(sandbox, "bench").returncode == 0
     assert make(sandbox, "bench").returncode == 0
-    assert calls(sandbox) == ["-m pip install -e .[serve,export,dev,bench]", "-m bench", "-m bench"]
+    assert calls(sandbox) == [*install(sandbox, "serve,export,dev,bench"), "-m bench", "-m bench"]
     assert make(sandbox, "test").returncode == 0
     assert calls(sandbox) == ["-m pytest"]
-    with (sandbox / "pyproject.toml").open("a") as f:
-        f.write("\n# changed\n")
-    assert make(sandbox, "test").returncode == 0
-    assert calls(sandbox) == ["-m pip install -e .[serve,export,dev]", "-m pytest"]
+    for changed in ("pyproject.toml", "requirements.lock"):
+        with (sandbox / changed).open("a") as f:
+            f.write("\n# changed\n")
+        assert make(sandbox, "test").returncode == 0
+        assert calls(sandbox) == [*install(sandbox, "serve,export,dev"), "-m pytest"], changed
 
 
 @needs_make
@@ -117,7 +131,7 @@ def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
     result = make(sandbox, "serve")
     assert result.returncode == 0, result.stderr
     assert calls(sandbox) == [
-        "-m pip install -e .[serve,export]",
+        *install(sandbox, "serve,export"),
         "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out models/",
         "-m service",
     ]
@@ -140,5 +154,16 @@ def test_make_refuses_an_old_python_with_a_clear_message(tmp_path):
 @needs_make
 def test_make_help_lists_the_everyday_targets():
     out = make(ROOT, "help").stdout
-    for target in ("serve", "test", "export", "lint", "format", "bench", "soak", "docker", "clean"):
+    for target in (
+        "serve",
+        "test",
+        "export",
+        "lint",
+        "format",
+        "lock",
+        "bench",
+        "soak",
+        "docker",
+        "clean",
+    ):
         assert re.search(rf"make {target}\b", out), f"make {target} missing from help"
