@@ -80,10 +80,15 @@ def build_manifest(
 
 def embed(proto: onnx.ModelProto, manifest: dict[str, Any]) -> None:
     """Store the manifest (replacing any earlier one) in the graph's metadata_props."""
-    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    set_metadata(proto, METADATA_KEY, json.dumps(manifest))
+
+
+def set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one metadata_props entry, replacing any earlier one of that key."""
+    kept = [p for p in proto.metadata_props if p.key != key]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(manifest))
+    proto.metadata_props.add(key=key, value=value)
 
 
 def read(source: onnx.ModelProto | Path | str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher, Draining
+from service.cpu import cpu_features
 from service.engine import Engine, OnnxEngine, warmup_batch_sizes
 from service.errors import ApiError, ErrorCode, code_for_status, error_body
 from service.metrics import Metrics
@@ -24,6 +25,7 @@ from service.middleware import (
 )
 from service.preprocess import configure_pillow
 from service.routes import router
+from service.selfcheck import SelfCheckFailed, SelfCheckReport, run_self_check
 from service.settings import Settings
 from service.state import ServiceState
 from service.ui import router as ui_router
@@ -75,6 +77,7 @@ def create_app(
         # A missing or corrupt model raises here: uvicorn then exits non-zero with the message,
         # rather than serving a half-alive process.
         eng = engine if engine is not None else await asyncio.to_thread(OnnxEngine.load, settings)
+        state.self_check = await asyncio.to_thread(_self_check, eng, settings.model_path)
         state.engine = eng
         manifest = eng.manifest
         metrics.set_model(
@@ -159,6 +162,32 @@ async def _drain_watchdog(state: ServiceState) -> None:
         failed = state.batcher.abandon(Draining("the drain budget ran out before this image ran"))
         if failed:
             log.error("drain budget spent: answered %d unfinished images with 503", failed)
+
+
+def _self_check(engine: Engine, source: object) -> SelfCheckReport:
+    """Replay the exporter's golden inputs before anything else; raise if the answers differ."""
+    report = run_self_check(
+        engine.run,
+        engine.golden_text,
+        precision=engine.manifest.precision,
+        provider=engine.provider,
+        cpu=cpu_features(),
+    )
+    if report.status == "failed":
+        message = report.failure_message(str(source))
+        log.error("%s", message)
+        raise SelfCheckFailed(message)
+    if report.status == "skipped":
+        log.warning("golden self-check skipped: %s", report.reason)
+    else:
+        log.info(
+            "golden self-check passed: %d inputs, %s within %g, in %.0f ms",
+            report.inputs,
+            report.tolerance.metric,
+            report.tolerance.limit,
+            report.took_ms,
+        )
+    return report
 
 
 async def _warm_up(state: ServiceState, engine: Engine, handle_fatal: FatalHook) -> None:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from service.manifest import Manifest, ManifestError, manifest_from_metadata
+from service.selfcheck import GOLDEN_KEY
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Engine(Protocol):
 
     manifest: Manifest
     provider: str
+    golden_text: str | None  # the exporter's golden answers (service/selfcheck.py), if any
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """``batch`` float32 (N, 3, S, S) -> every output by name, each with N rows."""
@@ -80,9 +82,17 @@ class Engine(Protocol):
 class OnnxEngine:
     """ONNX Runtime session configured from settings and the model's manifest."""
 
-    def __init__(self, session, manifest: Manifest, *, use_io_binding: bool) -> None:
+    def __init__(
+        self,
+        session,
+        manifest: Manifest,
+        *,
+        use_io_binding: bool,
+        golden_text: str | None = None,
+    ) -> None:
         self._session = session
         self.manifest = manifest
+        self.golden_text = golden_text
         self.provider: str = session.get_providers()[0]
         self.output_names: list[str] = [o.name for o in session.get_outputs()]
         self.input_name: str = session.get_inputs()[0].name
@@ -131,13 +141,14 @@ class OnnxEngine:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
             raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        metadata = session.get_modelmeta().custom_metadata_map
         try:
-            manifest = manifest_from_metadata(
-                session.get_modelmeta().custom_metadata_map, source=str(path)
-            )
+            manifest = manifest_from_metadata(metadata, source=str(path))
         except ManifestError as exc:
             raise ModelLoadError(str(exc)) from exc
-        engine = cls(session, manifest, use_io_binding=want_cuda)
+        engine = cls(
+            session, manifest, use_io_binding=want_cuda, golden_text=metadata.get(GOLDEN_KEY)
+        )
         missing = set(manifest.outputs) - set(engine.output_names)
         if missing:
             raise ModelLoadError(

@@ -1,6 +1,6 @@
 """One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``.
 
-Codes are stable strings clients may switch on; the HTTP status follows ../shared/RELIABILITY.md.
+Codes are stable strings clients may switch on; the HTTP status follows the README error table.
 """
 
 from __future__ import annotations

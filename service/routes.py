@@ -352,6 +352,7 @@ async def model_info(state: StateDep, manifest: ManifestDep) -> ModelInfo:
         preprocess=manifest.preprocess.model_dump(),
         parity=manifest.parity,
         exporter=manifest.exporter,
+        self_check=state.self_check.as_dict() if state.self_check else None,
         batching=BatchingInfo(
             max_batch_size=batcher.max_batch_size if batcher else s.max_batch_size,
             parallel_batches=batcher.parallel_batches if batcher else s.parallel_batches,

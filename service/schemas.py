@@ -75,6 +75,24 @@ class WeightsSummary(BaseModel):
     url: str | None = None
 
 
+class SelfCheckInfo(BaseModel):
+    status: Literal["passed", "failed", "skipped"] = Field(
+        description="passed: the exporter's golden answers were reproduced at load"
+    )
+    precision: str
+    provider: str = Field(description="Where the check ran: the serving provider")
+    cpu: dict[str, bool | None] = Field(
+        description="CPU features that decide ONNX Runtime's kernels (None: could not be read)"
+    )
+    tolerance: dict[str, Any] | None = Field(
+        None, description='{"metric": "max_rel_diff" | "min_cosine", "limit": float}'
+    )
+    outputs: dict[str, float] | None = Field(None, description="The metric's value per output")
+    inputs: int = 0
+    took_ms: float = 0.0
+    reason: str | None = None
+
+
 class ModelInfo(BaseModel):
     name: str
     variant: str
@@ -90,6 +108,9 @@ class ModelInfo(BaseModel):
         None, description="Exporter's PyTorch-vs-ONNX parity report"
     )
     exporter: dict[str, Any]
+    self_check: SelfCheckInfo | None = Field(
+        None, description="The golden self-check run when the model was loaded"
+    )
     batching: BatchingInfo
     ready: bool
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from service.batcher import Batcher
 from service.engine import Engine
 from service.metrics import Metrics
+from service.selfcheck import SelfCheckReport
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     engine: Engine | None = None
+    self_check: SelfCheckReport | None = None  # the golden self-check run at load
     batcher: Batcher | None = None
     decode_executor: ThreadPoolExecutor | None = None
     warmup_task: asyncio.Task[None] | None = None

@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+import onnx
+import pytest
+from onnx import numpy_helper
 
 
 def test_a_failing_model_run_fails_only_its_batch(start_server, jpeg):
@@ -44,7 +48,7 @@ def test_fatal_device_error_makes_readiness_fail_and_the_process_exit_70(start_s
         ready_status = httpx.get(f"{server.base}/readyz", timeout=2).status_code
     except httpx.TransportError:
         ready_status = None
-    rc = server.proc.wait(timeout=15)
+    rc = server.proc.wait(timeout=60)  # catches a process that never exits, not a slow one
     assert [r.status_code for r in responses] == [500] * 4, [r.text for r in responses]
     assert {r.json()["error"]["code"] for r in responses} == {"inference_failed"}
     assert ready_status in (503, None)
@@ -52,12 +56,28 @@ def test_fatal_device_error_makes_readiness_fail_and_the_process_exit_70(start_s
     assert "FATAL device error" in server.log()
 
 
-def test_corrupt_model_exits_3_without_ever_listening(tiny_model_path, tmp_path, helpers):
-    corrupt = tmp_path / "corrupt.onnx"
-    data = tiny_model_path.read_bytes()
-    corrupt.write_bytes(data[: len(data) // 2])  # a truncated protobuf
+def _truncated(source: Path, dest: Path) -> str:
+    data = source.read_bytes()
+    dest.write_bytes(data[: len(data) // 2])  # a truncated protobuf
+    return "cannot load ONNX model"
+
+
+def _weights_changed(source: Path, dest: Path) -> str:
+    # The head's weights scaled by 1.05 after export, the manifest and golden answers kept: a
+    # file that loads, validates and serves plausible numbers, and is not the exported model.
+    proto = onnx.load(source)
+    head = next(i for i in proto.graph.initializer if "head.weight" in i.name)
+    head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head) * 1.05, head.name))
+    onnx.save(proto, dest)
+    return "the golden self-check failed (fp32 on CPUExecutionProvider): output 'logits'"
+
+
+@pytest.mark.parametrize("damage", [_truncated, _weights_changed], ids=["corrupt", "tampered"])
+def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_path, helpers, damage):
+    damaged = tmp_path / "damaged.onnx"
+    expected_message = damage(tiny_model_path, damaged)
     port = helpers.free_port()
-    env = helpers.server_env(corrupt, port)
+    env = helpers.server_env(damaged, port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=helpers.root,
@@ -82,5 +102,5 @@ def test_corrupt_model_exits_3_without_ever_listening(tiny_model_path, tmp_path,
             proc.kill()
             proc.wait()
     assert proc.returncode == 3, out
-    assert "cannot load ONNX model" in out and str(corrupt) in out
+    assert expected_message in out and str(damaged) in out
     assert accepted == 0

@@ -1,0 +1,159 @@
+"""``python -m bench.quantization``: int8 settings against fp32, on real photos, on two CPUs.
+
+Builds Swin-T (random weights, seed 0) in fp32 and in int8 under each candidate setting, then
+runs every photo in samples/images through each file and reports, per setting, the minimum
+logits cosine and the top-1 agreement with fp32. It runs twice: on this machine's CPU, and
+under ``qemu-x86_64 -cpu EPYC-Rome`` (AVX2 and FMA, no AVX-512, no VNNI), where ONNX Runtime
+takes its u8s8 AVX2 kernels, the ones that saturate. qemu comes from Debian's ``qemu-user``;
+without it the second run is skipped, and the report says so.
+
+    python -m bench.quantization [--variant swin_tiny_patch4_window7_224] [--out models/bench/int8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import IMAGES_DIR, RESULTS_DIR, ROOT, VARIANT, progress, write_json
+
+NO_VNNI_CPU = "EPYC-Rome"
+CANDIDATES = {
+    "per-tensor (the old default)": {
+        "per_channel": False,
+        "reduce_range": False,
+        "matmul_const_b_only": False,
+    },
+    "per-channel": {"per_channel": True, "reduce_range": False, "matmul_const_b_only": False},
+    "per-channel, reduce-range": {
+        "per_channel": True,
+        "reduce_range": True,
+        "matmul_const_b_only": False,
+    },
+    "per-channel, reduce-range, weights only (default)": {},
+}
+
+
+def build(variant: str, out: Path) -> None:
+    """fp32.onnx, one int8 file per candidate, and photos.npy (every decodable sample photo)."""
+    import onnx
+    import torch
+
+    from export.graph import trace_to_onnx
+    from export.variants import Int8Settings, to_int8
+    from export.weights import randomize
+    from model import SwinTransformer, get_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = SwinTransformer(get_config(variant)).eval()
+    randomize(model, seed=0)
+    progress(f"tracing {variant}")
+    proto = trace_to_onnx(model)
+    onnx.save(proto, out / "fp32.onnx")
+    for i, overrides in enumerate(CANDIDATES.values()):
+        progress(f"quantising: {list(CANDIDATES)[i]}")
+        onnx.save(to_int8(proto, replace(Int8Settings(), **overrides)), out / f"int8-{i}.onnx")
+    photos = _photos(model.config.img_size)
+    np.save(out / "photos.npy", photos)
+    np.save(out / "reference.npy", _logits(out / "fp32.onnx", photos))
+
+
+def _photos(size: int) -> np.ndarray:
+    from service.errors import ApiError
+    from service.manifest import PreprocessSpec
+    from service.preprocess import configure_pillow, decode_image
+
+    configure_pillow()
+    spec = PreprocessSpec(
+        resize_shorter=int(size / 0.875),
+        crop_size=size,
+        crop_pct=0.875,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+    photos = []
+    for path in sorted(IMAGES_DIR.iterdir()):
+        try:
+            photos.append(decode_image(path.read_bytes(), spec, max_pixels=10**7))
+        except ApiError:
+            continue  # the broken files are there to be refused, not measured
+    return np.stack(photos)
+
+
+def compare(out: Path) -> dict[str, dict[str, float | str]]:
+    """Every int8 file against fp32 on the photos, on whatever CPU this process sees.
+
+    The fp32 reference is computed once, on the host (``reference.npy``): fp32 kernels are not
+    what is in question, and under emulation they are the slowest part.
+    """
+    photos, ref = np.load(out / "photos.npy"), np.load(out / "reference.npy")
+    report = {}
+    for i, name in enumerate(CANDIDATES):
+        got = _logits(out / f"int8-{i}.onnx", photos)
+        cosine = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+        report[name] = {
+            "logits_cosine_min": round(float(cosine.min()), 5),
+            "top1_agreement": f"{int((ref.argmax(1) == got.argmax(1)).sum())}/{len(ref)}",
+        }
+        print(f"  {name}: {report[name]}", file=sys.stderr, flush=True)
+    return report
+
+
+def _logits(path: Path, photos: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"pixel_values": photos})[0].astype(np.float64)
+
+
+def _cpu_flags() -> dict[str, bool]:
+    from service.cpu import cpu_features
+
+    return cpu_features()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default=VARIANT)
+    parser.add_argument("--out", type=Path, default=ROOT / "models" / "bench" / "int8")
+    parser.add_argument(
+        "--skip-build", action="store_true", help="reuse the files an earlier run left in --out"
+    )
+    parser.add_argument("--compare-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.compare_only:  # the child process, possibly under qemu
+        print(json.dumps({"cpu": _cpu_flags(), "results": compare(args.out)}))
+        return 0
+    if not args.skip_build:
+        build(args.variant, args.out)
+    runs = {}
+    child = [sys.executable, "-m", "bench.quantization", "--out", str(args.out), "--compare-only"]
+    runs["this CPU"] = _run(child, "on this CPU")
+    if shutil.which("qemu-x86_64"):
+        runs[f"qemu {NO_VNNI_CPU} (no AVX-512, no VNNI)"] = _run(
+            ["qemu-x86_64", "-cpu", NO_VNNI_CPU, *child], f"under qemu -cpu {NO_VNNI_CPU}"
+        )
+    else:
+        runs["qemu"] = "skipped: qemu-x86_64 not installed (apt-get install qemu-user)"
+    result = {"variant": args.variant, "weights": "random (seed 0)", "runs": runs}
+    write_json(RESULTS_DIR / "int8.json", result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _run(cmd: list[str], where: str) -> dict:
+    progress(f"comparing int8 with fp32 on the photos {where} (slow under emulation)")
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

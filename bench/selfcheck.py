@@ -1,0 +1,69 @@
+"""``python -m bench.selfcheck MODEL.onnx ...``: what the golden self-check adds to a start-up.
+
+For each artefact: the time to open it (ONNX Runtime session and manifest, as the server does),
+and the time of the self-check itself, the median of ``--reps`` runs after one unmeasured run
+(the first run of a fresh session also pays for its allocations; the server's self-check is
+that first run, so both are reported). Single-threaded ONNX Runtime unless ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.common import RESULTS_DIR, machine_info, progress, write_json
+
+
+def measure(path: Path, reps: int, threads: int) -> dict[str, float | str]:
+    from service.cpu import cpu_features
+    from service.engine import OnnxEngine
+    from service.selfcheck import run_self_check
+    from service.settings import Settings
+
+    start = time.perf_counter()
+    engine = OnnxEngine.load(Settings(model_path=path, providers="cpu", intra_op_threads=threads))
+    load_ms = (time.perf_counter() - start) * 1e3
+
+    def check() -> float:
+        report = run_self_check(
+            engine.run,
+            engine.golden_text,
+            precision=engine.manifest.precision,
+            provider=engine.provider,
+            cpu=cpu_features(),
+        )
+        assert report.status == "passed", report
+        return report.took_ms
+
+    first = check()
+    warm = [check() for _ in range(reps)]
+    return {
+        "precision": engine.manifest.precision,
+        "open_ms": round(load_ms, 1),
+        "self_check_first_ms": round(first, 1),
+        "self_check_warm_median_ms": round(statistics.median(warm), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    results = {}
+    for path in args.models:
+        progress(f"self-check of {path.name}")
+        results[path.name] = measure(path, args.reps, args.threads)
+    report = {"machine": machine_info(), "intra_op_threads": args.threads, "models": results}
+    write_json(RESULTS_DIR / "selfcheck.json", report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The golden answers an artefact carries for the server's start-up self-check.
+
+The inputs and the codec live in service/selfcheck.py, which the server reads with; this side
+computes the answers with the PyTorch model and checks them against the file being written, so
+an export that its own server would refuse never leaves the exporter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from model import SwinTransformer
+from service.cpu import cpu_features
+from service.selfcheck import (
+    GOLDEN_KEY,
+    Golden,
+    encode_golden,
+    golden_digest,
+    golden_inputs,
+    run_self_check,
+)
+
+from .checks import CheckFailed, run_session
+from .graph import reference_outputs
+
+
+def record(model: SwinTransformer) -> str:
+    """The golden inputs and the PyTorch fp32 outputs for them, encoded for the metadata."""
+    x = golden_inputs(model.config.img_size)
+    outputs = reference_outputs(model, torch.from_numpy(x))
+    return encode_golden(Golden(x, {k: v.numpy() for k, v in outputs.items()}))
+
+
+def summary(golden_text: str) -> dict[str, Any]:
+    """What the manifest says of the golden answers (the answers themselves are not JSON)."""
+    return {
+        "metadata_key": GOLDEN_KEY,
+        "reference": f"PyTorch {torch.__version__} fp32, eager, on the exporting machine",
+        "sha256": golden_digest(golden_text),
+        "encoded_bytes": len(golden_text),
+    }
+
+
+def check(session: ort.InferenceSession, golden_text: str, precision: str) -> dict[str, Any]:
+    """The self-check the server will run, run here on the CPU; raises CheckFailed on failure."""
+    report = run_self_check(
+        lambda x: run_session(session, x),
+        golden_text,
+        precision=precision,
+        provider="CPUExecutionProvider",
+        cpu=cpu_features(),
+    )
+    if report.status != "passed":
+        raise CheckFailed(report.failure_message(f"the {precision} model"))
+    return report.as_dict()

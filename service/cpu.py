@@ -1,0 +1,57 @@
+"""What this process's CPU can do, as ONNX Runtime's kernels see it.
+
+int8 speed and int8 numerics both depend on it (see export/variants.py), so it is reported
+with the self-check result. AVX2, AVX-512 and AVX-512 VNNI come from numpy's own CPUID probe,
+which also checks that the OS saves the wide registers and which an emulator (qemu -cpu) can
+change; AVX-VNNI and AMX, which numpy does not probe, come from the kernel's flags in
+/proc/cpuinfo. A feature that cannot be read is reported as None, never guessed.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+_FROM_NUMPY = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512VNNI"}
+_FROM_KERNEL = {"avx_vnni": "avx_vnni", "amx_int8": "amx_int8"}
+
+
+@functools.cache
+def cpu_features() -> dict[str, bool | None]:
+    """{"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"} -> present, absent or None."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return dict.fromkeys([*_FROM_NUMPY, *_FROM_KERNEL])
+    probed = _numpy_features()
+    flags = _kernel_flags()
+    features: dict[str, bool | None] = {name: probed.get(key) for name, key in _FROM_NUMPY.items()}
+    for name, flag in _FROM_KERNEL.items():
+        features[name] = None if flags is None else flag in flags
+    return features
+
+
+def int8_fast_path(features: dict[str, bool | None]) -> bool | None:
+    """True where ONNX Runtime has VNNI or AMX int8 kernels; None if that cannot be told."""
+    values = [features.get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8")]
+    if any(values):
+        return True
+    return None if None in values else False
+
+
+def _numpy_features() -> dict[str, bool]:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # a numpy that moved its private probe: report unknown, not absent
+        return {}
+    return {k: bool(v) for k, v in __cpu_features__.items()}
+
+
+def _kernel_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None

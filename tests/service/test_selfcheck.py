@@ -1,0 +1,133 @@
+"""The golden self-check: its inputs, its codec, its tolerances, and what the server reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.cpu import cpu_features, int8_fast_path
+from service.selfcheck import (
+    GOLDEN_KEY,
+    Golden,
+    SelfCheckFailed,
+    compare,
+    decode_golden,
+    encode_golden,
+    golden_inputs,
+    run_self_check,
+    tolerance_for,
+)
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+CPU = {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "amx_int8": None}
+
+
+def _golden(rows: int = 2) -> Golden:
+    x = golden_inputs(16, count=rows)
+    return Golden(x, {"logits": x.reshape(rows, -1)[:, :10] * 3.0, "embedding": x[:, 0, 0, :8]})
+
+
+def _check(golden: Golden, run, precision: str = "fp32"):
+    return run_self_check(
+        run, encode_golden(golden), precision=precision, provider="CPUExecutionProvider", cpu=CPU
+    )
+
+
+def test_golden_inputs_are_deterministic_exact_in_fp16_and_image_like():
+    a, b = golden_inputs(224), golden_inputs(224)
+    assert a.shape == (2, 3, 224, 224) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)  # same seed, same process: the same numbers exactly
+    np.testing.assert_array_equal(a.astype(np.float16).astype(np.float32), a)
+    assert 0.8 < a.std() < 1.3  # the scale of a normalised photo
+    assert not np.array_equal(golden_inputs(224, seed=1), a)
+
+
+def test_golden_round_trips_through_its_text_encoding():
+    golden = _golden()
+    back = decode_golden(encode_golden(golden))
+    np.testing.assert_array_equal(back.inputs, golden.inputs)
+    assert back.outputs.keys() == golden.outputs.keys()
+    for name, value in golden.outputs.items():
+        np.testing.assert_array_equal(back.outputs[name], value.astype(np.float32))
+
+
+def test_a_faithful_model_passes_and_a_changed_one_fails_naming_the_output():
+    golden = _golden()
+    same = _check(golden, lambda x: {k: v + 1e-7 for k, v in golden.outputs.items()})
+    assert same.status == "passed" and same.inputs == 2
+    changed = {**golden.outputs, "logits": golden.outputs["logits"] * 1.01}
+    report = _check(golden, lambda x: changed)
+    assert report.status == "failed"
+    message = report.failure_message("m.onnx")
+    assert "output 'logits'" in message and "embedding" not in message
+    assert "max_rel_diff <= 0.0001" in message and "m.onnx" in message
+
+
+def test_nan_fails_every_metric():
+    golden = _golden()
+    nan = {k: np.full_like(v, np.nan) for k, v in golden.outputs.items()}
+    for precision in ("fp32", "fp16", "int8"):
+        assert _check(golden, lambda x, nan=nan: nan, precision).status == "failed"
+
+
+def test_reduced_precisions_are_judged_by_cosine():
+    golden = _golden()
+    rng = np.random.default_rng(0)
+    noisy = {
+        k: v + 0.02 * np.abs(v).mean() * rng.standard_normal(v.shape)
+        for k, v in golden.outputs.items()
+    }
+    # Rounding-sized noise: far outside fp32's bound, well inside int8's cosine.
+    assert _check(golden, lambda x: noisy, "fp32").status == "failed"
+    assert _check(golden, lambda x: noisy, "int8").status == "passed"
+    flipped = {k: -v for k, v in golden.outputs.items()}
+    assert _check(golden, lambda x: flipped, "int8").status == "failed"
+    cosines = compare(golden.outputs, noisy, "min_cosine")
+    assert all(0.99 < c < 1.0 for c in cosines.values())
+
+
+def test_tolerances_per_precision_and_provider():
+    assert tolerance_for("fp32", "CPUExecutionProvider").limit == 1e-4
+    assert tolerance_for("fp32", "CUDAExecutionProvider").limit == 2e-3
+    assert tolerance_for("fp16", "CUDAExecutionProvider").metric == "min_cosine"
+    assert tolerance_for("int8", "CPUExecutionProvider").limit == 0.99
+    with pytest.raises(SelfCheckFailed, match="bf16"):
+        tolerance_for("bf16", "CPUExecutionProvider")
+
+
+def test_a_model_without_golden_answers_is_reported_as_skipped():
+    report = run_self_check(
+        lambda x: pytest.fail("nothing to run"), None, precision="fp32", provider="X", cpu=CPU
+    )
+    assert report.status == "skipped" and GOLDEN_KEY in report.reason
+
+
+def test_cpu_features_report_every_key_as_bool_or_unknown():
+    features = cpu_features()
+    assert set(features) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
+    assert all(v in (True, False, None) for v in features.values())
+    assert int8_fast_path({**CPU, "amx_int8": False}) is False
+    assert int8_fast_path(CPU) is None
+    assert int8_fast_path({**CPU, "avx_vnni": True}) is True
+
+
+async def test_the_server_reports_its_self_check_with_what_it_ran_on(tiny_model_path, serve):
+    app = create_app(Settings(model_path=tiny_model_path, providers="cpu", max_batch_size=2))
+    async with serve(app) as client:
+        info = (await client.get("/v1/models")).json()
+    check = info["self_check"]
+    assert check["status"] == "passed"
+    assert check["precision"] == "fp32" and check["provider"] == "CPUExecutionProvider"
+    assert check["cpu"] == cpu_features()
+    assert check["tolerance"] == {"metric": "max_rel_diff", "limit": 1e-4}
+    assert set(check["outputs"]) == set(info["outputs"])
+    assert all(0 <= v <= 1e-4 for v in check["outputs"].values())
+    assert check["inputs"] == 2 and check["took_ms"] > 0
+
+
+async def test_a_fake_engine_without_golden_answers_reports_skipped(make_app, serve):
+    async with serve(make_app()) as client:
+        check = (await client.get("/v1/models")).json()["self_check"]
+    assert check["status"] == "skipped" and check["provider"] == "FakeExecutionProvider"
