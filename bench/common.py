@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODELS_DIR = ROOT / "models" / "bench"  # git-ignored: the bench's own random-weight export
 VARIANT = "swin_tiny_patch4_window7_224"
-SAMPLE_IMAGE = ROOT.parent / "shared" / "images" / "flower.jpg"
+IMAGES_DIR = ROOT / "samples" / "images"
+SAMPLE_IMAGE = IMAGES_DIR / "flower.jpg"
 
 _T0 = time.perf_counter()
 

@@ -22,9 +22,11 @@ class Outcome:
     seconds: float  # connect to end of response
     started: float  # time.perf_counter() at start
     code: str = ""  # the JSON error code of a non-2xx answer, when there is one
+    server_s: float | None = None  # the server's own time for it (Server-Timing "total")
 
 
 _CODE = re.compile(rb'"code":\s*"([a-z_]+)"')
+_SERVER_TOTAL = re.compile(rb"(?im)^server-timing:.*\btotal;dur=([0-9.]+)")
 
 
 def build_request(path: str, body: bytes, content_type: str, host: str = "127.0.0.1") -> bytes:
@@ -54,7 +56,9 @@ async def send(host: str, port: int, request: bytes, timeout_s: float = 30.0) ->
             writer.close()
     match = _CODE.search(rest) if status >= 300 else None
     code = match.group(1).decode() if match else ""
-    return Outcome(status, time.perf_counter() - started, started, code)
+    timing = _SERVER_TOTAL.search(rest)
+    server_s = float(timing.group(1)) / 1e3 if timing else None
+    return Outcome(status, time.perf_counter() - started, started, code, server_s)
 
 
 async def open_loop(

@@ -5,7 +5,7 @@
 It starts ``python -m service`` on a free loopback port, measures the server's capacity (closed
 loop, a few seconds), then runs for ``--minutes``, every second offering:
 
-- good images (the ../shared photos) at ``--good-load`` x capacity;
+- good images (the photos in samples/images) at ``--good-load`` x capacity;
 - a few bad requests (junk, truncated, empty, text, wrong content type, over the byte cap,
   a decompression bomb), each with the status the README promises;
 - once a minute, a ``--burst-s`` overload burst at ``--burst-load`` x capacity.
@@ -35,10 +35,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.common import IMAGES_DIR
 from bench.loadclient import TRANSPORT_ERROR, Outcome, build_request, send
 from bench.service import free_port
 
-SHARED_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
 GOOD_NAMES = ("hopper.jpg", "flower.jpg", "flower2.jpg", "hopper.png", "hopper.webp", "hopper.gif")
 
 
@@ -51,13 +51,13 @@ def rss_mib(pid: int) -> float:
 
 def good_requests() -> list[bytes]:
     return [
-        build_request("/classify", (SHARED_IMAGES / n).read_bytes(), "image/*") for n in GOOD_NAMES
+        build_request("/classify", (IMAGES_DIR / n).read_bytes(), "image/*") for n in GOOD_NAMES
     ]
 
 
 def bad_requests(max_upload_bytes: int) -> list[tuple[str, bytes, set[int]]]:
     """(kind, request, the statuses it may get). 503 is allowed for all: admission comes first."""
-    jpeg = (SHARED_IMAGES / "hopper.jpg").read_bytes()
+    jpeg = (IMAGES_DIR / "hopper.jpg").read_bytes()
     png = io.BytesIO()
     Image.new("RGB", (64, 64), (9, 99, 199)).save(png, format="PNG")
     kinds = [
@@ -79,7 +79,7 @@ def bad_requests(max_upload_bytes: int) -> list[tuple[str, bytes, set[int]]]:
         (
             "bomb",
             build_request(
-                "/classify", (SHARED_IMAGES / "decompression_bomb.gif").read_bytes(), "image/gif"
+                "/classify", (IMAGES_DIR / "decompression_bomb.gif").read_bytes(), "image/gif"
             ),
             {413},
         ),

@@ -7,33 +7,39 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+IMAGES = ROOT / "samples" / "images"
 MICRO = "swin_micro_patch4_window4_64"
 TINY = "swin_tiny_patch4_window7_224"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the suite reads the shared test images from there")
-    return SHARED
+def images_dir() -> Path:
+    """samples/images: Pillow's test photos and broken files, kept in the repository."""
+    return IMAGES
+
+
+def _export_micro(out: Path, **variants: object):
+    from export.pipeline import ExportOptions, Progress, run_export
+
+    options = ExportOptions(variant=MICRO, checkpoint="random", out_dir=out, **variants)
+    steps = (
+        7 + bool(variants.get("fp16")) + bool(variants.get("int8")) + ("triton_repo" in variants)
+    )
+    return run_export(options, Progress(steps))
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
-    """The micro preset exported with random weights (seed 0), with fp16, int8 and Triton."""
-    from export.pipeline import ExportOptions, Progress, run_export
+    """The micro preset exported with random weights (seed 0): the fp32 artefact alone, so that
+    a failing reduced-precision variant cannot take the tests of the served model down with it."""
+    return _export_micro(tmp_path_factory.mktemp("micro-export"))
 
-    out = tmp_path_factory.mktemp("micro-export")
-    options = ExportOptions(
-        variant=MICRO,
-        checkpoint="random",
-        out_dir=out,
-        fp16=True,
-        int8=True,
-        triton_repo=out / "triton",
-    )
-    return run_export(options, Progress(8))
+
+@pytest.fixture(scope="session")
+def tiny_variants(tmp_path_factory):
+    """The same export with its fp16 and int8 variants and a Triton repository."""
+    out = tmp_path_factory.mktemp("micro-variants")
+    return _export_micro(out, fp16=True, int8=True, triton_repo=out / "triton")
 
 
 @pytest.fixture(scope="session")
@@ -48,4 +54,4 @@ def swin_t_export(tmp_path_factory):
     from export.pipeline import ExportOptions, Progress, run_export
 
     out = tmp_path_factory.mktemp("swin-t-export")
-    return run_export(ExportOptions(variant=TINY, checkpoint="random", out_dir=out), Progress(6))
+    return run_export(ExportOptions(variant=TINY, checkpoint="random", out_dir=out), Progress(7))

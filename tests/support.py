@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".png", ".gif", ".bmp", ".webp"})
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -53,3 +57,49 @@ def wait_ready(
             pass
         time.sleep(0.05)
     pytest.fail(f"server at {base_url} not ready within {timeout_s:.0f} s:\n{log()}")
+
+
+def sample_images(images_dir: Path) -> list[Path]:
+    """Every image file in samples/images, by name (its README and LICENSE left out)."""
+    return sorted(p for p in images_dir.iterdir() if p.suffix in IMAGE_SUFFIXES)
+
+
+# Batched and single runs reach the same scores through different BLAS kernels (and CPUs differ
+# in which they have), so they agree to float32 rounding, not bit for bit: a few ulp (1e-7) on
+# a probability. 1e-6 is ten times that, far below any real difference between two images.
+SCORE_ATOL = 1e-6
+
+
+def assert_same_predictions(got: list[dict], want: list[dict], atol: float = SCORE_ATOL) -> None:
+    """Classification results per image agree: scores within ``atol``, classes in the same order
+    except where two scores are within ``atol`` of each other (a tie rounding may flip)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        g_preds, w_preds = g["predictions"], w["predictions"]
+        assert len(g_preds) == len(w_preds)
+        for gp, wp in zip(g_preds, w_preds, strict=True):
+            assert gp["score"] == pytest.approx(wp["score"], abs=atol), (gp, wp)
+            if gp["index"] != wp["index"]:  # only a tie may swap two classes
+                tied = {p["index"] for p in w_preds if abs(p["score"] - gp["score"]) <= atol}
+                assert gp["index"] in tied, (gp, wp)
+            else:
+                assert gp["label"] == wp["label"]
+
+
+def server_seconds(resp: httpx.Response) -> float:
+    """The server's own time for a response (its Server-Timing "total"): unlike the client's
+    clock, it leaves out the client's waits for a CPU on a busy machine."""
+    timing = resp.headers.get("Server-Timing", "")
+    for part in timing.split(","):
+        name, _, rest = part.strip().partition(";")
+        if name == "total" and rest.startswith("dur="):
+            return float(rest.removeprefix("dur=")) / 1e3
+    raise AssertionError(f"no Server-Timing total in {timing!r}")
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip locally; fail in CI (CI=true), where whatever the suite needs must be installed and
+    a skip would turn a broken install into a green run."""
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{reason} (in CI this is a failure, not a skip)")
+    pytest.skip(reason)

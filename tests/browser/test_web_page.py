@@ -37,9 +37,9 @@ def test_page_and_assets_are_served_from_the_package(server):
 
 
 def test_flower_shows_top5_bars_heatmaps_model_card_and_timing(
-    page, server, shared_dir, screenshot_dirs
+    page, server, images_dir, screenshot_dirs
 ):
-    flower = shared_dir / "images" / "flower.jpg"
+    flower = images_dir / "flower.jpg"
     # Ten, not five: with random weights neighbouring scores nearly tie, so a prediction batched
     # with the page's /features request may swap two of them by a rounding error.
     answer = httpx.post(
@@ -109,9 +109,9 @@ def test_flower_shows_top5_bars_heatmaps_model_card_and_timing(
     ],
     ids=["400-broken-png", "415-pdf", "413-huge"],
 )
-def test_api_errors_are_shown_in_plain_words(page, server, shared_dir, upload, words):
+def test_api_errors_are_shown_in_plain_words(page, server, images_dir, upload, words):
     if isinstance(upload, str):
-        upload = shared_dir / "images" / upload
+        upload = images_dir / upload
     elif upload["name"].endswith(".pdf"):
         upload = {**upload, "buffer": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n%%EOF\n"}
     else:
@@ -133,7 +133,7 @@ def test_api_errors_are_shown_in_plain_words(page, server, shared_dir, upload, w
     expect(page.locator("#heatmaps canvas[data-ready]")).to_have_count(0)
 
     # The page recovers: a good image, dropped on the drop zone this time, clears the error.
-    photo = base64.b64encode((shared_dir / "images" / "hopper.jpg").read_bytes()).decode()
+    photo = base64.b64encode((images_dir / "hopper.jpg").read_bytes()).decode()
     transfer = page.evaluate_handle(
         """(b64) => {
             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));

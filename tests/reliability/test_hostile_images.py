@@ -1,7 +1,7 @@
 """Malformed and hostile images through the real app and the tiny exported model (in-process).
 
-Every input gets its documented status (../shared/RELIABILITY.md), never a 5xx, and afterwards a
-good image still gets exactly the result it got before. Decompression bombs are refused from the
+Every input gets its documented status (the README error table), never a 5xx, and afterwards a
+good image still gets the result it got before. Decompression bombs are refused from the
 header: a subprocess measures its own peak RSS around the decode.
 """
 
@@ -24,6 +24,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
+from tests.support import assert_same_predictions, sample_images
 
 pytestmark = pytest.mark.anyio
 
@@ -101,10 +102,10 @@ def gif_bomb(width: int, height: int) -> bytes:
     return bytes(gif)
 
 
-def corpus(shared_dir) -> list[tuple[str, bytes, set[int]]]:
+def corpus(images_dir) -> list[tuple[str, bytes, set[int]]]:
     """(name, bytes, the statuses allowed for it)."""
     cases: list[tuple[str, bytes, set[int]]] = []
-    for path in sorted((shared_dir / "images").iterdir()):
+    for path in sample_images(images_dir):
         cases.append(
             (f"shared/{path.name}", path.read_bytes(), {SHARED_STATUS.get(path.name, 200)})
         )
@@ -145,8 +146,8 @@ def corpus(shared_dir) -> list[tuple[str, bytes, set[int]]]:
     cases.append(("25001x10 over the cap", encode(gradient("RGB", (25001, 10)), "PNG"), {413}))
     cases.append(("501x500 over the cap", encode(gradient("RGB", (501, 500)), "JPEG"), {413}))
 
-    photo_jpeg = (shared_dir / "images" / "flower.jpg").read_bytes()
-    photo_png = encode(Image.open(shared_dir / "images" / "hopper.png").convert("RGB"), "PNG")
+    photo_jpeg = (images_dir / "flower.jpg").read_bytes()
+    photo_png = encode(Image.open(images_dir / "hopper.png").convert("RGB"), "PNG")
     rng = random.Random(7)
     for name, data in (("JPEG", photo_jpeg), ("PNG", photo_png)):
         for k in range(10):
@@ -184,10 +185,10 @@ def corpus(shared_dir) -> list[tuple[str, bytes, set[int]]]:
 
 
 async def test_every_hostile_image_gets_its_documented_status_and_poisons_nothing(
-    tiny_model_path, shared_dir
+    tiny_model_path, images_dir
 ):
-    reference_image = (shared_dir / "images" / "hopper.jpg").read_bytes()
-    cases = corpus(shared_dir)
+    reference_image = (images_dir / "hopper.jpg").read_bytes()
+    cases = corpus(images_dir)
     wrong = []
     async with serving(tiny_model_path) as client:
         reference = await client.post("/classify?top_k=10", files={"file": reference_image})
@@ -207,7 +208,9 @@ async def test_every_hostile_image_gets_its_documented_status_and_poisons_nothin
         healthy = await client.get("/readyz")
     assert not wrong, json.dumps(wrong, indent=1)
     assert len(cases) > 100
-    assert after.json() == reference.json()  # bit-identical scores: nothing was poisoned
+    # The same scores to float rounding: nothing was poisoned (a poisoned session or a shifted
+    # preprocessing changes scores by orders of magnitude more).
+    assert_same_predictions(after.json()["results"], reference.json()["results"])
     assert healthy.status_code == 200
 
 
@@ -263,10 +266,10 @@ def peak_rss_of_decode(data: bytes, cap: int) -> tuple[int, int, float]:
     "bomb",
     ["shared decompression_bomb.gif", "PNG 50000x50000", "GIF 65535x65535"],
 )
-def test_decompression_bombs_are_refused_before_any_pixel_is_decoded(shared_dir, bomb):
+def test_decompression_bombs_are_refused_before_any_pixel_is_decoded(images_dir, bomb):
     data = {
         "shared decompression_bomb.gif": lambda: (
-            shared_dir / "images" / "decompression_bomb.gif"
+            images_dir / "decompression_bomb.gif"
         ).read_bytes(),
         "PNG 50000x50000": lambda: png_bomb(50_000, 50_000),
         "GIF 65535x65535": lambda: gif_bomb(65535, 65535),

@@ -104,8 +104,10 @@ def test_sigterm_with_queued_and_running_requests(start_server, jpeg):
 
     assert 200 not in readiness, readiness  # readiness is 503 from the signal on
     assert 503 in readiness, readiness  # and was seen to be (over the keep-alive connection)
-    assert refused_at is not None and refused_at < 0.5, readiness
-    assert in_flight_when_refused > 0  # refusing new connections while still draining
+    # New connections were refused while accepted requests were still running: the order the
+    # drain promises, whatever the machine's speed.
+    assert refused_at is not None, readiness
+    assert in_flight_when_refused > 0
     assert results == [200] * 8, results  # every accepted request completed
     assert rc == 0, server.log()
     assert exit_after < DRAIN_TIMEOUT_S + EXIT_SLACK_S, exit_after

@@ -85,10 +85,12 @@ class FakeEngine:
 
     ``delay_s`` sleeps in run() (a slow model); ``fail`` decides per call (0-based call index,
     batch) whether to raise; ``fatal`` makes that a FatalEngineError; ``warmup_gate`` holds warm-up until set. ``calls`` records the batch
-    size of every run (warm-up excluded), ``images_seen`` the per-image channel means.
+    size of every run (warm-up excluded), ``run_ends`` when each ended, ``images_seen`` the
+    per-image channel means.
     """
 
     provider = "FakeExecutionProvider"
+    golden_text = None  # no exporter answers: the start-up self-check reports "skipped"
 
     def __init__(
         self,
@@ -104,6 +106,7 @@ class FakeEngine:
         self.fail = fail
         self.fatal = fatal
         self.calls: list[int] = []
+        self.run_ends: list[float] = []  # time.monotonic() as each run (warm-up excluded) ended
         self.images_seen: list[np.ndarray] = []
         self.warmup_sizes: list[int] | None = None
         self.warmup_gate = warmup_gate  # warm-up blocks until it is set (a slow start-up)
@@ -121,6 +124,8 @@ class FakeEngine:
             self.images_seen.extend(batch.mean(axis=(2, 3)))
         if self.delay_s:
             time.sleep(self.delay_s)
+        with self._lock:
+            self.run_ends.append(time.monotonic())
         if self.fail is not None and self.fail(index, batch):
             exc = FatalEngineError if self.fatal else EngineError
             raise exc(

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import assert_same_predictions, metric, parse_metrics
+
 pytestmark = pytest.mark.anyio
 
 
@@ -109,7 +111,7 @@ async def test_multi_image_request_keeps_order(make_app, serve, pngs):
         multi = await client.post("/classify", files=[("file", im) for im in imgs])
         singles = [await client.post("/classify", files={"file": im}) for im in imgs]
     assert multi.status_code == 200
-    assert multi.json()["results"] == [s.json()["results"][0] for s in singles]
+    assert_same_predictions(multi.json()["results"], [s.json()["results"][0] for s in singles])
 
 
 async def test_request_larger_than_batch_is_split_across_batches(
@@ -353,5 +355,8 @@ async def test_unhandled_error_becomes_json_500_and_is_counted(
     async with serve(make_app()) as client:
         resp = await client.post("/classify", files={"file": png()})
         health = await client.get("/healthz")
+        samples = parse_metrics((await client.get("/metrics")).text)
     _assert_error(resp, 500, "internal_error")
     assert health.status_code == 200
+    assert metric(samples, "swin_rejections_total", reason="internal_error") == 1
+    assert metric(samples, "swin_requests_total", endpoint="/classify", status="500") == 1

@@ -12,10 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.settings import Settings
+from tests.support import sample_images
 
 pytestmark = pytest.mark.anyio
 
-# What ../shared/README.md asks for each file (BMP: served, our documented choice).
+# What samples/images/README.md asks for each file (BMP: served, our documented choice).
 SHARED_STATUS = {
     "broken.png": 400,
     "truncated_end_chunk.png": 400,
@@ -40,8 +41,8 @@ def e2e_app(tiny_model_path):
     return factory
 
 
-async def test_every_endpoint(e2e_app, serve, shared_dir):
-    photo = (shared_dir / "images" / "hopper.jpg").read_bytes()
+async def test_every_endpoint(e2e_app, serve, images_dir):
+    photo = (images_dir / "hopper.jpg").read_bytes()
     async with serve(e2e_app()) as client:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
@@ -64,8 +65,8 @@ async def test_every_endpoint(e2e_app, serve, shared_dir):
     assert docs.status_code == 200 and "/classify" in spec["paths"]
 
 
-async def test_every_shared_image_gets_its_documented_status(e2e_app, serve, shared_dir):
-    images = sorted((shared_dir / "images").iterdir())
+async def test_every_shared_image_gets_its_documented_status(e2e_app, serve, images_dir):
+    images = sample_images(images_dir)
     async with serve(e2e_app()) as client:
         for path in images:
             resp = await client.post("/classify", files={"file": (path.name, path.read_bytes())})
@@ -75,16 +76,16 @@ async def test_every_shared_image_gets_its_documented_status(e2e_app, serve, sha
                 assert resp.json()["error"]["code"] in {"invalid_image", "image_too_large"}
         # The server is still healthy and correct after the bad ones.
         good = await client.post(
-            "/classify", files={"file": (shared_dir / "images" / "hopper.png").read_bytes()}
+            "/classify", files={"file": (images_dir / "hopper.png").read_bytes()}
         )
     assert good.status_code == 200
 
 
-async def test_same_photo_in_three_containers_gives_close_embeddings(e2e_app, serve, shared_dir):
+async def test_same_photo_in_three_containers_gives_close_embeddings(e2e_app, serve, images_dir):
     async with serve(e2e_app()) as client:
         embs = {}
         for ext in ("png", "jpg", "webp"):
-            data = (shared_dir / "images" / f"hopper.{ext}").read_bytes()
+            data = (images_dir / f"hopper.{ext}").read_bytes()
             embs[ext] = np.asarray(
                 (await client.post("/features", files={"file": data})).json()["results"][0][
                     "embedding"
@@ -95,9 +96,9 @@ async def test_same_photo_in_three_containers_gives_close_embeddings(e2e_app, se
         assert cos > 0.98, (ext, cos)
 
 
-async def test_multi_image_request_matches_single_requests(e2e_app, serve, shared_dir):
+async def test_multi_image_request_matches_single_requests(e2e_app, serve, images_dir):
     names = ["hopper.jpg", "flower.jpg", "pil123rgba.png"]
-    data = [(shared_dir / "images" / n).read_bytes() for n in names]
+    data = [(images_dir / n).read_bytes() for n in names]
     async with serve(e2e_app()) as client:
         multi = (
             await client.post("/features?stages=embedding", files=[("file", d) for d in data])
@@ -111,9 +112,9 @@ async def test_multi_image_request_matches_single_requests(e2e_app, serve, share
 
 
 async def test_pool_none_shapes_follow_the_manifest_and_npz_matches_json(
-    e2e_app, serve, shared_dir
+    e2e_app, serve, images_dir
 ):
-    data = (shared_dir / "images" / "flower.jpg").read_bytes()
+    data = (images_dir / "flower.jpg").read_bytes()
     stages = ["stage1", "stage2", "stage3", "stage4", "embedding"]
     query = "&".join(f"stages={s}" for s in stages) + "&pool=none"
     async with serve(e2e_app()) as client:
@@ -141,8 +142,8 @@ async def test_pool_none_shapes_follow_the_manifest_and_npz_matches_json(
     )
 
 
-async def test_top_k_bounds(e2e_app, serve, shared_dir):
-    data = (shared_dir / "images" / "hopper.jpg").read_bytes()
+async def test_top_k_bounds(e2e_app, serve, images_dir):
+    data = (images_dir / "hopper.jpg").read_bytes()
     async with serve(e2e_app()) as client:
         k = (await client.get("/v1/models")).json()["num_classes"]
         full = await client.post(f"/classify?top_k={k}", files={"file": data})
@@ -151,12 +152,14 @@ async def test_top_k_bounds(e2e_app, serve, shared_dir):
         zero = await client.post("/classify?top_k=0", files={"file": data})
     preds = full.json()["results"][0]["predictions"]
     assert len(preds) == k and sum(p["score"] for p in preds) == pytest.approx(1.0, abs=1e-5)
-    assert one.json()["results"][0]["predictions"][0] == preds[0]
+    top = one.json()["results"][0]["predictions"][0]
+    assert top["index"] == preds[0]["index"]
+    assert top["score"] == pytest.approx(preds[0]["score"], abs=1e-6)
     assert over.status_code == 422 and zero.status_code == 422
 
 
-async def test_sixteen_concurrent_requests_batch_and_match_unbatched(e2e_app, serve, shared_dir):
-    paths = sorted(p for p in (shared_dir / "images").iterdir() if p.name not in SHARED_STATUS)
+async def test_sixteen_concurrent_requests_batch_and_match_unbatched(e2e_app, serve, images_dir):
+    paths = [p for p in sample_images(images_dir) if p.name not in SHARED_STATUS]
     data = [paths[i % len(paths)].read_bytes() for i in range(16)]
     async with serve(e2e_app(max_batch_size=8, max_batch_delay_ms=50)) as client:
         batched = await asyncio.gather(

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import pytest
 
-from tests.support import metric, parse_metrics
+from tests.support import assert_same_predictions, metric, parse_metrics
 
 pytestmark = pytest.mark.anyio
 
 
-async def _timed_post(client, url, **kw):
-    t0 = time.perf_counter()
-    resp = await client.post(url, **kw)
-    return resp, time.perf_counter() - t0
+async def _answered_at(request) -> tuple[httpx.Response, float]:
+    """The response, and time.monotonic() when it arrived: compared with the fake engine's
+    ``run_ends``, it tells whether an answer waited for the model, whatever the machine's load."""
+    resp = await request
+    return resp, time.monotonic()
 
 
 async def test_concurrent_requests_form_batches_with_unbatched_results(
@@ -37,28 +39,28 @@ async def test_concurrent_requests_form_batches_with_unbatched_results(
     assert runs == len(calls_batched) < 16
     assert metric(samples, "swin_batch_size_sum") == 16
     for b, s in zip(batched, single, strict=True):
-        assert b.json()["results"] == s.json()["results"]
+        assert_same_predictions(b.json()["results"], s.json()["results"])
 
 
 async def test_overload_gives_fast_503_with_retry_after_and_the_rest_succeed(
     make_app, make_engine, serve, pngs
 ):
-    engine = make_engine(delay_s=0.3)
+    engine = make_engine(delay_s=0.5)
     async with serve(
         make_app(engine, max_batch_size=1, queue_capacity=2, max_images_per_request=1)
     ) as client:
         outcomes = await asyncio.gather(
-            *(_timed_post(client, "/classify", files={"file": im}) for im in pngs(8))
+            *(_answered_at(client.post("/classify", files={"file": im})) for im in pngs(8))
         )
         samples = parse_metrics((await client.get("/metrics")).text)
     ok = [r for r, _ in outcomes if r.status_code == 200]
     rejected = [(r, dt) for r, dt in outcomes if r.status_code == 503]
     assert len(ok) + len(rejected) == 8
     assert len(ok) >= 3 and rejected
-    for resp, elapsed in rejected:
+    for resp, answered in rejected:
         assert resp.json()["error"]["code"] == "overloaded"
         assert int(resp.headers["Retry-After"]) >= 1
-        assert elapsed < 0.1  # refused at once, not after waiting for the slow model
+        assert answered < engine.run_ends[0]  # refused at once, not after waiting for the model
     assert sum(engine.calls) == len(ok)
     assert metric(samples, "swin_rejections_total", reason="overloaded") == len(rejected)
     assert metric(samples, "swin_requests_total", endpoint="/classify", status="503") == len(
@@ -70,7 +72,7 @@ async def test_overload_gives_fast_503_with_retry_after_and_the_rest_succeed(
 async def test_request_past_its_deadline_is_503_and_never_runs(
     make_app, make_engine, serve, png, how
 ):
-    engine = make_engine(delay_s=0.4)
+    engine = make_engine(delay_s=1.0)
     kw = {"request_timeout_ms": 100} if how == "server_default" else {}
     # One run slot: the busy request holds the model while the next one waits out its deadline.
     async with serve(make_app(engine, max_batch_size=1, parallel_batches=1, **kw)) as client:
@@ -83,15 +85,15 @@ async def test_request_past_its_deadline_is_503_and_never_runs(
             url += "?timeout_ms=100"
         else:
             url += "?timeout_ms=600000"  # asking for more than the server allows changes nothing
-        resp, elapsed = await _timed_post(
-            client, url, files={"file": png(color=(255, 255, 255))}, headers=headers
+        resp, answered = await _answered_at(
+            client.post(url, files={"file": png(color=(255, 255, 255))}, headers=headers)
         )
         assert (await busy).status_code == 200
         samples = parse_metrics((await client.get("/metrics")).text)
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "deadline_exceeded"
     assert "Retry-After" in resp.headers
-    assert elapsed < 0.3  # answered at its deadline, not when the model got free
+    assert answered < engine.run_ends[0]  # answered at its deadline, not when the model got free
     assert engine.calls == [1]  # the white image never reached the engine
     assert metric(samples, "swin_rejections_total", reason="deadline_exceeded") == 1
 
@@ -184,16 +186,11 @@ async def test_unknown_paths_share_one_metric_label(make_app, serve):
 
 
 async def test_healthz_stays_fast_while_the_model_is_busy(make_app, make_engine, serve, pngs):
-    engine = make_engine(delay_s=0.5)
+    engine = make_engine(delay_s=1.0)
     async with serve(make_app(engine, max_batch_size=1)) as client:
         busy = [asyncio.create_task(client.post("/classify", files={"file": im})) for im in pngs(2)]
         await asyncio.sleep(0.05)
-        _, elapsed = await _timed_get(client, "/healthz")
+        health, answered = await _answered_at(client.get("/healthz"))
         await asyncio.gather(*busy)
-    assert elapsed < 0.1
-
-
-async def _timed_get(client, url):
-    t0 = time.perf_counter()
-    resp = await client.get(url)
-    return resp, time.perf_counter() - t0
+    assert health.status_code == 200
+    assert answered < engine.run_ends[0]  # answered while the model was still busy
