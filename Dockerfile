@@ -42,7 +42,7 @@ COPY . .
 # stage would store a second copy of the 100+ MB file in a new layer.
 RUN python -m export --variant "$VARIANT" --checkpoint "$WEIGHTS" --out /build/models \
  && chmod 0444 /build/models/* \
- && pip wheel --no-deps -w /build/dist .
+ && pip wheel --no-deps --no-build-isolation -w /build/dist .
 
 # ---------------------------------------------------------------------------------------------
 FROM python:3.11-slim AS cpu

@@ -83,14 +83,20 @@ format: $(DEV_STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Resolves pyproject.toml's requirements (every extra) on this Python to the newest releases
-# they allow, and records the digest of pyproject.toml's dependency tables in the lock.
-# PACKAGE=name upgrades only that package and keeps every other pin.
+# Resolves pyproject.toml's requirements (every extra) to the newest releases they allow, on
+# CPython 3.11 (the Docker image's), and records the digest of pyproject.toml's dependency tables
+# in the lock. torch's CPU build comes from a local wheel when pip has one, else from
+# TORCH_INDEX_URL or the PyTorch CPU index. PACKAGE=name upgrades only that package.
 lock: | $(PY) ## re-resolve requirements.lock after a change to pyproject.toml's dependencies
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "error: the lock is resolved on CPython 3.11; make distclean, then make lock PYTHON=python3.11" >&2; exit 1; }
 	$(PY) -m pip install -q --constraint $(LOCK) pip-tools
-	$(PY) -m piptools compile --quiet --all-extras --strip-extras --allow-unsafe \
-	  --no-emit-index-url --no-emit-find-links --newline=LF \
-	  $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) --output-file $(LOCK) pyproject.toml
+	@index="$(TORCH_INDEX_URL)"; torch=$$(grep -E '^torch==' $(LOCK) | cut -d' ' -f1); \
+	  if [ -z "$$index" ] && ! $(PY) -m pip install -q --dry-run --no-deps --no-index "$$torch" >/dev/null 2>&1; then \
+	    index=https://download.pytorch.org/whl/cpu; fi; \
+	  set -x; $(PY) -m piptools compile --quiet --all-extras --strip-extras --allow-unsafe \
+	    --no-emit-index-url --no-emit-find-links --newline=LF $${index:+--extra-index-url $$index} \
+	    $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) --output-file $(LOCK) pyproject.toml
 	$(PY) deploy/requirements.py --stamp $(LOCK)
 	@echo "$(LOCK) updated: commit it with the change to pyproject.toml that needed it"
 

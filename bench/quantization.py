@@ -26,7 +26,7 @@ from bench.common import IMAGES_DIR, RESULTS_DIR, ROOT, VARIANT, progress, write
 
 NO_VNNI_CPU = "EPYC-Rome"
 CANDIDATES = {
-    "per-tensor (the old default)": {
+    "per-tensor": {
         "per_channel": False,
         "reduce_range": False,
         "matmul_const_b_only": False,

@@ -1,7 +1,9 @@
 """pyproject.toml's requirements, and the digest that ties requirements.lock to them.
 
-    python deploy/requirements.py EXTRA ...        the base dependencies plus those extras
-    python deploy/requirements.py --stamp LOCK     write the digest line into LOCK (make lock)
+    python deploy/requirements.py EXTRA ...          the base dependencies plus those extras
+    python deploy/requirements.py --stamp LOCK       write the digest line into LOCK (make lock)
+    python deploy/requirements.py --constraints LOCK LOCK's pins as this platform installs them
+    python deploy/requirements.py --strays LOCK      installed packages LOCK does not name
 
 The Dockerfile installs the printed requirements, constrained by requirements.lock, before it
 copies the source, so the heavy layers (torch, onnxruntime) stay cached across code changes.
@@ -11,13 +13,18 @@ test can tell when pyproject.toml changed and `make lock` was not run.
 """
 
 import hashlib
+import importlib.metadata
 import json
+import platform
+import re
 import sys
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST_PREFIX = "# pyproject.toml dependencies sha256: "
+PROJECT = "swin-serve"
+_PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
 
 
 def _project(pyproject: Path) -> dict:
@@ -58,8 +65,41 @@ def stamp(lock: Path, pyproject: Path) -> None:
     lock.write_text("\n".join(lines) + "\n")
 
 
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def platform_pins(lock: Path) -> dict[str, str]:
+    """{name: version} as this platform installs them. The lock is resolved for Linux x86_64,
+    where torch is its +cpu build; elsewhere PyPI's torch of that release is a CPU build with
+    no local label (macOS, Linux aarch64)."""
+    on_lock_platform = platform.system() == "Linux" and platform.machine() == "x86_64"
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if match := _PIN.match(line):
+            name, version = canonical(match[1]), match[2]
+            pins[name] = version if on_lock_platform else version.split("+")[0]
+    return pins
+
+
+def strays(lock: Path) -> list[str]:
+    """Installed distributions the lock does not name at their installed version."""
+    pins = platform_pins(lock)
+    found = set()
+    for dist in importlib.metadata.distributions():
+        name = canonical(dist.metadata["Name"])
+        if name != PROJECT and pins.get(name) != dist.version:
+            found.add(name)
+    return sorted(found)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--stamp"]:
-        stamp(Path(sys.argv[2]), ROOT / "pyproject.toml")
+    command, args = sys.argv[1:2], sys.argv[2:]
+    if command == ["--stamp"]:
+        stamp(Path(args[0]), ROOT / "pyproject.toml")
+    elif command == ["--constraints"]:
+        print("\n".join(f"{n}=={v}" for n, v in platform_pins(Path(args[0])).items()))
+    elif command == ["--strays"]:
+        print(" ".join(strays(Path(args[0]))))
     else:
         print("\n".join(requirements(ROOT / "pyproject.toml", sys.argv[1:])))

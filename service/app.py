@@ -181,10 +181,9 @@ def _self_check(engine: Engine, source: object) -> SelfCheckReport:
         log.warning("golden self-check skipped: %s", report.reason)
     else:
         log.info(
-            "golden self-check passed: %d inputs, %s within %g, in %.0f ms",
+            "golden self-check passed: %d inputs, every output within %s, in %.0f ms",
             report.inputs,
-            report.tolerance.metric,
-            report.tolerance.limit,
+            report.tolerance,
             report.took_ms,
         )
     return report

@@ -4,7 +4,8 @@ int8 speed and int8 numerics both depend on it (see export/variants.py), so it i
 with the self-check result. AVX2, AVX-512 and AVX-512 VNNI come from numpy's own CPUID probe,
 which also checks that the OS saves the wide registers and which an emulator (qemu -cpu) can
 change; AVX-VNNI and AMX, which numpy does not probe, come from the kernel's flags in
-/proc/cpuinfo. A feature that cannot be read is reported as None, never guessed.
+/proc/cpuinfo, trusted only where they agree with CPUID on the features both know (under an
+emulator they describe the host). A feature that cannot be read is None, never guessed.
 """
 
 from __future__ import annotations
@@ -23,19 +24,18 @@ def cpu_features() -> dict[str, bool | None]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return dict.fromkeys([*_FROM_NUMPY, *_FROM_KERNEL])
     probed = _numpy_features()
-    flags = _kernel_flags()
     features: dict[str, bool | None] = {name: probed.get(key) for name, key in _FROM_NUMPY.items()}
+    flags = _kernel_flags()
+    if flags is not None and not _agree(features, flags):
+        flags = None  # the kernel describes another CPU than CPUID does (an emulator)
     for name, flag in _FROM_KERNEL.items():
         features[name] = None if flags is None else flag in flags
     return features
 
 
-def int8_fast_path(features: dict[str, bool | None]) -> bool | None:
-    """True where ONNX Runtime has VNNI or AMX int8 kernels; None if that cannot be told."""
-    values = [features.get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8")]
-    if any(values):
-        return True
-    return None if None in values else False
+def _agree(probed: dict[str, bool | None], flags: set[str]) -> bool:
+    """Whether /proc/cpuinfo and CPUID tell the same story on the features both know."""
+    return all(probed[name] is None or probed[name] == (name in flags) for name in _FROM_NUMPY)
 
 
 def _numpy_features() -> dict[str, bool]:

@@ -84,10 +84,15 @@ class SelfCheckInfo(BaseModel):
     cpu: dict[str, bool | None] = Field(
         description="CPU features that decide ONNX Runtime's kernels (None: could not be read)"
     )
-    tolerance: dict[str, Any] | None = Field(
-        None, description='{"metric": "max_rel_diff" | "min_cosine", "limit": float}'
+    tolerance: dict[str, float | None] | None = Field(
+        None,
+        description="The bounds for this precision: max_rel_diff, min_cosine, max_scale_error "
+        "(null: not bounded)",
     )
-    outputs: dict[str, float] | None = Field(None, description="The metric's value per output")
+    outputs: dict[str, dict[str, float]] | None = Field(
+        None, description="Per output: max_rel_diff, min_cosine and scale_error against PyTorch"
+    )
+    failures: dict[str, list[str]] | None = Field(None, description="Per output, bounds broken")
     inputs: int = 0
     took_ms: float = 0.0
     reason: str | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import re
 import sys
 import tomllib
@@ -14,10 +13,9 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
-PROJECT = "swin-serve"
 
 sys.path.insert(0, str(ROOT / "deploy"))
-from requirements import dependency_digest, locked_digest  # noqa: E402
+from requirements import dependency_digest, locked_digest, strays  # noqa: E402
 
 
 def locked() -> dict[str, Version]:
@@ -63,15 +61,8 @@ def test_torch_is_locked_to_its_cpu_build():
 
 
 def test_this_environment_was_installed_from_the_lock():
-    pins = locked()
-    strays = []
-    for dist in md.distributions():
-        name = canonicalize_name(dist.metadata["Name"])
-        if name == PROJECT:
-            continue
-        if pins.get(name) != Version(dist.version):
-            strays.append(f"{name}=={dist.version} (lock: {pins.get(name, 'absent')})")
-    assert not strays, (
-        "installed but not as locked (run `make test` on a fresh venv, or `make lock` if "
-        f"pyproject.toml changed): {sorted(strays)}"
+    found = strays(LOCK)
+    assert not found, (
+        "installed but not as locked (make test removes these on its next install; run "
+        f"`make lock` if pyproject.toml changed): {found}"
     )

@@ -28,10 +28,10 @@ from tests.support import assert_same_predictions, sample_images
 
 pytestmark = pytest.mark.anyio
 
-PIXEL_CAP = 250_000  # the largest shared photo (500x500) sits exactly at it
+PIXEL_CAP = 250_000  # the largest sample photo (500x500) sits exactly at it
 ALLOWED = ("PNG", "WEBP", "JPEG", "GIF", "BMP")
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
-SHARED_STATUS = {"broken.png": 400, "truncated_end_chunk.png": 400, "decompression_bomb.gif": 413}
+SAMPLE_STATUS = {"broken.png": 400, "truncated_end_chunk.png": 400, "decompression_bomb.gif": 413}
 ANY_CLIENT_ERROR_OR_OK = {200, 400, 413, 415}
 
 
@@ -107,7 +107,7 @@ def corpus(images_dir) -> list[tuple[str, bytes, set[int]]]:
     cases: list[tuple[str, bytes, set[int]]] = []
     for path in sample_images(images_dir):
         cases.append(
-            (f"shared/{path.name}", path.read_bytes(), {SHARED_STATUS.get(path.name, 200)})
+            (f"samples/{path.name}", path.read_bytes(), {SAMPLE_STATUS.get(path.name, 200)})
         )
 
     for mode in MODES:
@@ -264,11 +264,11 @@ def peak_rss_of_decode(data: bytes, cap: int) -> tuple[int, int, float]:
 
 @pytest.mark.parametrize(
     "bomb",
-    ["shared decompression_bomb.gif", "PNG 50000x50000", "GIF 65535x65535"],
+    ["sample decompression_bomb.gif", "PNG 50000x50000", "GIF 65535x65535"],
 )
 def test_decompression_bombs_are_refused_before_any_pixel_is_decoded(images_dir, bomb):
     data = {
-        "shared decompression_bomb.gif": lambda: (
+        "sample decompression_bomb.gif": lambda: (
             images_dir / "decompression_bomb.gif"
         ).read_bytes(),
         "PNG 50000x50000": lambda: png_bomb(50_000, 50_000),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import assert_same_predictions, metric, parse_metrics
+from tests.support import assert_same_predictions, metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
 
@@ -60,7 +60,7 @@ async def test_requests_reaching_a_draining_server_still_complete(
     app = make_app(engine)
     async with serve(app) as client:
         running = asyncio.create_task(client.post("/classify", files={"file": png()}))
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.calls)
         app.state.service.begin_drain()  # what SIGTERM does
         late = await client.post("/classify", files={"file": png()})  # on an open connection
         assert (await running).status_code == 200

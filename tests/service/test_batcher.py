@@ -11,6 +11,7 @@ import pytest
 
 from service.batcher import Batcher, DeadlineExceeded, Draining, InferenceFailed, Overloaded
 from service.metrics import Metrics
+from tests.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -76,7 +77,7 @@ async def test_full_queue_rejects_at_once(make_engine):
     b = _batcher(engine, max_batch_size=1, queue_capacity=3)
     b.start()
     first = asyncio.create_task(b.submit([_img(0)], _far()))
-    await asyncio.sleep(0.05)  # the first image is now running, the queue is empty
+    await until(lambda: engine.calls)  # the first image is now running, the queue is empty
     queued = asyncio.create_task(b.submit([_img(1), _img(2), _img(3)], _far()))
     await asyncio.sleep(0)
     assert b.depth == 3
@@ -93,7 +94,7 @@ async def test_expired_request_never_reaches_the_engine(make_engine):
     b = _batcher(engine, max_batch_size=1)
     b.start()
     busy = asyncio.create_task(b.submit([_img(0)], _far()))
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.calls)
     t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded):
         await b.submit([_img(99)], time.monotonic() + 0.1)
@@ -164,9 +165,9 @@ async def test_cancelled_request_is_not_run(make_engine):
     b = _batcher(engine, max_batch_size=1)
     b.start()
     busy = asyncio.create_task(b.submit([_img(0)], _far()))
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.calls)
     gone = asyncio.create_task(b.submit([_img(7)], _far()))
-    await asyncio.sleep(0.01)
+    await until(lambda: b.depth == 1)
     gone.cancel()  # the client disconnected while queued
     await busy
     await asyncio.sleep(0.05)
@@ -244,7 +245,7 @@ async def test_fatal_error_answers_queued_images_with_draining_instead_of_runnin
     b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=1)
     b.start()
     first = asyncio.ensure_future(b.submit([_img(0)], _far()))
-    await asyncio.sleep(0.02)  # the first image is on the (failing) device
+    await until(lambda: engine.calls)  # the first image is on the (failing) device
     queued = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(1, 4)]
     with pytest.raises(InferenceFailed):
         await first
@@ -260,7 +261,7 @@ async def test_drain_that_runs_out_of_time_answers_running_and_queued_images(mak
     b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=1)
     b.start()
     pending = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(3)]
-    await asyncio.sleep(0.05)  # one on the model, two queued
+    await until(lambda: engine.calls and b.depth == 2)  # one on the model, two queued
     assert await b.drain(0.1) is False
     done, not_done = await asyncio.wait(pending, timeout=2)
     assert not not_done, "a request was left waiting forever"

@@ -17,7 +17,7 @@ from tests.support import sample_images
 pytestmark = pytest.mark.anyio
 
 # What samples/images/README.md asks for each file (BMP: served, our documented choice).
-SHARED_STATUS = {
+SAMPLE_STATUS = {
     "broken.png": 400,
     "truncated_end_chunk.png": 400,
     "decompression_bomb.gif": 413,
@@ -65,12 +65,12 @@ async def test_every_endpoint(e2e_app, serve, images_dir):
     assert docs.status_code == 200 and "/classify" in spec["paths"]
 
 
-async def test_every_shared_image_gets_its_documented_status(e2e_app, serve, images_dir):
+async def test_every_sample_image_gets_its_documented_status(e2e_app, serve, images_dir):
     images = sample_images(images_dir)
     async with serve(e2e_app()) as client:
         for path in images:
             resp = await client.post("/classify", files={"file": (path.name, path.read_bytes())})
-            expected = SHARED_STATUS.get(path.name, 200)
+            expected = SAMPLE_STATUS.get(path.name, 200)
             assert resp.status_code == expected, (path.name, resp.text)
             if expected != 200:
                 assert resp.json()["error"]["code"] in {"invalid_image", "image_too_large"}
@@ -159,7 +159,7 @@ async def test_top_k_bounds(e2e_app, serve, images_dir):
 
 
 async def test_sixteen_concurrent_requests_batch_and_match_unbatched(e2e_app, serve, images_dir):
-    paths = [p for p in sample_images(images_dir) if p.name not in SHARED_STATUS]
+    paths = [p for p in sample_images(images_dir) if p.name not in SAMPLE_STATUS]
     data = [paths[i % len(paths)].read_bytes() for i in range(16)]
     async with serve(e2e_app(max_batch_size=8, max_batch_delay_ms=50)) as client:
         batched = await asyncio.gather(

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import assert_same_predictions, metric, parse_metrics
+from tests.support import assert_same_predictions, metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +77,7 @@ async def test_request_past_its_deadline_is_503_and_never_runs(
     # One run slot: the busy request holds the model while the next one waits out its deadline.
     async with serve(make_app(engine, max_batch_size=1, parallel_batches=1, **kw)) as client:
         busy = asyncio.create_task(client.post("/classify", files={"file": png(color=(0, 0, 0))}))
-        await asyncio.sleep(0.1)
+        await until(lambda: engine.calls)
         url, headers = "/classify", {}
         if how == "header":
             headers["X-Request-Timeout-Ms"] = "100"
@@ -189,7 +189,7 @@ async def test_healthz_stays_fast_while_the_model_is_busy(make_app, make_engine,
     engine = make_engine(delay_s=1.0)
     async with serve(make_app(engine, max_batch_size=1)) as client:
         busy = [asyncio.create_task(client.post("/classify", files={"file": im})) for im in pngs(2)]
-        await asyncio.sleep(0.05)
+        await until(lambda: engine.calls)
         health, answered = await _answered_at(client.get("/healthz"))
         await asyncio.gather(*busy)
     assert health.status_code == 200

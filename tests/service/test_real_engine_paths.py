@@ -9,6 +9,7 @@ so the timing of queueing is decided by the test and not by the machine's speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -18,7 +19,7 @@ import pytest
 from service.app import create_app
 from service.engine import OnnxEngine
 from service.settings import Settings
-from tests.support import assert_same_predictions
+from tests.support import assert_same_predictions, until
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,10 @@ class SlowEngine:
         self.manifest, self.provider = engine.manifest, engine.provider
         self.golden_text = engine.golden_text
         self.warmup_gate: threading.Event | None = None
+        # When set, each run waits (10 s at most) for the barrier's other parties to start too.
+        self.rendezvous: threading.Barrier | None = None
         self.warmed = False
+        self.started: list[int] = []  # batch sizes, as each run (after warm-up) began
         self.runs: list[tuple[int, float, float]] = []
         self.first_pixels: list[float] = []
         self._lock = threading.Lock()
@@ -41,6 +45,11 @@ class SlowEngine:
         if not self.warmed:  # the start-up self-check
             return self.engine.run(batch)
         start = time.monotonic()
+        with self._lock:
+            self.started.append(len(batch))
+        if self.rendezvous is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.rendezvous.wait(timeout=10)
         time.sleep(self.delay_s)
         out = self.engine.run(batch)
         with self._lock:
@@ -78,7 +87,7 @@ async def test_real_engine_request_past_its_deadline_never_runs(real, serve, png
     app, engine = real(delay_s=1.0, max_batch_size=1, parallel_batches=1)
     async with serve(app) as client:
         busy = asyncio.create_task(client.post("/classify", files={"file": png((0, 0, 0))}))
-        await asyncio.sleep(0.1)
+        await until(lambda: engine.started)
         late = await client.post("/classify?timeout_ms=100", files={"file": png((255, 255, 255))})
         answered = time.monotonic()
         assert (await busy).status_code == 200
@@ -103,9 +112,9 @@ async def test_real_engine_never_runs_a_cancelled_queued_request(real, serve, pn
     app, engine = real(delay_s=0.5, max_batch_size=1, parallel_batches=1)
     async with serve(app) as client:
         busy = asyncio.create_task(client.post("/classify", files={"file": png((0, 0, 0))}))
-        await asyncio.sleep(0.1)
+        await until(lambda: engine.started)
         gone = asyncio.create_task(client.post("/classify", files={"file": png((255, 0, 0))}))
-        await asyncio.sleep(0.1)
+        await until(lambda: app.state.service.batcher.depth == 1)
         gone.cancel()  # the client went away while its image was queued
         assert (await busy).status_code == 200
         after = await client.post("/classify", files={"file": png((0, 255, 0))})
@@ -116,12 +125,16 @@ async def test_real_engine_never_runs_a_cancelled_queued_request(real, serve, pn
 
 
 async def test_real_engine_runs_parallel_batches_at_once(real, serve, pngs):
-    app, engine = real(delay_s=0.5, max_batch_size=1, parallel_batches=2)
+    app, engine = real(max_batch_size=1, parallel_batches=2)
     images = pngs(2)
     async with serve(app) as client:
+        # Two runs meet inside the engine only if the batcher really runs them at once;
+        # serialised, the first would wait out the barrier's timeout and they would not overlap.
+        engine.rendezvous = threading.Barrier(2)
         both = await asyncio.gather(
             *(client.post("/classify", files={"file": im}) for im in images)
         )
+        engine.rendezvous = None
         singles = [await client.post("/classify", files={"file": im}) for im in images]
     assert [r.status_code for r in both] == [200, 200]
     (_, start_a, end_a), (_, start_b, end_b) = engine.runs[:2]
