@@ -44,12 +44,21 @@ def ensure_models(out_dir: Path = MODELS_DIR, variant: str = VARIANT) -> BenchMo
     """Export the fp32 and int8 models with random weights unless they are already there."""
     paths = model_paths(out_dir, variant)
     if all(p.is_file() for p in (paths.fp32, paths.int8, paths.fp32_report, paths.int8_report)):
-        return paths
+        if _int8_is_current(paths):
+            return paths
+        progress("the int8 model was quantised with other settings than the exporter's now")
     progress(f"exporting {variant} (random weights, fp32 + int8) to {out_dir} (about a minute)")
     cmd = [sys.executable, "-m", "export", "--variant", variant, "--checkpoint", "random"]
     cmd += ["--out", str(out_dir), "--int8"]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return paths
+
+
+def _int8_is_current(paths: BenchModels) -> bool:
+    from export.variants import Int8Settings
+
+    recorded = json.loads(paths.int8_report.read_text()).get("quantization")
+    return recorded == Int8Settings().as_dict()
 
 
 def load_torch_reference(models: BenchModels):

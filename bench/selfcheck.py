@@ -19,9 +19,8 @@ from bench.common import RESULTS_DIR, machine_info, progress, write_json
 
 
 def measure(path: Path, reps: int, threads: int) -> dict[str, float | str]:
-    from service.cpu import cpu_features
     from service.engine import OnnxEngine
-    from service.selfcheck import run_self_check
+    from service.selfcheck import check_engine
     from service.settings import Settings
 
     start = time.perf_counter()
@@ -29,13 +28,7 @@ def measure(path: Path, reps: int, threads: int) -> dict[str, float | str]:
     load_ms = (time.perf_counter() - start) * 1e3
 
     def check() -> float:
-        report = run_self_check(
-            engine.run,
-            engine.golden_text,
-            precision=engine.manifest.precision,
-            provider=engine.provider,
-            cpu=cpu_features(),
-        )
+        report = check_engine(engine)
         assert report.status == "passed", report
         return report.took_ms
 

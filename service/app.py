@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher, Draining
-from service.cpu import cpu_features
 from service.engine import Engine, OnnxEngine, warmup_batch_sizes
 from service.errors import ApiError, ErrorCode, code_for_status, error_body
 from service.metrics import Metrics
@@ -25,7 +24,7 @@ from service.middleware import (
 )
 from service.preprocess import configure_pillow
 from service.routes import router
-from service.selfcheck import SelfCheckFailed, SelfCheckReport, run_self_check
+from service.selfcheck import SelfCheckFailed, SelfCheckReport, check_engine
 from service.settings import Settings
 from service.state import ServiceState
 from service.ui import router as ui_router
@@ -166,13 +165,7 @@ async def _drain_watchdog(state: ServiceState) -> None:
 
 def _self_check(engine: Engine, source: object) -> SelfCheckReport:
     """Replay the exporter's golden inputs before anything else; raise if the answers differ."""
-    report = run_self_check(
-        engine.run,
-        engine.golden_text,
-        precision=engine.manifest.precision,
-        provider=engine.provider,
-        cpu=cpu_features(),
-    )
+    report = check_engine(engine)
     if report.status == "failed":
         message = report.failure_message(str(source))
         log.error("%s", message)

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.cpu import cpu_features
+
 GOLDEN_KEY = "swin.golden"
 GOLDEN_COUNT = 2  # a batch of two: the batch axis is exercised too
 _COARSE = 8  # the golden images are smooth blobs over an 8x8 grid, plus fine noise
@@ -199,6 +201,17 @@ def run_self_check(
         failures=failures,
         inputs=len(golden.inputs),
         took_ms=round(took_ms, 1),
+    )
+
+
+def check_engine(engine: Any) -> SelfCheckReport:
+    """``run_self_check`` on a loaded engine (service/engine.py's Engine) and this CPU."""
+    return run_self_check(
+        engine.run,
+        engine.golden_text,
+        precision=engine.manifest.precision,
+        provider=engine.provider,
+        cpu=cpu_features(),
     )
 
 

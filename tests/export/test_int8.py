@@ -21,15 +21,12 @@ NO_VNNI_CPU = "EPYC-Rome"
 
 SELF_CHECK = """
 import json, sys
-from service.cpu import cpu_features
 from service.engine import OnnxEngine
-from service.selfcheck import run_self_check
+from service.selfcheck import check_engine
 from service.settings import Settings
 
 engine = OnnxEngine.load(Settings(model_path=sys.argv[1], providers="cpu", intra_op_threads=1))
-report = run_self_check(engine.run, engine.golden_text, precision=engine.manifest.precision,
-                        provider=engine.provider, cpu=cpu_features())
-print(json.dumps(report.as_dict()))
+print(json.dumps(check_engine(engine).as_dict()))
 """
 
 
