@@ -16,8 +16,8 @@ EXPORT_ARGS ?=
 MODEL := models/$(VARIANT).onnx
 PYTEST_ARGS ?=
 
-# torch is locked as its small CPU build. deploy/install-locked takes it from a local wheel when
-# pip is configured with one, else from TORCH_INDEX_URL, else from the PyTorch CPU index.
+# torch is locked as its small CPU build. deploy/install-locked takes it from TORCH_INDEX_URL
+# when set, else from a local wheel when pip is configured with one, else the PyTorch CPU index.
 TORCH_INDEX_URL ?=
 export TORCH_INDEX_URL
 INSTALL := deploy/install-locked $(PY)
@@ -85,11 +85,14 @@ format: $(DEV_STAMP) ## apply ruff fixes and formatting
 
 # Resolves pyproject.toml's requirements (every extra) to the newest releases they allow, on
 # CPython 3.11 (the Docker image's), and records the digest of pyproject.toml's dependency tables
-# in the lock. torch's CPU build comes from a local wheel when pip has one, else from
-# TORCH_INDEX_URL or the PyTorch CPU index. PACKAGE=name upgrades only that package.
+# in the lock, on Linux x86_64 (where torch has a +cpu build). torch's CPU build comes from
+# TORCH_INDEX_URL when set, else a local wheel, else the PyTorch CPU index. PACKAGE=name upgrades
+# only that package.
 lock: | $(PY) ## re-resolve requirements.lock after a change to pyproject.toml's dependencies
 	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
 	  echo "error: the lock is resolved on CPython 3.11; make distclean, then make lock PYTHON=python3.11" >&2; exit 1; }
+	@[ "$$(uname -sm)" = "Linux x86_64" ] || { \
+	  echo "error: the lock is resolved on Linux x86_64, where torch has its +cpu build; run make lock there" >&2; exit 1; }
 	$(PY) -m pip install -q --constraint $(LOCK) pip-tools
 	@index="$(TORCH_INDEX_URL)"; torch=$$(grep -E '^torch==' $(LOCK) | cut -d' ' -f1); \
 	  if [ -z "$$index" ] && ! $(PY) -m pip install -q --dry-run --no-deps --no-index "$$torch" >/dev/null 2>&1; then \

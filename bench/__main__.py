@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench.models import ensure_models
 
         started = time.perf_counter()
+        # Read before any work: the run's own load must not count as the load it started under.
+        started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        machine = machine_info()
         server_cpus, loadgen_cpus, pinning = plan_cpus()
         # The engine runs as the service runs it: its intra-op threads (CPUs - 1, a core left
         # for decoding), and PyTorch gets the same number.
@@ -311,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "profile" or (args.what == "all" and not args.quick):
             results["profile"] = run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env)
         results["meta"] = {
-            "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "started": started_at,
             "mode": "quick" if args.quick else "full",
             "what": args.what,
             "seconds": round(time.perf_counter() - started, 1),
-            "machine": machine_info(),
+            "machine": machine,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         }
     if not results:

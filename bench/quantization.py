@@ -185,8 +185,9 @@ def _earlier_run(name: str) -> dict | str:
         earlier = json.loads((RESULTS_DIR / "int8.json").read_text())["runs"][name]
     except (OSError, KeyError, ValueError):
         return "not run (--no-emulation)"
-    if isinstance(earlier, dict):
-        earlier["note"] = "kept from an earlier run on the same files (--skip-build --no-emulation)"
+    if not isinstance(earlier, dict) or set(earlier.get("results", {})) != set(CANDIDATES):
+        return "not run (--no-emulation), and the earlier run measured other settings"
+    earlier["note"] = "kept from an earlier run on the same files (--skip-build --no-emulation)"
     return earlier
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -351,13 +352,19 @@ def render_markdown(results: dict[str, Any], *, image_prefix: str = "", notes: s
 
 
 def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Two PNGs; silently none when matplotlib is missing (the `bench` extra installs it)."""
+    """Two PNGs; none when matplotlib is missing (the `bench` extra installs it), said loudly,
+    since the PNGs left from an earlier run would then sit beside newer tables."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print(
+            "bench: matplotlib is missing, so the plots were NOT redrawn and show an earlier run"
+            " (make bench installs it)",
+            file=sys.stderr,
+        )
         return []
     written = []
     runtimes = results.get("engine", {}).get("runtimes", {})

@@ -28,9 +28,9 @@ from .weights import resolve_weights
 
 VARIANT_CHECK_BATCH = 16
 FP16_MIN_COSINE = 0.999
-# Dynamic int8 is lossy by design, but with variants.Int8Settings only in the fourth decimal of
-# the cosine; a saturating kernel loses whole percents, which this floor catches. The report
-# carries the exact figures.
+# Dynamic int8 is lossy by design, but with variants.Int8Settings far less than this floor
+# allows; a saturating kernel loses whole percents, which it catches. The report carries the
+# exact figures.
 INT8_MIN_LOGITS_COSINE = 0.995
 
 

@@ -46,9 +46,10 @@ class Int8Settings:
     pairs of u8*s8 products into int16, which saturates for full-range weights; 7-bit weights
     (`reduce_range`) cannot overflow it. Per-channel scales win back the precision the lost bit
     costs. With VNNI or AMX the same file runs the faster integer kernels, so the gain is kept
-    there. The attention's activation-by-activation matmuls are quantised too: leaving them in
-    float (`matmul_const_b_only`) costs a fifth of the speed and buys no accuracy that the
-    bench (bench/quantization.py) can measure.
+    there. The attention's activation-by-activation matmuls are quantised too, u8 on both sides:
+    ONNX Runtime's u8u8 kernels widen to 16 bits before they multiply, so they cannot saturate
+    (bench/quantization.py checks it on an emulated CPU without VNNI), and leaving them in float
+    (`matmul_const_b_only`) gives up speed for no accuracy that bench can measure.
     """
 
     per_channel: bool = True
@@ -67,7 +68,8 @@ class Int8Settings:
 
 
 def to_int8(proto: onnx.ModelProto, settings: Int8Settings = Int8Settings()) -> onnx.ModelProto:
-    """Dynamic quantisation: int8 weights for MatMul/Gemm, activations quantised per run."""
+    """Dynamic quantisation of every MatMul/Gemm: int8 weights, and activations (both sides of
+    the attention's activation-by-activation matmuls) quantised per run."""
     stripped = onnx.ModelProto()
     stripped.CopyFrom(proto)
     # The quantiser re-runs ONNX shape inference from a file and trips over value_info the

@@ -218,7 +218,7 @@ def check_engine(engine: Any) -> SelfCheckReport:
 def _decode_or_refuse(golden_text: str) -> Golden:
     try:
         golden = decode_golden(golden_text)
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise SelfCheckFailed(f"the {GOLDEN_KEY!r} metadata cannot be read: {exc}") from exc
     if not golden.outputs or golden.inputs.ndim != 4:
         raise SelfCheckFailed(f"the {GOLDEN_KEY!r} metadata holds no usable inputs and outputs")

@@ -63,6 +63,6 @@ def test_torch_is_locked_to_its_cpu_build():
 def test_this_environment_was_installed_from_the_lock():
     found = strays(LOCK)
     assert not found, (
-        "installed but not as locked (make test removes these on its next install; run "
-        f"`make lock` if pyproject.toml changed): {found}"
+        "installed but not as locked: run `rm .venv/.installed-* && make test` to reinstall "
+        f"(which removes them), or `make lock` if pyproject.toml changed: {found}"
     )

@@ -68,7 +68,7 @@ def test_int8_golden_self_check_passes_on_a_cpu_without_avx512_or_vnni(tiny_vari
     assert report["status"] == "passed", report
 
 
-def test_the_old_per_tensor_int8_fails_the_self_check_without_vnni(tiny_variants, tmp_path):
+def test_full_range_per_tensor_int8_fails_the_self_check_without_vnni(tiny_variants, tmp_path):
     """The emulated check has teeth: full-range per-tensor weights saturate the AVX2 kernels,
     and the self-check refuses the file."""
     qemu = shutil.which("qemu-x86_64")

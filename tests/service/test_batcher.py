@@ -235,7 +235,7 @@ async def test_drain_waits_for_every_running_batch(make_engine):
     b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=3)
     b.start()
     pending = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(5)]
-    await asyncio.sleep(0.02)  # some batches are on the model now
+    await until(lambda: engine.now)  # some batches are on the model now
     assert await b.drain(5)
     assert all(p.done() and not p.exception() for p in pending)
 

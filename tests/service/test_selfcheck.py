@@ -96,10 +96,11 @@ def test_reduced_precisions_are_judged_by_direction_and_scale():
 
 def test_unreadable_or_mismatched_golden_answers_are_refused_clearly():
     golden = _golden()
-    with pytest.raises(SelfCheckFailed, match="cannot be read"):
-        run_self_check(
-            lambda x: golden.outputs, "not base64!", precision="fp32", provider="X", cpu=CPU
-        )
+    for unreadable in ("not base64!", ""):
+        with pytest.raises(SelfCheckFailed, match="cannot be read"):
+            run_self_check(
+                lambda x: golden.outputs, unreadable, precision="fp32", provider="X", cpu=CPU
+            )
     wrong_shape = {**golden.outputs, "logits": golden.outputs["logits"][:, :5]}
     with pytest.raises(SelfCheckFailed, match="output 'logits': the model gives"):
         _check(golden, lambda x: wrong_shape)
