@@ -106,8 +106,6 @@ PRESETS: dict[str, SwinConfig] = {
     "swin_micro_patch4_window4_64": SwinConfig(24, (2, 2, 2, 2), (1, 2, 4, 8), 4, 64),
 }
 
-NUM_CLASSES_CHOICES = (1000, 21841)
-
 
 def get_config(name: str, *, num_classes: int = 1000, img_size: int | None = None) -> SwinConfig:
     """The preset `name`, optionally at another class count or input size."""

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     server_ref: list[DrainingServer] = []
-    app = create_app(settings, on_fatal=lambda exc: server_ref[0].fatal(exc))
+    app = create_app(settings, on_fatal=lambda exc: server_ref[0].fatal())
     config = uvicorn_config(app, settings)
     server = DrainingServer(config, app.state.service)
     server_ref.append(server)

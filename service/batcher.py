@@ -126,10 +126,6 @@ class Batcher:
         """Whether ``n`` more images would be admitted now (a cheap pre-check; submit decides)."""
         return self._depth + n <= self._capacity
 
-    @property
-    def idle(self) -> bool:
-        return self._depth == 0 and not self._forming and not self._running
-
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="swin-batcher")
@@ -192,9 +188,6 @@ class Batcher:
             return False
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def stop_accepting(self) -> None:
-        self._accepting = False
 
     def abandon(self, error: BatcherError) -> int:
         """Stop accepting and fail every queued, forming and running image with ``error`` now;

@@ -98,7 +98,8 @@ class DrainingServer(uvicorn.Server):
         self.service_state.begin_drain()
         super().handle_exit(sig, frame)
 
-    def fatal(self, exc: BaseException) -> None:
+    def fatal(self) -> None:
+        """Exit with EXIT_FATAL_DEVICE once uvicorn has shut down (the cause is already logged)."""
         self.exit_code = EXIT_FATAL_DEVICE
         self.should_exit = True
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,8 +12,6 @@ from service.engine import Engine
 from service.metrics import Metrics
 from service.selfcheck import SelfCheckReport
 from service.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -1,0 +1,28 @@
+"""What the project's wheel ships: the product (model, export, service), never the dev tools."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_wheel_holds_only_model_export_and_service(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    packages = {t for t in tops if not t.endswith(".dist-info")}
+    assert packages == {"model", "export", "service"}
+    names = zipfile.ZipFile(wheel).namelist()
+    # The data the server needs at run time travels with it.
+    assert "model/data/imagenet1k_labels.txt" in names
+    assert "service/static/index.html" in names
