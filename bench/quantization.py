@@ -66,17 +66,18 @@ def build(variant: str, out: Path) -> None:
 
 
 def _photos(size: int) -> np.ndarray:
+    from export.manifest import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
     from service.errors import ApiError
     from service.manifest import PreprocessSpec
     from service.preprocess import configure_pillow, decode_image
 
     configure_pillow()
     spec = PreprocessSpec(
-        resize_shorter=int(size / 0.875),
+        resize_shorter=int(size / CROP_PCT),
         crop_size=size,
-        crop_pct=0.875,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        crop_pct=CROP_PCT,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     photos = []
     for path in sorted(IMAGES_DIR.iterdir()):
@@ -93,13 +94,15 @@ def compare(out: Path) -> dict[str, dict[str, float | str]]:
     The fp32 reference is computed once, on the host (``reference.npy``): fp32 kernels are not
     what is in question, and under emulation they are the slowest part.
     """
+    from service.selfcheck import compare
+
     photos, ref = np.load(out / "photos.npy"), np.load(out / "reference.npy")
     report = {}
     for i, name in enumerate(CANDIDATES):
         got = _logits(out / f"int8-{i}.onnx", photos)
-        cosine = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+        cosine = compare({"logits": ref}, {"logits": got})["logits"]["min_cosine"]
         report[name] = {
-            "logits_cosine_min": round(float(cosine.min()), 5),
+            "logits_cosine_min": round(cosine, 5),
             "top1_agreement": f"{int((ref.argmax(1) == got.argmax(1)).sum())}/{len(ref)}",
         }
         print(f"  {name}: {report[name]}", file=sys.stderr, flush=True)

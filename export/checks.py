@@ -18,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from model import SwinTransformer
+from service.selfcheck import compare
 
 from .graph import INPUT_NAME, OUTPUT_NAMES, TRACE_BATCH, reference_outputs
 
@@ -176,12 +177,8 @@ def check_parity(
 
 def agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, Any]:
     """How closely a reduced-precision variant follows fp32: cosine per output, top-1/top-5."""
-    cosine = {}
-    for name in OUTPUT_NAMES:
-        a = reference[name].reshape(len(reference[name]), -1).astype(np.float64)
-        b = candidate[name].reshape(len(candidate[name]), -1).astype(np.float64)
-        per_row = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        cosine[name] = float(per_row.min())
+    scores = compare({n: reference[n] for n in OUTPUT_NAMES}, candidate)
+    cosine = {name: s["min_cosine"] for name, s in scores.items()}
     ref_top5 = np.argsort(-reference["logits"], axis=1)[:, :5]
     cand_top5 = np.argsort(-candidate["logits"], axis=1)[:, :5]
     top1 = float((ref_top5[:, 0] == cand_top5[:, 0]).mean())
