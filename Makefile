@@ -94,9 +94,7 @@ lock: | $(PY) ## re-resolve requirements.lock after a change to pyproject.toml's
 	@[ "$$(uname -sm)" = "Linux x86_64" ] || { \
 	  echo "error: the lock is resolved on Linux x86_64, where torch has its +cpu build; run make lock there" >&2; exit 1; }
 	$(PY) -m pip install -q --constraint $(LOCK) pip-tools
-	@index="$(TORCH_INDEX_URL)"; torch=$$(grep -E '^torch==' $(LOCK) | cut -d' ' -f1); \
-	  if [ -z "$$index" ] && ! $(PY) -m pip install -q --dry-run --no-deps --no-index "$$torch" >/dev/null 2>&1; then \
-	    index=https://download.pytorch.org/whl/cpu; fi; \
+	@torch=$$(grep -E '^torch==' $(LOCK) | cut -d' ' -f1); index=$$(deploy/torch-source $(PY) "$$torch"); \
 	  set -x; $(PY) -m piptools compile --quiet --all-extras --strip-extras --allow-unsafe \
 	    --no-emit-index-url --no-emit-find-links --newline=LF $${index:+--extra-index-url $$index} \
 	    $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) --output-file $(LOCK) pyproject.toml

@@ -53,6 +53,7 @@ def sandbox(tmp_path: Path) -> Path:
         "requirements.lock",
         "deploy/install-locked",
         "deploy/requirements.py",
+        "deploy/torch-source",
     ):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)
