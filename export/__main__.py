@@ -7,15 +7,22 @@ import sys
 from pathlib import Path
 
 from model import PRESETS
+from model.weights import CHOICES
+from service.contract import RANDOM_WEIGHTS_WARNING
 
 from .checks import PARITY_BATCH_SIZES
 from .graph import DEFAULT_OPSET
 from .pipeline import ExportOptions, ExportResult, run_export
-from .weights import CHOICES
 
 
-def parse_args(argv: list[str] | None) -> ExportOptions:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    _add_model_arguments(parser)
+    _add_output_arguments(parser)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         required=True,
@@ -40,8 +47,12 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
         default=1000,
         help="head size: 1000 (ImageNet-1k) or 21841 (ImageNet-22k)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", type=Path, default=Path("models"), help="output folder (default: models/)"
+        "--out", type=Path, default=Path("artefacts"), help="output folder (default: artefacts/)"
     )
     parser.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})"
@@ -64,7 +75,10 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
         default=",".join(map(str, PARITY_BATCH_SIZES)),
         help="batch sizes of the parity check (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
+
+
+def parse_args(argv: list[str] | None) -> ExportOptions:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         batch_sizes = tuple(int(b) for b in args.parity_batch_sizes.split(","))
@@ -90,22 +104,33 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
 
 def summary(result: ExportResult) -> str:
     info = result.manifest
-    parity = info["parity"]
+    assert info.parity is not None and info.optimization is not None
+    parity, startup = info.parity, info.optimization["startup"]
     worst_name, worst = max(parity["outputs"].items(), key=lambda kv: kv[1]["rel_diff"])
-    startup = info["optimization"]["startup"]
+    weights = info.weights
     lines = [
         "",
-        f"Exported {info['name']} in {result.seconds:.1f} s"
+        f"Exported {info.name} in {result.seconds:.1f} s"
         + (
-            "   ** RANDOM WEIGHTS: predictions are meaningless **"
-            if info["weights"]["random"]
-            else f"   weights: {info['weights']['source']} sha256 {str(info['weights']['sha256'])[:16]}..."
+            f"   ** {RANDOM_WEIGHTS_WARNING} **"
+            if weights.random
+            else f"   weights: {weights.source} sha256 {str(weights.sha256)[:16]}..."
         ),
-        "  outputs:  " + "  ".join(f"{k} {v}" for k, v in info["outputs"].items()),
+        "  outputs:  " + "  ".join(f"{k} {list(v)}" for k, v in info.outputs.items()),
         f"  parity:   PASS, worst {worst['rel_diff']:.2e} ({worst_name}) <= {parity['tolerance']:g}, batch {parity['batch_sizes']} (traced at {parity['trace_batch_size']})",
         f"  startup:  {startup['preoptimized_s']:.2f} s pre-optimised vs {startup['raw_graph_s']:.2f} s raw graph",
     ]
-    for key, report in result.variants.items():
+    lines += _variant_lines(result.variants)
+    lines.append("  files:")
+    for kind, path in result.files.items():
+        size = f"{path.stat().st_size / 1e6:8.1f} MB" if path.is_file() else "      dir"
+        lines.append(f"    {kind:<12} {size}  {path}")
+    return "\n".join(lines)
+
+
+def _variant_lines(reports: dict[str, dict]) -> list[str]:
+    lines = []
+    for key, report in reports.items():
         cosine = report["cosine_min"]
         lines.append(
             f"  {key}:     top-1 agreement {report['top1_agreement']:.1%}, top-5 overlap {report['top5_overlap']:.1%}, "
@@ -113,11 +138,7 @@ def summary(result: ExportResult) -> str:
         )
         if key == "fp16":
             lines.append(f"            CUDA: {report['cuda']}")
-    lines.append("  files:")
-    for kind, path in result.files.items():
-        size = f"{path.stat().st_size / 1e6:8.1f} MB" if path.is_file() else "      dir"
-        lines.append(f"    {kind:<12} {size}  {path}")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,7 @@ every output: max |diff| / max |reference| must stay within the tolerance.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,12 +17,18 @@ import onnxruntime as ort
 import torch
 
 from model import SwinTransformer
+from service.contract import INPUT_NAME, OUTPUT_NAMES
 from service.selfcheck import compare
 
-from .graph import INPUT_NAME, OUTPUT_NAMES, TRACE_BATCH, reference_outputs
+from .graph import TRACE_BATCH, reference_outputs
 
 PARITY_BATCH_SIZES = (1, 2, 3, 8, 17)
 FP32_TOLERANCE = 1e-4
+FP16_MIN_COSINE = 0.999
+# Dynamic int8 is lossy by design, but with variants.Int8Settings far less than this floor
+# allows; a saturating kernel loses whole percents, which it catches. The report carries the
+# exact figures.
+INT8_MIN_LOGITS_COSINE = 0.995
 
 
 class CheckFailed(RuntimeError):
@@ -45,7 +50,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
 
 
 def check_symbolic_batch(
-    proto: onnx.ModelProto, expected: dict[str, list[int | str]]
+    proto: onnx.ModelProto, expected: Mapping[str, Sequence[int | str]]
 ) -> dict[str, Any]:
     """The batch is the only symbol on the graph's input and outputs, and no intermediate
     tensor computed from the input has an all-static shape (a baked-in trace batch).
@@ -65,10 +70,9 @@ def check_symbolic_batch(
             f"input {INPUT_NAME} has shape {_dims(inp)}, expected a symbolic 'batch' first"
         )
     for out in proto.graph.output:
-        if _dims(out) != expected.get(out.name):
-            problems.append(
-                f"output {out.name} has shape {_dims(out)}, expected {expected.get(out.name)}"
-            )
+        want = expected.get(out.name)
+        if _dims(out) != (list(want) if want is not None else None):
+            problems.append(f"output {out.name} has shape {_dims(out)}, expected {want}")
 
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.output]}
@@ -108,15 +112,6 @@ def _tensors_computed_from(graph: onnx.GraphProto, source: str) -> list[str]:
                     reached.add(name)
                     order.append(name)
     return order
-
-
-def cpu_session(
-    path: Path | str, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def random_inputs(batch_sizes: Iterable[int], img_size: int, seed: int) -> dict[int, torch.Tensor]:
@@ -191,6 +186,37 @@ def agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]
         "top5_overlap": top5,
         "images": len(reference["logits"]),
     }
+
+
+def variant_agreement(
+    precision: str, expected: dict[str, np.ndarray], got: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """`agreement` of a variant with the fp32 model; raises CheckFailed below its floor."""
+    report = agreement(expected, got)
+    report["reference"] = "fp32 ONNX model, same inputs"
+    report["checked_on"] = "CPUExecutionProvider"
+    if precision == "fp16":
+        report["min_cosine_required"] = FP16_MIN_COSINE
+        low = {k: v for k, v in report["cosine_min"].items() if not v >= FP16_MIN_COSINE}
+        report["passed"] = not low
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        report["cuda"] = (
+            "available"
+            if has_cuda
+            else "not checked: no CUDAExecutionProvider on this machine; fp16 speed needs a GPU"
+        )
+        if low:
+            raise CheckFailed(f"fp16 variant below cosine {FP16_MIN_COSINE}: {low}")
+        return report
+    logits_cosine = report["cosine_min"]["logits"]
+    report["min_logits_cosine_required"] = INT8_MIN_LOGITS_COSINE
+    report["passed"] = logits_cosine >= INT8_MIN_LOGITS_COSINE
+    if not report["passed"]:
+        raise CheckFailed(
+            f"int8 variant logits cosine {logits_cosine:.4f} < {INT8_MIN_LOGITS_COSINE}: "
+            "the quantisation is broken"
+        )
+    return report
 
 
 def run_session(session: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import torch
 
 from model import SwinTransformer
+from service.contract import GOLDEN_KEY
 from service.cpu import cpu_features
 from service.selfcheck import (
-    GOLDEN_KEY,
     Golden,
     encode_golden,
     golden_digest,

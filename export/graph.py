@@ -1,10 +1,10 @@
 """Tracing the model to ONNX with a symbolic batch axis.
 
-The exporter is `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), opset 18.
-On Swin-T it gives 608 nodes against 2258 from the TorchScript tracer, keeps every channel and
-spatial dimension static (the tracer turned them into symbols), leaves `batch` as the only
-symbol, and folds the relative-position bias gather into constants. See the README's export
-section for the measurements.
+The exporter is `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), opset 18,
+rather than the TorchScript tracer: it keeps every channel and spatial dimension static (the
+tracer turned them into symbols), leaves `batch` as the only symbol, folds the relative-position
+bias gather into constants, and so gives a far smaller graph. The README's export section has
+the measurements.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from model import SwinTransformer
+from service.contract import INPUT_NAME, OUTPUT_NAMES
 
-INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("logits", "embedding", "stage1", "stage2", "stage3", "stage4")
+from .files import write_atomically
+
 DEFAULT_OPSET = 18
 TRACE_BATCH = 2  # the parity check also runs at 1, 3, 8 and 17, which differ from it
 
@@ -79,10 +80,4 @@ def trace_to_onnx(
 
 def save_atomically(proto: onnx.ModelProto, path: Path) -> None:
     """Write `path` through a temporary file, so a failure never leaves half a model behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        onnx.save(proto, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: onnx.save(proto, tmp))

@@ -1,28 +1,35 @@
-"""The artefact's manifest: everything the server needs, stored in the ONNX metadata.
+"""Building the artefact's manifest and storing it in the ONNX metadata.
 
-The same JSON is written beside the model as `<name>.json`. Its schema is in docs/CONTRACTS.md
-and is what `service/manifest.py` validates.
+The schema is `service.contract.Manifest`, the model the server reads; the exporter builds one
+and validates it again on the way out. The same JSON is written beside the model as
+`<name>.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from model import SwinConfig, class_labels
+from service.contract import (
+    CROP_PCT,
+    FORMAT_VERSION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_NAME,
+    MANIFEST_KEY,
+    OUTPUT_NAMES,
+    Manifest,
+    WeightsInfo,
+    manifest_from_metadata,
+    parse_manifest,
+)
 
-from .graph import INPUT_NAME, OUTPUT_NAMES
-
-METADATA_KEY = "swin.manifest"
-FORMAT_VERSION = 1
-CROP_PCT = 0.875  # the official evaluation: resize to size / 0.875, then center-crop
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .files import write_atomically
 
 
 def output_shapes(config: SwinConfig) -> dict[str, list[int | str]]:
@@ -41,46 +48,56 @@ def build_manifest(
     name: str,
     variant: str,
     config: SwinConfig,
-    weights: dict[str, Any],
+    weights: WeightsInfo,
     exporter: dict[str, Any],
-) -> dict[str, Any]:
+) -> Manifest:
     size = config.img_size
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "variant": variant,
-        "precision": "fp32",
-        "config": json.loads(
-            json.dumps(dataclasses.asdict(config))
-        ),  # tuples -> lists, as read back
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "float32",
-            "shape": ["batch", config.in_chans, size, size],
-        },
-        "outputs": output_shapes(config),
-        "preprocess": {
-            "resize_shorter": int(size / CROP_PCT),
-            "crop_size": size,
-            "crop_pct": CROP_PCT,
-            "interpolation": "bicubic",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "color": "RGB",
-            "layout": "NCHW",
-            "scale": 255.0,
-        },
-        "labels": list(class_labels(config.num_classes)),
-        "weights": weights,
-        "exporter": exporter,
-        "parity": None,
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return Manifest.model_validate(
+        {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "variant": variant,
+            "precision": "fp32",
+            "config": dataclasses.asdict(config),
+            "input": {
+                "name": INPUT_NAME,
+                "dtype": "float32",
+                "shape": ["batch", config.in_chans, size, size],
+            },
+            "outputs": output_shapes(config),
+            "preprocess": {
+                "resize_shorter": int(size / CROP_PCT),
+                "crop_size": size,
+                "crop_pct": CROP_PCT,
+                "interpolation": "bicubic",
+                "mean": IMAGENET_MEAN,
+                "std": IMAGENET_STD,
+                "color": "RGB",
+                "layout": "NCHW",
+                "scale": 255.0,
+            },
+            "labels": class_labels(config.num_classes),
+            "weights": weights,
+            "exporter": exporter,
+            "parity": None,
+            "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
 
 
-def embed(proto: onnx.ModelProto, manifest: dict[str, Any]) -> None:
+def to_json(manifest: Manifest, *, indent: int | None = None) -> str:
+    """The manifest as the server will read it; raises ManifestError if it would not validate.
+
+    Fields the exporter never set are left out, so a manifest holds only what was recorded.
+    """
+    text = manifest.model_dump_json(exclude_unset=True, indent=indent)
+    parse_manifest(text, source=f"the manifest of {manifest.name}")
+    return text
+
+
+def embed(proto: onnx.ModelProto, manifest: Manifest) -> None:
     """Store the manifest (replacing any earlier one) in the graph's metadata_props."""
-    set_metadata(proto, METADATA_KEY, json.dumps(manifest))
+    set_metadata(proto, MANIFEST_KEY, to_json(manifest))
 
 
 def set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
@@ -91,25 +108,14 @@ def set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
     proto.metadata_props.add(key=key, value=value)
 
 
-def read(source: onnx.ModelProto | Path | str) -> dict[str, Any]:
+def read(source: onnx.ModelProto | Path | str) -> Manifest:
     """The manifest of an in-memory graph or of a file (weights are not loaded)."""
-    proto = (
-        source
-        if isinstance(source, onnx.ModelProto)
-        else onnx.load(str(source), load_external_data=False)
-    )
-    for prop in proto.metadata_props:
-        if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    raise ValueError(
-        f"{source if not isinstance(source, onnx.ModelProto) else 'graph'} has no {METADATA_KEY!r} metadata: it was not written by `python -m export`"
-    )
+    if isinstance(source, onnx.ModelProto):
+        proto, name = source, "graph"
+    else:
+        proto, name = onnx.load(str(source), load_external_data=False), str(source)
+    return manifest_from_metadata({p.key: p.value for p in proto.metadata_props}, source=name)
 
 
-def write_report(manifest: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_report(manifest: Manifest, path: Path) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(to_json(manifest, indent=2) + "\n"))

@@ -11,6 +11,8 @@ import onnxruntime as ort
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 
+from service.sessions import cpu_session, session_options
+
 # EXTENDED fuses LayerNorm, GELU, MatMul+Add and attention pieces into ONNX Runtime ops that run
 # on both the CPU and CUDA providers. ALL would add NCHWc layouts tied to this CPU's
 # instruction set, which ONNX Runtime says must not be saved for another machine.
@@ -19,12 +21,8 @@ OFFLINE_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 # EXTENDED's own GELU fusion does not match the dynamo exporter's erf GELU, so the GELU fusions
 # of onnxruntime.transformers (Python only, opt_level=0: no session, nothing provider specific)
 # run first, on the portable graph where its shape inference works. They give BiasGelu (exact
-# erf; CPU and CUDA kernels). Attention fusion is tried and does not match Swin's windows.
-# SkipLayerNormalization is left out: it was slower here. Swin-T, ORT 1.31, 1 thread, batch 1:
-#   EXTENDED only             539 nodes (12 Erf)       8.55 img/s
-#   fusions, then EXTENDED    479 (12 BiasGelu)        8.84 img/s  <- this
-#   EXTENDED, then fusions    479 (same ops)           8.95 img/s
-#   same + SkipLayerNorm x21  449                      8.16 img/s
+# erf; CPU and CUDA kernels). Attention fusion does not match Swin's windows.
+# SkipLayerNormalization is left out because it made the CPU model slower, not faster.
 GELU_FUSIONS = FusionOptions("swin")
 GELU_FUSIONS.enable_skip_layer_norm = GELU_FUSIONS.enable_bias_skip_layer_norm = False
 
@@ -35,21 +33,16 @@ def optimize_offline(src: Path, dst: Path) -> None:
         fused = Path(tmp) / "fused.onnx"
         fusions = optimize_model(str(src), "swin", optimization_options=GELU_FUSIONS, opt_level=0)
         fusions.save_model_to_file(str(fused))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = OFFLINE_LEVEL
+        options = session_options(level=OFFLINE_LEVEL)
         options.optimized_model_filepath = str(dst)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
+        cpu_session(fused, options)
 
 
-def startup_seconds(path: Path, level: ort.GraphOptimizationLevel, repeats: int = 3) -> float:
-    """Median wall time to create a CPU session for `path` at graph optimisation `level`."""
+def startup_seconds(path: Path, repeats: int = 3) -> float:
+    """Median wall time to create a CPU session for `path`, as the server creates it."""
     times = []
     for _ in range(repeats):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = level
-        options.log_severity_level = 3
         start = time.perf_counter()
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        cpu_session(path)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import onnx
 
-from .graph import INPUT_NAME, OUTPUT_NAMES, save_atomically
+from service.contract import INPUT_NAME, OUTPUT_NAMES, Manifest
+
+from .graph import save_atomically
 
 TRITON_MAX_BATCH = 64
 PREFERRED_BATCHES = (8, 16, 32)
 MAX_QUEUE_DELAY_US = 2000
 
 
-def config_pbtxt(
-    name: str, manifest: dict[str, Any], max_batch_size: int = TRITON_MAX_BATCH
-) -> str:
+def config_pbtxt(name: str, manifest: Manifest, max_batch_size: int = TRITON_MAX_BATCH) -> str:
     """`config.pbtxt` text: dims exclude the batch axis, which `max_batch_size` makes implicit."""
 
     def tensor(tensor_name: str, dims: list) -> str:
         shape = ", ".join(str(d) for d in dims[1:])  # drop "batch"
         return f'  {{\n    name: "{tensor_name}"\n    data_type: TYPE_FP32\n    dims: [ {shape} ]\n  }}'
 
-    inputs = tensor(INPUT_NAME, manifest["input"]["shape"])
-    outputs = ",\n".join(tensor(out, manifest["outputs"][out]) for out in OUTPUT_NAMES)
+    inputs = tensor(INPUT_NAME, list(manifest.input.shape))
+    outputs = ",\n".join(tensor(out, list(manifest.outputs[out])) for out in OUTPUT_NAMES)
     preferred = ", ".join(str(b) for b in PREFERRED_BATCHES if b <= max_batch_size)
     return (
         f'name: "{name}"\n'
@@ -39,9 +38,7 @@ def config_pbtxt(
     )
 
 
-def write_triton_repo(
-    repo: Path, name: str, proto: onnx.ModelProto, manifest: dict[str, Any]
-) -> Path:
+def write_triton_repo(repo: Path, name: str, proto: onnx.ModelProto, manifest: Manifest) -> Path:
     """Write `repo/<name>/1/model.onnx` and `repo/<name>/config.pbtxt`; returns the model dir."""
     model_dir = repo / name
     save_atomically(proto, model_dir / "1" / "model.onnx")

@@ -16,30 +16,28 @@ import onnx
 import torch
 
 from model import SwinConfig, SwinTransformer
+from model.weights import load_weights
+from service.contract import Manifest
+from service.sessions import cpu_session
 
 from . import checks, manifest
-from .weights import resolve_weights
 
 
-def rebuild_reference(info: dict, checkpoint: str | None) -> SwinTransformer:
-    config = SwinConfig(**info["config"])
-    weights = info["weights"]
-    torch.manual_seed(weights.get("seed") or 0)
+def rebuild_reference(info: Manifest, checkpoint: str | None) -> SwinTransformer:
+    config = SwinConfig(**info.config.model_dump())
+    weights = info.weights
+    seed = weights.seed or 0
+    torch.manual_seed(seed)
     model = SwinTransformer(config).eval()
-    if weights["random"]:
-        source = "random"
-    else:
-        source = checkpoint or weights.get("path") or weights.get("url")
-        if not source:
-            raise checks.CheckFailed(
-                "the manifest does not say where its weights came from; pass --checkpoint"
-            )
-    loaded = resolve_weights(
-        model, source, variant=info["variant"], seed=weights.get("seed") or 0, warn=lambda m: None
-    )
-    if weights["sha256"] and loaded["sha256"] != weights["sha256"]:
+    source = "random" if weights.random else checkpoint or weights.path or weights.url
+    if not source:
         raise checks.CheckFailed(
-            f"checkpoint {source} has SHA-256 {loaded['sha256']}, the artefact was exported from {weights['sha256']}"
+            "the manifest does not say where its weights came from; pass --checkpoint"
+        )
+    loaded = load_weights(model, source, variant=info.variant, seed=seed)
+    if weights.sha256 and loaded.sha256 != weights.sha256:
+        raise checks.CheckFailed(
+            f"checkpoint {source} has SHA-256 {loaded.sha256}, the artefact was exported from {weights.sha256}"
         )
     return model
 
@@ -49,16 +47,16 @@ def verify(
 ) -> dict:
     proto = onnx.load(str(path))
     info = manifest.read(proto)
-    if info.get("precision", "fp32") != "fp32":
+    if info.precision != "fp32":
         raise checks.CheckFailed(
-            f"{path} is the {info['precision']} variant; verify its fp32 model (its agreement figures are in its report)"
+            f"{path} is the {info.precision} variant; verify its fp32 model (its agreement figures are in its report)"
         )
     graph_report = None
     if not any(node.domain == "com.microsoft" for node in proto.graph.node):
         checks.check_onnx_model(proto)
-        graph_report = checks.check_symbolic_batch(proto, info["outputs"])
+        graph_report = checks.check_symbolic_batch(proto, dict(info.outputs))
     model = rebuild_reference(info, checkpoint)
-    report = checks.check_parity(checks.cpu_session(path), model, batch_sizes=batch_sizes)
+    report = checks.check_parity(cpu_session(path), model, batch_sizes=batch_sizes)
     report["graph"] = (
         graph_report
         or "skipped: ONNX Runtime-optimised graph (checked on the portable graph at export)"

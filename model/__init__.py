@@ -2,6 +2,7 @@
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, SwinConfig, get_config
+from .download import ChecksumError, DownloadError, download_weights, pretrained_url, sha256_file
 from .labels import class_labels, imagenet_labels
 from .swin import (
     SwinTransformer,
@@ -11,7 +12,6 @@ from .swin import (
     window_partition,
     window_reverse,
 )
-from .weights import ChecksumError, DownloadError, download_weights, pretrained_url, sha256_file
 
 __all__ = [
     "PRESETS",

@@ -20,17 +20,14 @@ filter, and each foreign format a renaming:
   o_proj`, `attention.relative_position_bias.relative_position_bias_table`, `mlp.fc1/fc2`).
   q, k and v are separate Linears there and are concatenated into our fused `qkv`.
 
-model/ imports only torch and the standard library, so `model.safetensors` is read by the
-small hand-written reader below instead of the `safetensors` package.
+`.safetensors` files are read with the `safetensors` package, imported only when one is read.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -50,6 +47,10 @@ MAX_LISTED_KEYS = 8  # keys named per category in an error before "... and N mor
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or whose weights do not fit the model."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A pickle holding Python objects besides tensors, read without `trusted=True`."""
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -102,13 +103,21 @@ def _read_path(path: Path, *, trusted: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        hint = ""
-        if not trusted and "weights_only" in str(e):
-            hint = (
-                " It holds Python objects besides tensors. If you trust the file, pass "
-                "trusted=True, or re-save only its state dict."
-            )
-        raise CheckpointError(f"could not read checkpoint {path}: {e}.{hint}") from e
+        if not trusted and _unsafe_globals(path):
+            raise UntrustedCheckpointError(
+                f"could not read checkpoint {path}: it holds Python objects besides tensors "
+                f"({_listed(_unsafe_globals(path))}). If you trust the file, pass trusted=True, "
+                "or re-save only its state dict."
+            ) from e
+        raise CheckpointError(f"could not read checkpoint {path}: {e}") from e
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects a `torch.save` zip file would import when unpickled."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint, or unreadable: nothing to name
+        return []
 
 
 def _unwrap(obj: object) -> StateDict:
@@ -130,64 +139,15 @@ def _unwrap(obj: object) -> StateDict:
     return state
 
 
-# safetensors dtype codes -> torch dtypes (the format's spec lists these names).
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
-
-
 def read_safetensors(path: str | os.PathLike) -> StateDict:
-    """Read a `.safetensors` file: u64 little-endian header size, JSON header, raw data.
+    """Every tensor of a `.safetensors` file, on the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    The header maps each name to {"dtype", "shape", "data_offsets": [begin, end]}, offsets
-    relative to the end of the header; data is little-endian and C-contiguous. Written by hand
-    because model/ depends only on torch (the `safetensors` package is a dev-only dependency).
-    """
-    if sys.byteorder != "little":
-        raise CheckpointError("reading safetensors needs a little-endian machine")
-    data = bytearray(Path(path).read_bytes())  # writable, so torch.frombuffer does not warn
-    if len(data) < 8:
-        raise CheckpointError(f"{path}: too short to be a safetensors file")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > min(_MAX_SAFETENSORS_HEADER, len(data) - 8):
-        raise CheckpointError(f"{path}: invalid safetensors header length {header_len}")
     try:
-        header = json.loads(data[8 : 8 + header_len])
-    except ValueError as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    body = 8 + header_len
-    state: StateDict = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: bad safetensors entry for {name!r}: {info}") from e
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        count = math.prod(shape)
-        if not 0 <= begin <= end <= len(data) - body or end - begin != count * itemsize:
-            raise CheckpointError(f"{path}: data offsets of {name!r} do not match its shape")
-        if count == 0:
-            state[name] = torch.empty(shape, dtype=dtype)
-        else:
-            flat = torch.frombuffer(data, dtype=dtype, count=count, offset=body + begin)
-            state[name] = flat.view(shape)
-    return state
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
 
 
 # --------------------------------------------------------------------------- format detection
@@ -259,8 +219,6 @@ _HF_BLOCK_RENAMES = (
     ("attention.o_proj.", "attn.proj."),
     ("intermediate.dense.", "mlp.fc1."),
     ("output.dense.", "mlp.fc2."),
-    ("mlp.fc1.", "mlp.fc1."),
-    ("mlp.fc2.", "mlp.fc2."),
 )
 _HF_QKV = re.compile(r"attention\.(?:self\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
 _HF_TOP_RENAMES = (

@@ -1,223 +1,142 @@
-"""The official Microsoft Swin V1 release weights: URLs, checksums and a cached download.
+"""Turn a weights spec into loaded weights: official release, a file or URL, or random.
 
-File names and release tags are those of microsoft/Swin-Transformer's MODELHUB.md (the same
-URLs timm's `default_cfgs` point to). The release publishes no checksums, so `KNOWN_SHA256`
-pins none yet: a download then records the SHA-256 it computed next to the file
-(`<file>.sha256`) and logs that it could not verify it against a pinned value; later cache
-hits are checked against that record. Never fill in a value that was not verified.
+`load_weights(model, spec)` is the one place a spec is resolved: it downloads when it must
+(model/download.py), loads strictly (model/checkpoint.py), and returns where the weights came
+from, for the export's manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import tempfile
-import urllib.error
-import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from torch.hub import download_url_to_file
+import torch
 
-log = logging.getLogger(__name__)
+from .checkpoint import DIRECTORY_FILES, CheckpointError, UntrustedCheckpointError, load_checkpoint
+from .download import (
+    DownloadError,
+    NoReleasedWeights,
+    download_weights,
+    pretrained_url,
+    sha256_file,
+)
+from .swin import SwinTransformer
 
-RELEASE_URL = "https://github.com/SwinTransformer/storage/releases/download"
-CACHE_ENV = "SWIN_CACHE_DIR"
-IMAGENET_1K, IMAGENET_22K = 1000, 21841
-
-# (variant, num_classes) -> (release tag, file). 1000 classes: the ImageNet-1k-trained file
-# where there is one, else (Swin-L) the ImageNet-22k model fine-tuned on 1k. 21841 classes: the
-# ImageNet-22k pretrained file (Swin-T and Swin-S 22k came later, in release v1.0.8).
-RELEASES: dict[tuple[str, int], tuple[str, str]] = {
-    ("swin_tiny_patch4_window7_224", IMAGENET_1K): ("v1.0.0", "swin_tiny_patch4_window7_224.pth"),
-    ("swin_tiny_patch4_window7_224", IMAGENET_22K): (
-        "v1.0.8",
-        "swin_tiny_patch4_window7_224_22k.pth",
-    ),
-    ("swin_small_patch4_window7_224", IMAGENET_1K): (
-        "v1.0.0",
-        "swin_small_patch4_window7_224.pth",
-    ),
-    ("swin_small_patch4_window7_224", IMAGENET_22K): (
-        "v1.0.8",
-        "swin_small_patch4_window7_224_22k.pth",
-    ),
-    ("swin_base_patch4_window7_224", IMAGENET_1K): ("v1.0.0", "swin_base_patch4_window7_224.pth"),
-    ("swin_base_patch4_window7_224", IMAGENET_22K): (
-        "v1.0.0",
-        "swin_base_patch4_window7_224_22k.pth",
-    ),
-    ("swin_base_patch4_window12_384", IMAGENET_1K): (
-        "v1.0.0",
-        "swin_base_patch4_window12_384.pth",
-    ),
-    ("swin_base_patch4_window12_384", IMAGENET_22K): (
-        "v1.0.0",
-        "swin_base_patch4_window12_384_22k.pth",
-    ),
-    ("swin_large_patch4_window7_224", IMAGENET_1K): (
-        "v1.0.0",
-        "swin_large_patch4_window7_224_22kto1k.pth",
-    ),
-    ("swin_large_patch4_window7_224", IMAGENET_22K): (
-        "v1.0.0",
-        "swin_large_patch4_window7_224_22k.pth",
-    ),
-    ("swin_large_patch4_window12_384", IMAGENET_1K): (
-        "v1.0.0",
-        "swin_large_patch4_window12_384_22kto1k.pth",
-    ),
-    ("swin_large_patch4_window12_384", IMAGENET_22K): (
-        "v1.0.0",
-        "swin_large_patch4_window12_384_22k.pth",
-    ),
-}
-
-# File name -> SHA-256 of the official file. None: no public value could be verified (the
-# release and MODELHUB.md publish none), so downloads are recorded, not verified.
-KNOWN_SHA256: dict[str, str | None] = {file: None for _, file in RELEASES.values()}
+CHOICES = "official, auto, random, a checkpoint path, or an http(s)/file URL"
 
 
-class DownloadError(OSError):
-    """The weights could not be fetched (offline, HTTP error, disk)."""
+class WeightsError(RuntimeError):
+    """The spec names weights that cannot be had or do not fit; the message says which."""
 
 
-class ChecksumError(ValueError):
-    """A file's SHA-256 differs from the expected one; the file was deleted."""
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where loaded weights came from. `seed` rebuilds random ones; `sha256` checks others."""
+
+    source: str  # "official", "url", "file" or "random"
+    random: bool
+    sha256: str | None = None
+    url: str | None = None
+    path: str | None = None  # a local file, resolved
+    seed: int | None = None
 
 
-def pretrained_url(name: str, *, num_classes: int = IMAGENET_1K) -> str:
-    """The official release URL of preset `name` with a `num_classes` head (1000 or 21841)."""
-    try:
-        tag, file = RELEASES[(name, num_classes)]
-    except KeyError:
-        known = sorted({variant for variant, _ in RELEASES})
-        raise ValueError(
-            f"no official weights for {name!r} with {num_classes} classes; released variants "
-            f"(num_classes {IMAGENET_1K} or {IMAGENET_22K}): {', '.join(known)}"
-        ) from None
-    return f"{RELEASE_URL}/{tag}/{file}"
+def randomize(model: SwinTransformer, seed: int) -> None:
+    """Deterministic random weights, with non-trivial biases and norm parameters.
 
-
-def default_cache_dir() -> Path:
-    """`$SWIN_CACHE_DIR`, else `~/.cache/swin-serve` (read at call time, not import time)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "swin-serve")
-
-
-def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download_weights(
-    name_or_url: str,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    sha256: str | None = None,
-    progress: bool = True,
-) -> Path:
-    """Path of the cached weights file, downloading it first if needed.
-
-    `name_or_url` is a preset name (its ImageNet-1k weights), a release file name such as
-    `swin_base_patch4_window7_224_22k.pth`, or any URL (https://, file://). The file lands in
-    `cache_dir` (default `default_cache_dir()`) under the URL's file name. The expected
-    checksum is `sha256`, else the pinned `KNOWN_SHA256` entry, else the one recorded when the
-    file was first downloaded. A cached file that matches is returned without a download; one
-    that does not is deleted and fetched again. The download goes to a temporary file in the
-    cache directory, is verified, and only then renamed into place, so an interrupted or bad
-    download never leaves a file that looks complete.
-
-    Raises `DownloadError` (an OSError) when the file cannot be fetched, e.g. offline, and
-    `ChecksumError` (a ValueError) when a fresh download does not match the expected SHA-256.
+    A fresh init has all-zero biases and all-one norm scales, which would let a conversion bug
+    in those tensors go unnoticed, and lets the exporter merge identical constants.
     """
-    url = _resolve_url(name_or_url)
-    file = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    if not file:
-        raise ValueError(f"cannot tell a file name from URL {url!r}")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dest = cache / file
-    record = dest.with_name(dest.name + ".sha256")
-    pinned = (sha256 or KNOWN_SHA256.get(file) or "").lower() or None
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape, generator=generator) * 0.02
+            if param.ndim > 1:
+                param.copy_(noise.clamp_(-0.04, 0.04))  # truncated normal, as in training init
+            elif "norm" in name and name.endswith(".weight"):
+                param.copy_(1.0 + noise)  # LayerNorm scales near 1
+            else:
+                param.copy_(noise)
 
-    if dest.is_file():
-        expected = pinned or _read_record(record)
-        if expected is None:
-            log.info("using cached %s (no checksum to compare)", dest)
-            return dest
-        actual = sha256_file(dest)
-        if actual == expected:
-            log.info("using cached %s (sha256 ok)", dest)
-            return dest
-        log.warning(
-            "cached %s has sha256 %s, expected %s: downloading again", dest, actual, expected
+
+def load_weights(
+    model: SwinTransformer,
+    spec: str,
+    *,
+    variant: str,
+    seed: int = 0,
+    trusted: bool = False,
+    on_fallback: Callable[[str], None] | None = None,
+) -> WeightsSource:
+    """Load the weights `spec` names into `model`; raises WeightsError with a way out.
+
+    `spec` is one of CHOICES. "auto" is "official" when the release can be downloaded, else
+    random weights, announced through `on_fallback`. `trusted` allows pickled checkpoints that
+    hold Python objects besides tensors (unpickling can run code, so only for files you trust).
+    """
+    if spec == "random":
+        randomize(model, seed)
+        return WeightsSource(source="random", random=True, seed=seed)
+    if spec in ("official", "auto"):
+        return _official(
+            model, spec, variant=variant, seed=seed, trusted=trusted, on_fallback=on_fallback
         )
-        dest.unlink()
+    if spec.startswith(("http://", "https://", "file://")):
+        path = _download(spec)
+        return _from_file(model, path, trusted, source="url", url=spec)
+    path = Path(spec)
+    if not path.exists():
+        raise WeightsError(f"checkpoint {spec!r} not found; pass {CHOICES}")
+    return _from_file(model, path, trusted, source="file", local=str(path.resolve()))
 
+
+def _official(model, spec, *, variant, seed, trusted, on_fallback) -> WeightsSource:
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"cannot create cache directory {cache}: {e}") from e
-    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f".{file}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        _fetch(url, tmp, progress=progress)
-        actual = sha256_file(tmp)
-        if pinned is not None and actual != pinned:
-            raise ChecksumError(
-                f"checksum mismatch for {url}: got sha256 {actual}, expected {pinned}; "
-                "the download was deleted"
+        url = pretrained_url(variant, num_classes=model.config.num_classes)
+        path = download_weights(url)
+    except (DownloadError, NoReleasedWeights) as exc:
+        if spec == "official":
+            raise WeightsError(f"could not get the official weights for {variant}: {exc}") from exc
+        if on_fallback is not None:
+            on_fallback(
+                f"official weights unavailable ({exc}); falling back to RANDOM WEIGHTS, "
+                "whose predictions are meaningless"
             )
-        os.replace(tmp, dest)  # atomic on one filesystem: readers see no partial file
-    finally:
-        tmp.unlink(missing_ok=True)
-    record.write_text(actual + "\n")
-    if pinned is None:
-        log.warning(
-            "downloaded %s with sha256 %s; could not verify it against a pinned value "
-            "(none is known), recorded it in %s",
-            dest,
-            actual,
-            record,
-        )
-    else:
-        log.info("downloaded %s (sha256 verified)", dest)
-    return dest
+        return load_weights(model, "random", variant=variant, seed=seed)
+    return _from_file(model, path, trusted, source="official", url=url)
 
 
-def _resolve_url(name_or_url: str) -> str:
-    if "://" in name_or_url:
-        return name_or_url
-    if any(variant == name_or_url for variant, _ in RELEASES):
-        return pretrained_url(name_or_url)
-    for tag, file in RELEASES.values():
-        if name_or_url in (file, file.removesuffix(".pth")):
-            return f"{RELEASE_URL}/{tag}/{file}"
-    raise ValueError(
-        f"{name_or_url!r} is neither a URL, a released variant nor a release file name; "
-        f"released variants: {', '.join(sorted({v for v, _ in RELEASES}))}"
-    )
-
-
-def _fetch(url: str, dest: Path, *, progress: bool) -> None:
-    """Download `url` to `dest` (torch.hub: progress bar, temp file + rename)."""
+def _download(url: str) -> Path:
     try:
-        download_url_to_file(url, str(dest), progress=progress)
-    except (urllib.error.URLError, OSError) as e:  # URLError covers HTTPError; OSError: sockets
-        reason = getattr(e, "reason", None) or e
-        raise DownloadError(
-            f"could not download {url} ({reason}) (offline?) - pass a local checkpoint path "
-            "or use --checkpoint random"
-        ) from e
+        return download_weights(url)
+    except DownloadError as exc:
+        raise WeightsError(str(exc)) from exc
 
 
-def _read_record(record: Path) -> str | None:
+def _from_file(
+    model: SwinTransformer,
+    path: Path,
+    trusted: bool,
+    *,
+    source: str,
+    url: str | None = None,
+    local: str | None = None,
+) -> WeightsSource:
     try:
-        value = record.read_text().strip().lower()
-    except OSError:
-        return None
-    return value or None
+        load_checkpoint(model, path, trusted=trusted)
+    except UntrustedCheckpointError as exc:
+        raise WeightsError(f"{exc} (on the command line: --trust-checkpoint)") from exc
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from exc
+    return WeightsSource(source, random=False, sha256=_sha256_of(path), url=url, path=local)
+
+
+def _sha256_of(path: Path) -> str:
+    """The checkpoint file's digest; for a HuggingFace folder, the digest of the file read."""
+    if path.is_file():
+        return sha256_file(path)
+    for name in DIRECTORY_FILES:
+        if (path / name).is_file():
+            return sha256_file(path / name)
+    raise WeightsError(f"{path} holds none of {', '.join(DIRECTORY_FILES)}")

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.contract import GOLDEN_KEY
 from service.cpu import cpu_features
 
-GOLDEN_KEY = "swin.golden"
 GOLDEN_COUNT = 2  # a batch of two: the batch axis is exercised too
 _COARSE = 8  # the golden images are smooth blobs over an 8x8 grid, plus fine noise
 

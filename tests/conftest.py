@@ -22,10 +22,7 @@ def _export_micro(out: Path, **variants: object):
     from export.pipeline import ExportOptions, Progress, run_export
 
     options = ExportOptions(variant=MICRO, checkpoint="random", out_dir=out, **variants)
-    steps = (
-        7 + bool(variants.get("fp16")) + bool(variants.get("int8")) + ("triton_repo" in variants)
-    )
-    return run_export(options, Progress(steps))
+    return run_export(options, Progress())
 
 
 @pytest.fixture(scope="session")
@@ -54,4 +51,4 @@ def swin_t_export(tmp_path_factory):
     from export.pipeline import ExportOptions, Progress, run_export
 
     out = tmp_path_factory.mktemp("swin-t-export")
-    return run_export(ExportOptions(variant=TINY, checkpoint="random", out_dir=out), Progress(7))
+    return run_export(ExportOptions(variant=TINY, checkpoint="random", out_dir=out), Progress())

@@ -16,17 +16,19 @@ from onnx import TensorProto, helper
 
 from export import checks, manifest
 from export.__main__ import main as export_main
-from export.graph import OUTPUT_NAMES, TRACE_BATCH
+from export.graph import TRACE_BATCH
 from export.variants import FP16_KEEP_FP32
 from export.verify import main as verify_main
 from export.verify import rebuild_reference
 from model import SwinTransformer, get_config
+from service.contract import MANIFEST_KEY, OUTPUT_NAMES, Manifest, ManifestError, WeightsRecord
+from service.sessions import cpu_session
 
 MICRO = "swin_micro_patch4_window4_64"
 
 
 def onnx_outputs(path: Path, x: torch.Tensor) -> dict[str, np.ndarray]:
-    return checks.run_session(checks.cpu_session(path), x.numpy())
+    return checks.run_session(cpu_session(path), x.numpy())
 
 
 def torch_outputs(model: SwinTransformer, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -38,7 +40,7 @@ def torch_outputs(model: SwinTransformer, x: torch.Tensor) -> dict[str, np.ndarr
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
 def test_micro_export_traced_at_batch_2_matches_pytorch_at_other_batch_sizes(tiny_export, batch):
-    assert tiny_export.manifest["parity"]["trace_batch_size"] == TRACE_BATCH == 2
+    assert tiny_export.manifest.parity["trace_batch_size"] == TRACE_BATCH == 2
     model = rebuild_reference(tiny_export.manifest, None)
     x = torch.randn(batch, 3, 64, 64)
     got, want = onnx_outputs(tiny_export.model_path, x), torch_outputs(model, x)
@@ -50,7 +52,7 @@ def test_micro_export_traced_at_batch_2_matches_pytorch_at_other_batch_sizes(tin
 
 @pytest.mark.slow
 def test_real_swin_t_export_passes_parity(swin_t_export):
-    parity = swin_t_export.manifest["parity"]
+    parity = swin_t_export.manifest.parity
     assert parity["passed"] and parity["batch_sizes"] == [1, 2, 3, 8, 17]
     assert max(e["rel_diff"] for e in parity["outputs"].values()) <= 1e-4
     model = rebuild_reference(swin_t_export.manifest, None)
@@ -74,7 +76,9 @@ def test_served_graph_has_gelu_fused_into_portable_contrib_ops(tiny_export):
 def test_manifest_round_trips_through_the_onnx_metadata_and_the_json_report(tiny_export):
     stored = manifest.read(tiny_export.model_path)
     beside = json.loads(tiny_export.report_path.read_text())
-    assert stored == beside == tiny_export.manifest
+    assert stored == tiny_export.manifest
+    assert beside == json.loads(manifest.to_json(stored))
+    stored = beside
     assert stored["variant"] == MICRO and stored["config"]["window_size"] == 4
     assert len(stored["labels"]) == stored["config"]["num_classes"] == 1000
     assert stored["labels"][0] == "tench"
@@ -89,17 +93,35 @@ def test_labels_follow_the_head_size():
         name="x",
         variant=MICRO,
         config=get_config(MICRO, num_classes=21841),
-        weights={},
+        weights=WeightsRecord(source="random", random=True, seed=0),
         exporter={},
     )
-    assert len(info["labels"]) == 21841
+    assert len(info.labels) == 21841
+
+
+def test_every_exported_manifest_validates_against_the_servers_contract(tiny_variants):
+    """The exporter writes what `service.contract.Manifest` reads, for every precision."""
+    for precision, key in (("fp32", "model"), ("fp16", "fp16"), ("int8", "int8")):
+        proto = onnx.load(tiny_variants.files[key], load_external_data=False)
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        served = Manifest.model_validate_json(metadata[MANIFEST_KEY])
+        assert served.precision == precision and served.image_size == 64
+        assert set(served.outputs) == set(OUTPUT_NAMES) and served.weights.random is True
+        report = tiny_variants.files[key].with_suffix(".json")
+        assert Manifest.model_validate_json(report.read_text()) == served
+
+
+def test_the_exporter_refuses_to_write_a_manifest_the_server_would_reject(tiny_export):
+    broken = tiny_export.manifest.model_copy(update={"labels": ("only one",)})
+    with pytest.raises(ManifestError, match="1 labels for num_classes=1000"):
+        manifest.to_json(broken)
 
 
 def test_graph_has_a_symbolic_batch_everywhere_and_folded_position_bias(
     tiny_export, tiny_variants, tmp_path
 ):
     proto = onnx.load(tiny_variants.files["triton"] / "1" / "model.onnx")  # the portable graph
-    report = checks.check_symbolic_batch(proto, tiny_export.manifest["outputs"])
+    report = checks.check_symbolic_batch(proto, dict(tiny_export.manifest.outputs))
     assert (
         report["batch_dependent_tensors"] > 100
         and report["shapes_inferred"] == report["batch_dependent_tensors"]
@@ -202,14 +224,14 @@ def test_verify_cli_passes_on_a_good_model_and_fails_on_a_tampered_one(
 def test_fp16_and_int8_variants_run_and_report_agreement(tiny_variants):
     for precision in ("fp16", "int8"):
         info = manifest.read(tiny_variants.files[precision])
-        assert info["precision"] == precision
-        agreement = info["agreement"]
+        assert info.precision == precision
+        agreement = info.agreement
         assert set(agreement["cosine_min"]) == set(OUTPUT_NAMES)
         assert 0.0 <= agreement["top1_agreement"] <= 1.0 and agreement["images"] == 16
         x = torch.randn(2, 3, 64, 64)
         out = onnx_outputs(tiny_variants.files[precision], x)
         assert out["logits"].dtype == np.float32 and out["logits"].shape == (2, 1000)
-    fp16 = manifest.read(tiny_variants.files["fp16"])["agreement"]
+    fp16 = manifest.read(tiny_variants.files["fp16"]).agreement
     assert min(fp16["cosine_min"].values()) >= 0.999
     # Depends on the onnxruntime flavour installed (onnxruntime or onnxruntime-gpu), not the CPU.
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -297,14 +319,12 @@ def test_parity_fails_on_nan_outputs_instead_of_comparing_past_them(tiny_export,
         return out
 
     monkeypatch.setattr(checks, "reference_outputs", nan_stage2)
-    report = checks.check_parity(
-        checks.cpu_session(tiny_export.model_path), model, batch_sizes=(1, 3)
-    )
+    report = checks.check_parity(cpu_session(tiny_export.model_path), model, batch_sizes=(1, 3))
     assert report["passed"] is False and "stage2" in report["failed"]
 
 
 def test_symbolic_check_fails_when_an_expected_output_is_missing(tiny_export, tiny_variants):
     proto = onnx.load(tiny_variants.files["triton"] / "1" / "model.onnx")
-    expected = {**tiny_export.manifest["outputs"], "stage5": ["batch", 1]}
+    expected = {**tiny_export.manifest.outputs, "stage5": ["batch", 1]}
     with pytest.raises(checks.CheckFailed, match="missing"):
         checks.check_symbolic_batch(proto, expected)

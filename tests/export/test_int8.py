@@ -44,10 +44,10 @@ def self_check(model: Path, *wrapper: str) -> dict:
 
 def test_int8_manifest_records_its_quantisation_settings(tiny_variants):
     info = manifest.read(tiny_variants.files["int8"])
-    assert info["quantization"] == Int8Settings().as_dict()
-    assert info["quantization"]["per_channel"] is True
-    assert info["quantization"]["reduce_range"] is True
-    assert info["golden"]["export_check"]["status"] == "passed"
+    assert info.quantization == Int8Settings().as_dict()
+    assert info.quantization["per_channel"] is True
+    assert info.quantization["reduce_range"] is True
+    assert info.golden["export_check"]["status"] == "passed"
 
 
 def test_int8_golden_self_check_passes_on_this_cpu(tiny_variants):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import export.weights as weights_source
+import model.weights as weights_source
 from export import manifest
 from export.__main__ import main as export_main
 from export.verify import main as verify_main
@@ -34,7 +34,7 @@ def test_export_from_a_users_official_format_checkpoint(tmp_path, capsys):
     )
     assert rc == 0, capsys.readouterr().err
     info = manifest.read(out / f"{MICRO}.onnx")
-    assert info["weights"] == {
+    assert info.weights.model_dump(exclude_unset=True) == {
         "source": "file",
         "random": False,
         "sha256": sha256_file(ckpt),
@@ -58,9 +58,7 @@ def test_official_weights_offline_fail_with_a_clear_message(monkeypatch):
     monkeypatch.setattr(weights_source, "download_weights", _offline)
     model = build_model("swin_tiny_patch4_window7_224")
     try:
-        weights_source.resolve_weights(
-            model, "official", variant="swin_tiny_patch4_window7_224", seed=0, warn=print
-        )
+        weights_source.load_weights(model, "official", variant="swin_tiny_patch4_window7_224")
     except weights_source.WeightsError as exc:
         assert "official weights" in str(exc) and "offline?" in str(exc)
     else:
@@ -72,8 +70,8 @@ def test_auto_falls_back_to_random_weights_loudly(monkeypatch):
     warnings = []
     tiny = "swin_tiny_patch4_window7_224"
     model = build_model(tiny)
-    info = weights_source.resolve_weights(model, "auto", variant=tiny, seed=0, warn=warnings.append)
-    assert info["random"] is True and info["source"] == "random"
+    info = weights_source.load_weights(model, "auto", variant=tiny, on_fallback=warnings.append)
+    assert info.random is True and info.source == "random"
     assert len(warnings) == 1 and "RANDOM WEIGHTS" in warnings[0] and "offline?" in warnings[0]
 
 

@@ -1,6 +1,9 @@
-"""The ``swin.manifest`` metadata that the exporter writes into the ONNX file (docs/CONTRACTS.md).
+"""The contract between the exporter and the server: names, metadata keys and the manifest schema.
 
-The service needs nothing but the .onnx: labels, preprocessing and output shapes all come from here.
+The exporter builds a `Manifest` and stores it as JSON under `MANIFEST_KEY` in the ONNX file's
+metadata; the server reads it back through the same model. The server needs nothing but the
+.onnx: labels, preprocessing and output shapes all come from here. docs/CONTRACTS.md has an
+example. This module imports neither torch nor onnx, so both sides can use it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,24 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_KEY = "swin.manifest"
+GOLDEN_KEY = "swin.golden"  # the golden answers of the start-up self-check (service/selfcheck.py)
+FORMAT_VERSION = 1
 
+INPUT_NAME = "pixel_values"
 # ``stage1..stage4`` are (C_i, H_i, W_i) maps, ``embedding`` the pooled (C_4,) vector.
 FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4", "embedding")
+OUTPUT_NAMES = ("logits", "embedding", "stage1", "stage2", "stage3", "stage4")  # graph order
+FeatureName = Literal["stage1", "stage2", "stage3", "stage4", "embedding"]
+
+CROP_PCT = 0.875  # the official evaluation: resize to size / 0.875, then center-crop
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: this model was exported without trained weights, so its predictions are "
+    "meaningless. Export with official weights (`python -m export --checkpoint official`) "
+    "for real use."
+)
 
 
 class ManifestError(ValueError):
@@ -66,10 +84,20 @@ class PreprocessSpec(_Part):
 
 
 class WeightsInfo(_Part):
-    source: str
+    """Where the weights came from: what /v1/models shows."""
+
+    source: Literal["official", "url", "file", "random"] | str
     random: bool
     sha256: str | None = None
     url: str | None = None
+
+
+class WeightsRecord(WeightsInfo):
+    """What the exporter records besides, so that `python -m export.verify` can reload them."""
+
+    seed: int | None = None  # random weights are rebuilt from it
+    path: str | None = None  # a local checkpoint file, as given to the exporter
+    warning: str | None = None  # RANDOM_WEIGHTS_WARNING when the weights are random
 
 
 class Manifest(_Part):
@@ -84,20 +112,26 @@ class Manifest(_Part):
     outputs: dict[str, tuple[int | str, ...]]
     preprocess: PreprocessSpec
     labels: tuple[str, ...]
-    weights: WeightsInfo
+    weights: WeightsRecord
     exporter: dict[str, Any] = Field(default_factory=dict)
-    parity: dict[str, Any] | None = None
     created: str | None = None
+    # The exporter's reports, shown to operators as they are; the server decides nothing on them.
+    parity: dict[str, Any] | None = None
+    golden: dict[str, Any] | None = None
+    optimization: dict[str, Any] | None = None
+    agreement: dict[str, Any] | None = None  # a variant against the fp32 model
+    quantization: dict[str, Any] | None = None  # int8 only
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
-        if self.format_version != 1:
+        if self.format_version != FORMAT_VERSION:
             raise ValueError(
-                f"unsupported format_version {self.format_version} (this server reads 1)"
+                f"unsupported format_version {self.format_version} "
+                f"(this server reads {FORMAT_VERSION})"
             )
         if len(self.labels) != self.config.num_classes:
             raise ValueError(f"{len(self.labels)} labels for num_classes={self.config.num_classes}")
-        missing = {"logits", *FEATURE_NAMES} - set(self.outputs)
+        missing = set(OUTPUT_NAMES) - set(self.outputs)
         if missing:
             raise ValueError(f"outputs lack {sorted(missing)}")
         if self.preprocess.crop_size != self.config.img_size:
