@@ -24,7 +24,7 @@ EXIT_STARTUP_FAILED = 3
 __all__ = ["EXIT_BAD_SETTINGS", "EXIT_FATAL_DEVICE", "EXIT_STARTUP_FAILED", "main"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -36,11 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    server_ref: list[DrainingServer] = []
-    app = create_app(settings, on_fatal=lambda exc: server_ref[0].fatal())
-    config = uvicorn_config(app, settings)
-    server = DrainingServer(config, app.state.service)
-    server_ref.append(server)
+    app = create_app(settings)
+    server = DrainingServer(uvicorn_config(app, settings), app.state.service.lifecycle)
     _log_banner(settings)
     # uvicorn re-raises the signal that stopped it once it has shut down, which would end the
     # process with 128+15 even after a clean drain. Handlers installed here are the ones it

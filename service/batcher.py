@@ -19,12 +19,13 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Gauge
 
 from service.engine import Engine, FatalEngineError
 from service.metrics import Metrics
@@ -41,7 +42,11 @@ class Overloaded(BatcherError):
 
 
 class Draining(BatcherError):
-    """The batcher no longer accepts work (shutting down, or the device failed)."""
+    """The batcher is shutting down: it no longer accepts work."""
+
+
+class DeviceFailed(BatcherError):
+    """The inference device failed for good: the batcher no longer accepts work."""
 
 
 class DeadlineExceeded(BatcherError):
@@ -65,14 +70,55 @@ class ImageResult:
 @dataclass(eq=False, slots=True)
 class _Item:
     image: np.ndarray  # (3, S, S) float32
-    future: asyncio.Future[ImageResult]
+    future: asyncio.Future[ImageResult]  # done: the image's answer is given
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
-    queued: bool = field(default=True)  # still counted in the queue depth
+
+
+class _Queue:
+    """Images waiting for a batch, oldest first; the queue-depth gauge follows its length.
+
+    An image leaves it for a batch, or when its request gives up: removal is O(1) either way.
+    """
+
+    def __init__(self, depth: Gauge) -> None:
+        self._items: OrderedDict[_Item, None] = OrderedDict()
+        self._depth = depth
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: _Item) -> bool:
+        return item in self._items
+
+    def extend(self, items: Iterable[_Item]) -> None:
+        self._items.update(dict.fromkeys(items))
+        self._depth.set(len(self._items))
+
+    def popleft(self) -> _Item | None:
+        if not self._items:
+            return None
+        item, _ = self._items.popitem(last=False)
+        self._depth.set(len(self._items))
+        return item
+
+    def remove(self, items: Iterable[_Item]) -> None:
+        for item in items:
+            self._items.pop(item, None)
+        self._depth.set(len(self._items))
+
+    def take_all(self) -> list[_Item]:
+        items = list(self._items)
+        self.remove(items)
+        return items
 
 
 class Batcher:
-    """Owns the queue and the batching loop; knows nothing of HTTP."""
+    """Owns the queue and the batching loop; knows nothing of HTTP.
+
+    An image is in exactly one of three states: queued (in ``_queue``), taken into a batch that
+    is forming or running (in ``_taken``), or answered (its future is done).
+    """
 
     def __init__(
         self,
@@ -91,21 +137,19 @@ class Batcher:
         self._capacity = queue_capacity
         self._metrics = metrics
         self._on_fatal = on_fatal
-        self._queue: deque[_Item] = deque()
-        self._depth = 0  # images queued and not dropped; what the capacity bounds
-        self._wakeup = asyncio.Event()
+        self._parallel_batches = parallel_batches
+        self._queue = _Queue(metrics.queue_depth)
+        self._taken: set[_Item] = set()
+        self._wakeup = asyncio.Event()  # set when an image is queued or the batcher closes
         # One thread per run slot: a batch fills while the others run.
         self._executor = ThreadPoolExecutor(
             max_workers=parallel_batches, thread_name_prefix="swin-infer"
         )
-        self._parallel_batches = parallel_batches
         self._slots = asyncio.Semaphore(parallel_batches)
         self._runs: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._accepting = True
-        self._closing = False
-        self._running: list[list[_Item]] = []  # batches handed to a run slot, not yet answered
-        self._forming: list[_Item] = []  # the batch being filled now (out of the queue already)
+        # Set once the batcher stops accepting work: what a submit is refused with from then on.
+        self._closed_by: type[Draining | DeviceFailed] | None = None
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -120,11 +164,11 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Images waiting for a batch."""
-        return self._depth
+        return len(self._queue)
 
     def has_room(self, n: int = 1) -> bool:
         """Whether ``n`` more images would be admitted now (a cheap pre-check; submit decides)."""
-        return self._depth + n <= self._capacity
+        return len(self._queue) + n <= self._capacity
 
     def start(self) -> None:
         if self._task is None:
@@ -134,24 +178,23 @@ class Batcher:
         """Queue ``images`` (each (3, S, S) float32) and wait for their results, in order.
 
         ``deadline`` is a ``time.monotonic()`` instant by which every image must have left the
-        queue. Raises Overloaded / Draining at once, DeadlineExceeded at the deadline, or
-        InferenceFailed when a batch holding one of the images failed.
+        queue. Raises Overloaded / Draining / DeviceFailed at once, DeadlineExceeded at the
+        deadline, or InferenceFailed when a batch holding one of the images failed.
         """
-        if not self._accepting:
-            raise Draining("not accepting new work")
+        if self._closed_by is not None:
+            raise self._closed_by("not accepting new work")
         n = len(images)
-        if self._depth + n > self._capacity:
+        if len(self._queue) + n > self._capacity:
             raise Overloaded(
-                f"queue full ({self._depth}/{self._capacity} images queued, {n} more asked)"
+                f"queue full ({len(self._queue)}/{self._capacity} images queued, {n} more asked)"
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(img, loop.create_future(), now, deadline) for img in images]
+        futures = [it.future for it in items]
         self._queue.extend(items)
-        self._set_depth(self._depth + n)
         self._wakeup.set()
         try:
-            futures = [it.future for it in items]
             await asyncio.wait(
                 futures, timeout=max(0.0, deadline - now), return_when=asyncio.FIRST_EXCEPTION
             )
@@ -160,28 +203,30 @@ class Batcher:
             )
             if failed is not None:
                 raise failed.exception()  # type: ignore[misc]
-            if any(it.queued for it in items):
-                raise DeadlineExceeded(
-                    f"deadline passed with {sum(it.queued for it in items)} of {n} images still queued"
-                )
+            queued = sum(it in self._queue for it in items)
+            if queued:
+                raise DeadlineExceeded(f"deadline passed with {queued} of {n} images still queued")
             # Every image has left the queue: the rest are in a running batch; wait for it.
             return list(await asyncio.gather(*futures))
         finally:
-            # On error, timeout or client disconnect: images still queued never run.
-            self._drop(items)
+            # On error, timeout or client disconnect: images still queued never run, and the
+            # answers of those in a batch have nobody to go to.
+            self._queue.remove(items)
+            for future in futures:
+                future.cancel()
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting, finish everything queued and running; True if done within ``timeout_s``."""
-        self._accepting = False
-        self._closing = True
-        self._wakeup.set()
+        self._close(Draining)
         try:
             if self._task is not None:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             return True
         except TimeoutError:
             log.error(
-                "drain: %d images still queued after %.1f s; failing them", self._depth, timeout_s
+                "drain: %d images still queued after %.1f s; failing them",
+                len(self._queue),
+                timeout_s,
             )
             self.abandon(Draining("server shut down before this image ran"))
             self._task.cancel()  # type: ignore[union-attr]
@@ -190,18 +235,13 @@ class Batcher:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def abandon(self, error: BatcherError) -> int:
-        """Stop accepting and fail every queued, forming and running image with ``error`` now;
-        returns how many images were failed. A running batch still finishes on the model, but
-        its results are dropped: used when the drain budget is nearly spent, so that clients get
-        a 503 they can retry rather than a dropped connection."""
-        self._accepting = False
-        pending = [it for it in self._queue if it.queued and not it.future.done()]
-        pending += [it for it in self._forming if not it.future.done()]
-        pending += [it for batch in self._running for it in batch if not it.future.done()]
-        self._fail_queued(error)
-        for item in pending:
-            if not item.future.done():
-                item.future.set_exception(error)
+        """Stop accepting and fail every queued and taken image with ``error`` now; returns how
+        many images were failed. A running batch still finishes on the model, but its results
+        are dropped: used when the drain budget is nearly spent, so that clients get a 503 they
+        can retry rather than a dropped connection."""
+        self._close(Draining)
+        pending = [it for it in [*self._queue.take_all(), *self._taken] if not it.future.done()]
+        self._fail(pending, error)
         return len(pending)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -215,72 +255,58 @@ class Batcher:
                 batch = await self._form_batch()
                 if batch is None:
                     self._slots.release()
-                    return  # closing and nothing left
-                self._running.append(batch)  # visible to abandon() before the task starts
+                    return  # closed and nothing left
                 run = asyncio.get_running_loop().create_task(self._run_batch(batch))
                 self._runs.add(run)
-                run.add_done_callback(functools.partial(self._release_slot, batch))
+                run.add_done_callback(functools.partial(self._end_run, batch))
         finally:
             if self._runs:  # drain waits for this task: let the running batches finish
                 await asyncio.gather(*self._runs, return_exceptions=True)
 
-    def _release_slot(self, batch: list[_Item], run: asyncio.Task[None]) -> None:
+    def _end_run(self, batch: list[_Item], run: asyncio.Task[None]) -> None:
         # A run cancelled before it started never reached its own handlers: answer it here.
-        self._fail_items(batch, Draining("server shut down before this image's batch ran"))
-        self._retire(batch)
+        self._fail(batch, Draining("server shut down before this image's batch ran"))
         self._runs.discard(run)
         self._slots.release()
-
-    def _retire(self, batch: list[_Item]) -> None:
-        if any(b is batch for b in self._running):
-            self._running = [b for b in self._running if b is not batch]
 
     async def _form_batch(self) -> list[_Item] | None:
         first = await self._wait_first()
         if first is None:
             return None
-        batch = self._forming = [first]
+        batch = [first]
         flush_at = first.enqueued + self._max_batch_delay_s
         while len(batch) < self._max_batch_size:
-            item = self._pop_live()
+            item = self._take()
             if item is not None:
                 batch.append(item)
                 continue
             remaining = flush_at - time.monotonic()
-            if remaining <= 0 or self._closing:
+            if remaining <= 0 or self._closed_by is not None:
                 break
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-        self._forming = []
         return batch
 
     async def _wait_first(self) -> _Item | None:
         while True:
-            item = self._pop_live()
+            item = self._take()
             if item is not None:
                 return item
-            if self._closing:
+            if self._closed_by is not None:
                 return None
             # No await between the empty check and clear(): a submit cannot slip in unseen.
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def _pop_live(self) -> _Item | None:
-        """Next image that should run; answers expired ones and skips dropped ones on the way."""
+    def _take(self) -> _Item | None:
+        """The next queued image that should run, now taken; answers expired ones on the way."""
         now = time.monotonic()
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.queued:
-                continue  # its request gave up (deadline, error or disconnect)
-            item.queued = False
-            self._set_depth(self._depth - 1)
-            if item.future.done():
-                continue
-            if now >= item.deadline:
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-                continue
-            return item
+        while (item := self._queue.popleft()) is not None:
+            if now < item.deadline:
+                self._taken.add(item)
+                return item
+            self._fail([item], DeadlineExceeded("deadline passed while queued"))
         return None
 
     async def _run_batch(self, batch: list[_Item]) -> None:
@@ -300,71 +326,53 @@ class Batcher:
         except asyncio.CancelledError:
             # Cancelled at the end of a drain that ran out of time: answer, never leave a
             # request waiting on a future nobody will resolve.
-            self._fail_items(batch, Draining("server shut down before this image's batch finished"))
+            self._fail(batch, Draining("server shut down before this image's batch finished"))
             raise
         except Exception as exc:
-            fatal = isinstance(exc, FatalEngineError)
-            log.error("batch of %d failed%s: %s", n, " (FATAL)" if fatal else "", exc)
-            self._metrics.images.labels(outcome="failed").inc(n)
-            error = (
-                exc
-                if isinstance(exc, InferenceFailed)
-                else InferenceFailed(f"model run failed: {exc}")
-            )
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            if fatal:
-                # The device is gone: queued images would only fail on it one batch at a
-                # time; answer them with a 503 the client can retry elsewhere.
-                self._accepting = False
-                self._closing = True
-                self._fail_queued(Draining("the inference device failed; retry"))
-                if self._on_fatal is not None:
-                    self._on_fatal(exc)
+            self._batch_failed(batch, exc)
             return
-        finally:
-            self._retire(batch)
         elapsed = time.monotonic() - started
         self._metrics.inference_time.observe(elapsed)
         self._metrics.images.labels(outcome="ok").inc(n)
         for i, item in enumerate(batch):
-            if not item.future.done():  # its request may have been cancelled meanwhile
-                row = {name: value[i] for name, value in outputs.items()}
-                item.future.set_result(ImageResult(row, started - item.enqueued, elapsed, n))
+            row = {name: value[i] for name, value in outputs.items()}
+            self._answer(item, ImageResult(row, started - item.enqueued, elapsed, n))
+
+    def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
+        fatal = isinstance(exc, FatalEngineError)
+        log.error("batch of %d failed%s: %s", len(batch), " (FATAL)" if fatal else "", exc)
+        self._metrics.images.labels(outcome="failed").inc(len(batch))
+        error = (
+            exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"model run failed: {exc}")
+        )
+        self._fail(batch, error)
+        if fatal:
+            # The device is gone: queued images would only fail on it one batch at a time;
+            # answer them with a 503 the client can retry elsewhere.
+            self._close(DeviceFailed)
+            self._fail(self._queue.take_all(), DeviceFailed("the inference device failed; retry"))
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
 
     def _infer(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         # Runs on the inference thread: the stack copy stays off the event loop too.
         return self._engine.run(np.stack(images))  # N, 3, S, S
 
-    # -- bookkeeping ----------------------------------------------------------------------------
+    # -- answers --------------------------------------------------------------------------------
 
-    def _set_depth(self, depth: int) -> None:
-        self._depth = depth
-        self._metrics.queue_depth.set(depth)
+    def _close(self, refusal: type[Draining | DeviceFailed]) -> None:
+        """Accept no more work (refusing it with ``refusal``); the loop ends once the queue is empty."""
+        if self._closed_by is None:
+            self._closed_by = refusal
+        self._wakeup.set()
 
-    def _drop(self, items: list[_Item]) -> None:
-        dropped = 0
+    def _answer(self, item: _Item, result: ImageResult) -> None:
+        self._taken.discard(item)
+        if not item.future.done():  # its request may have given up meanwhile
+            item.future.set_result(result)
+
+    def _fail(self, items: Iterable[_Item], error: BatcherError) -> None:
         for item in items:
-            if item.queued:
-                item.queued = False
-                dropped += 1
-            if not item.future.done():
-                item.future.cancel()
-        if dropped:
-            self._set_depth(self._depth - dropped)
-
-    @staticmethod
-    def _fail_items(items: list[_Item], error: BatcherError) -> None:
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(error)
-
-    def _fail_queued(self, error: BatcherError) -> None:
-        while self._queue:
-            item = self._queue.popleft()
-            if item.queued:
-                item.queued = False
-                self._set_depth(self._depth - 1)
+            self._taken.discard(item)
             if not item.future.done():
                 item.future.set_exception(error)

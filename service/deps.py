@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: routes get state, manifest and batcher through these only."""
+"""Typed FastAPI dependencies: routes get state, model, manifest and batcher through these only."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from service.batcher import Batcher
+from service.contract import Manifest
 from service.errors import ApiError, ErrorCode
-from service.manifest import Manifest
+from service.lifecycle import Lifecycle, LoadedModel
 from service.state import RequestTimings, ServiceState
 
 
@@ -19,28 +20,36 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def unavailable(state: ServiceState) -> ApiError:
-    if state.draining:
-        return ApiError(
-            503, ErrorCode.DRAINING, "server is shutting down; retry on another replica"
-        )
-    if state.fatal is not None:
-        return ApiError(503, ErrorCode.NOT_READY, "model device failed; the server is restarting")
-    return ApiError(503, ErrorCode.NOT_READY, "model is loading or warming up")
+def unavailable(lifecycle: Lifecycle) -> ApiError:
+    """The 503 for a server that cannot take this request in its present phase."""
+    if lifecycle.draining:
+        return ApiError(ErrorCode.DRAINING, "server is shutting down; retry on another replica")
+    if lifecycle.failure is not None:
+        return ApiError(ErrorCode.NOT_READY, "model device failed; the server is restarting")
+    return ApiError(ErrorCode.NOT_READY, "model is loading or warming up")
+
+
+def get_model(state: StateDep) -> LoadedModel:
+    """The loaded model (maybe still warming up), or 503 before it is loaded."""
+    if state.lifecycle.model is None:
+        raise unavailable(state.lifecycle)
+    return state.lifecycle.model
 
 
 def get_batcher(state: StateDep) -> Batcher:
     """The batcher, or 503 (not_ready) while warming up or after a fatal device error, so
     requests fail fast instead of queueing. Draining alone does not refuse (see begin_drain)."""
-    if not state.warmed or state.fatal is not None or state.batcher is None:
-        raise unavailable(state)
-    return state.batcher
+    model = state.lifecycle.model_for_requests()
+    if model is None:
+        raise unavailable(state.lifecycle)
+    return model.batcher
 
 
-def get_manifest(state: StateDep) -> Manifest:
-    if state.engine is None:
-        raise unavailable(state)
-    return state.engine.manifest
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+def get_manifest(model: ModelDep) -> Manifest:
+    return model.engine.manifest
 
 
 def get_timings(request: Request) -> RequestTimings:

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.manifest import Manifest, ManifestError, manifest_from_metadata
-from service.selfcheck import GOLDEN_KEY
+from service.contract import GOLDEN_KEY, Manifest, ManifestError, manifest_from_metadata
+from service.sessions import session_options
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,17 @@ _FATAL_DEVICE_MARKERS = (
     "hardware stack error",
     "ecc error",
 )
+
+
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+# HEURISTIC: no exhaustive cuDNN benchmark on every new batch shape (which would stall the first
+# requests of each size for seconds); the arena grows only as needed.
+_CUDA_OPTIONS = {
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "arena_extend_strategy": "kSameAsRequested",
+    "do_copy_in_default_stream": True,
+}
 
 
 class EngineError(RuntimeError):
@@ -63,6 +74,17 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
         n *= 2
     sizes.append(max_batch_size)
     return sizes
+
+
+def wants_cuda(choice: str, available: list[str]) -> bool:
+    """Whether SWIN_PROVIDERS=``choice`` (auto, cpu, cuda) runs on CUDA, given the providers
+    this onnxruntime offers; raises ModelLoadError when cuda is asked for and missing."""
+    if choice == "cuda" and _CUDA not in available:
+        raise ModelLoadError(
+            f"SWIN_PROVIDERS=cuda but this onnxruntime offers only {available} "
+            "(install the `gpu` extra: onnxruntime-gpu)"
+        )
+    return choice == "cuda" or (choice == "auto" and _CUDA in available)
 
 
 class Engine(Protocol):
@@ -109,59 +131,43 @@ class OnnxEngine:
             raise ModelLoadError(
                 f"model file not found: {path.resolve()} (set SWIN_MODEL_PATH, or run `make export`)"
             )
-        available = ort.get_available_providers()
-        want_cuda = settings.providers == "cuda" or (
-            settings.providers == "auto" and "CUDAExecutionProvider" in available
-        )
-        if settings.providers == "cuda" and "CUDAExecutionProvider" not in available:
-            raise ModelLoadError(
-                f"SWIN_PROVIDERS=cuda but this onnxruntime offers only {available} "
-                "(install the `gpu` extra: onnxruntime-gpu)"
-            )
-        providers: list = ["CPUExecutionProvider"]
-        if want_cuda:
-            # HEURISTIC: no exhaustive cuDNN benchmark on every new batch shape (which would stall
-            # the first requests of each size for seconds); arena grows only as needed.
-            cuda_opts = {
-                "cudnn_conv_algo_search": "HEURISTIC",
-                "arena_extend_strategy": "kSameAsRequested",
-                "do_copy_in_default_stream": True,
-            }
-            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = settings.resolved_intra_op_threads()
-        opts.inter_op_num_threads = settings.resolved_inter_op_threads()
-        opts.log_severity_level = (
-            3  # errors only: ORT's warnings about unused initialisers are noise
+        on_cuda = wants_cuda(settings.providers, ort.get_available_providers())
+        providers = [(_CUDA, _CUDA_OPTIONS), _CPU] if on_cuda else [_CPU]
+        options = session_options(
+            intra_op_threads=settings.resolved_intra_op_threads(),
+            inter_op_threads=settings.resolved_inter_op_threads(),
         )
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
             raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        engine = cls._from_session(session, path, use_io_binding=on_cuda)
+        log.info(
+            "loaded %s (%s, %s weights) on %s, intra_op_threads=%d",
+            engine.manifest.variant,
+            engine.manifest.precision,
+            engine.manifest.weights.source,
+            engine.provider,
+            options.intra_op_num_threads,
+        )
+        return engine
+
+    @classmethod
+    def _from_session(cls, session, path: Path, *, use_io_binding: bool) -> OnnxEngine:
+        """An engine on an open session of ``path``, with the manifest its metadata carries."""
         metadata = session.get_modelmeta().custom_metadata_map
         try:
             manifest = manifest_from_metadata(metadata, source=str(path))
         except ManifestError as exc:
             raise ModelLoadError(str(exc)) from exc
         engine = cls(
-            session, manifest, use_io_binding=want_cuda, golden_text=metadata.get(GOLDEN_KEY)
+            session, manifest, use_io_binding=use_io_binding, golden_text=metadata.get(GOLDEN_KEY)
         )
         missing = set(manifest.outputs) - set(engine.output_names)
         if missing:
             raise ModelLoadError(
                 f"{path}: manifest names outputs the graph lacks: {sorted(missing)}"
             )
-        log.info(
-            "loaded %s (%s, %s weights) on %s, intra_op_threads=%d",
-            manifest.variant,
-            manifest.precision,
-            manifest.weights.source,
-            engine.provider,
-            opts.intra_op_num_threads,
-        )
         return engine
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

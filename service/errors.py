@@ -1,6 +1,8 @@
 """One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``.
 
-Codes are stable strings clients may switch on; the HTTP status follows the README error table.
+``ErrorCode`` is the one table of errors: each stable code clients may switch on, with the HTTP
+status it is answered with and, for the retryable 503s, the Retry-After seconds. Every error is
+an ``ApiError(code, message)``; the table supplies the rest.
 """
 
 from __future__ import annotations
@@ -9,55 +11,64 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.responses import JSONResponse
 
 
 class ErrorCode(StrEnum):
-    INVALID_IMAGE = "invalid_image"  # 400
-    BAD_REQUEST = "bad_request"  # 400 (malformed multipart, no image)
-    NOT_FOUND = "not_found"  # 404
-    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
-    NOT_ACCEPTABLE = "not_acceptable"  # 406
-    REQUEST_TIMEOUT = "request_timeout"  # 408 (client too slow to send its body)
-    PAYLOAD_TOO_LARGE = "payload_too_large"  # 413 (body bytes)
-    IMAGE_TOO_LARGE = "image_too_large"  # 413 (pixels: decompression bomb)
-    TOO_MANY_IMAGES = "too_many_images"  # 413 (parts per request)
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # 415
-    VALIDATION_ERROR = "validation_error"  # 422
-    INFERENCE_FAILED = "inference_failed"  # 500
-    INTERNAL_ERROR = "internal_error"  # 500
-    OVERLOADED = "overloaded"  # 503
-    NOT_READY = "not_ready"  # 503
-    DRAINING = "draining"  # 503
-    DEADLINE_EXCEEDED = "deadline_exceeded"  # 503
+    """code = "value", HTTP status[, Retry-After seconds]."""
+
+    status: int
+    retry_after_s: int | None
+
+    def __new__(cls, code: str, status: int, retry_after_s: int | None = None) -> ErrorCode:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.status = status
+        member.retry_after_s = retry_after_s
+        return member
+
+    INVALID_IMAGE = "invalid_image", 400
+    BAD_REQUEST = "bad_request", 400  # malformed multipart, no image
+    NOT_FOUND = "not_found", 404
+    METHOD_NOT_ALLOWED = "method_not_allowed", 405
+    NOT_ACCEPTABLE = "not_acceptable", 406
+    REQUEST_TIMEOUT = "request_timeout", 408  # client too slow to send its body
+    PAYLOAD_TOO_LARGE = "payload_too_large", 413  # body bytes
+    IMAGE_TOO_LARGE = "image_too_large", 413  # pixels: decompression bomb
+    TOO_MANY_IMAGES = "too_many_images", 413  # parts per request
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type", 415
+    VALIDATION_ERROR = "validation_error", 422
+    INFERENCE_FAILED = "inference_failed", 500
+    INTERNAL_ERROR = "internal_error", 500
+    OVERLOADED = "overloaded", 503, 1
+    NOT_READY = "not_ready", 503, 5
+    DRAINING = "draining", 503, 5
+    DEADLINE_EXCEEDED = "deadline_exceeded", 503, 1
     # 499 (nginx's "client closed request"): only ever counted in metrics, never sent, because
     # the client is gone. Keeps a disconnect from being counted as a server error.
-    CLIENT_DISCONNECTED = "client_disconnected"
+    CLIENT_DISCONNECTED = "client_disconnected", 499
 
 
-# Seconds a client should wait before retrying each 503 (Retry-After).
-RETRY_AFTER_S: dict[ErrorCode, int] = {
-    ErrorCode.OVERLOADED: 1,
-    ErrorCode.DEADLINE_EXCEEDED: 1,
-    ErrorCode.NOT_READY: 5,
-    ErrorCode.DRAINING: 5,
-}
-
-_STATUS_CODES: dict[int, ErrorCode] = {
-    400: ErrorCode.BAD_REQUEST,
-    404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.METHOD_NOT_ALLOWED,
-    406: ErrorCode.NOT_ACCEPTABLE,
-    408: ErrorCode.REQUEST_TIMEOUT,
-    413: ErrorCode.PAYLOAD_TOO_LARGE,
-    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    422: ErrorCode.VALIDATION_ERROR,
-    503: ErrorCode.NOT_READY,
+# The code of a framework-raised HTTPException (routing's 404 and 405, say), by its status.
+_FRAMEWORK_CODES: dict[int, ErrorCode] = {
+    code.status: code
+    for code in (
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.METHOD_NOT_ALLOWED,
+        ErrorCode.NOT_ACCEPTABLE,
+        ErrorCode.REQUEST_TIMEOUT,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode.VALIDATION_ERROR,
+        ErrorCode.NOT_READY,
+    )
 }
 
 
 def code_for_status(status: int) -> ErrorCode:
     """Stable code for a framework-raised HTTPException of this status."""
-    return _STATUS_CODES.get(
+    return _FRAMEWORK_CODES.get(
         status, ErrorCode.INTERNAL_ERROR if status >= 500 else ErrorCode.BAD_REQUEST
     )
 
@@ -67,7 +78,6 @@ class ApiError(Exception):
 
     def __init__(
         self,
-        status: int,
         code: ErrorCode,
         message: str,
         *,
@@ -75,7 +85,6 @@ class ApiError(Exception):
         close_connection: bool = False,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
         self.details = details
@@ -83,11 +92,14 @@ class ApiError(Exception):
         self.close_connection = close_connection
 
     @property
+    def status(self) -> int:
+        return self.code.status
+
+    @property
     def headers(self) -> dict[str, str]:
         headers = {}
-        retry = RETRY_AFTER_S.get(self.code)
-        if retry is not None:
-            headers["Retry-After"] = str(retry)
+        if self.code.retry_after_s is not None:
+            headers["Retry-After"] = str(self.code.retry_after_s)
         if self.close_connection:
             headers["Connection"] = "close"
         return headers
@@ -95,32 +107,15 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, self.details)
 
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
 
 def error_body(code: ErrorCode, message: str, details: Any | None = None) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code.value, "message": message}
     if details is not None:
         err["details"] = details
     return {"error": err}
-
-
-def overloaded(message: str) -> ApiError:
-    return ApiError(503, ErrorCode.OVERLOADED, message)
-
-
-def invalid_image(message: str) -> ApiError:
-    return ApiError(400, ErrorCode.INVALID_IMAGE, message)
-
-
-def image_too_large(message: str) -> ApiError:
-    return ApiError(413, ErrorCode.IMAGE_TOO_LARGE, message)
-
-
-def unsupported_media_type(message: str) -> ApiError:
-    return ApiError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, message)
-
-
-def validation_error(message: str) -> ApiError:
-    return ApiError(422, ErrorCode.VALIDATION_ERROR, message)
 
 
 class ErrorDetail(BaseModel):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from service.errors import ErrorCode
+
 # Latency buckets from 1 ms to 30 s: covers a tiny model on GPU and Swin-B on a small CPU.
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -22,11 +24,16 @@ def endpoint_label(path: str) -> str:
 
 
 class Metrics:
-    """The service's metrics; only the HTTP layer and the batcher update them."""
+    """The service's metrics; only the HTTP layer, the batcher and the lifecycle update them."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._declare_http(self.registry)
+        self._declare_pipeline(self.registry)
+        self._declare_service(self.registry)
+
+    def _declare_http(self, r: CollectorRegistry) -> None:
+        """Every HTTP request: how it was answered, and how long it took."""
         self.requests = Counter(
             "swin_requests",
             "HTTP requests answered, by endpoint and status code.",
@@ -40,6 +47,9 @@ class Metrics:
             buckets=_TIME_BUCKETS,
             registry=r,
         )
+
+    def _declare_pipeline(self, r: CollectorRegistry) -> None:
+        """Where each image's time goes: decode, queue, batch, model run."""
         self.queue_wait = Histogram(
             "swin_queue_wait_seconds",
             "Per image: time from enqueue to the start of its batch.",
@@ -75,6 +85,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+
+    def _declare_service(self, r: CollectorRegistry) -> None:
+        """What the service refused and why, whether it is ready, and which model it serves."""
         self.rejections = Counter(
             "swin_rejections",
             "Error responses, by reason (the error code).",
@@ -90,6 +103,10 @@ class Metrics:
             ["variant", "precision", "provider", "weights"],
             registry=r,
         )
+
+    def rejected(self, code: ErrorCode) -> None:
+        """Count one error response (or a client that left: ``CLIENT_DISCONNECTED``)."""
+        self.rejections.labels(reason=code.value).inc()
 
     def set_model(self, *, variant: str, precision: str, provider: str, weights: str) -> None:
         self.model_info.labels(

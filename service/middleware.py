@@ -13,10 +13,9 @@ import time
 import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ApiError, ErrorCode, error_body, overloaded
+from service.errors import ApiError, ErrorCode
 from service.metrics import Metrics, endpoint_label
 from service.state import RequestTimings
 
@@ -29,6 +28,14 @@ _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def _carries_body(scope: Scope) -> bool:
     return scope["type"] == "http" and scope["method"] not in _BODYLESS_METHODS
+
+
+async def _answer(
+    error: ApiError, metrics: Metrics, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Send ``error`` from outside the app's exception handlers, counted like theirs."""
+    metrics.rejected(error.code)
+    await error.response()(scope, receive, send)
 
 
 class ConcurrencyLimitMiddleware:
@@ -52,10 +59,10 @@ class ConcurrencyLimitMiddleware:
         if self.in_flight >= self.max_requests:
             # Outside the app's exception handlers, so answer here. uvicorn discards the unread
             # body, and the connection stays usable.
-            error = overloaded(f"server overloaded: {self.in_flight} requests in progress")
-            self.metrics.rejections.labels(reason=error.code.value).inc()
-            response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-            await response(scope, receive, send)
+            error = ApiError(
+                ErrorCode.OVERLOADED, f"server overloaded: {self.in_flight} requests in progress"
+            )
+            await _answer(error, self.metrics, scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -84,27 +91,10 @@ class BodyLimitMiddleware:
         if not _carries_body(scope):
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                size = -1
-            if size < 0:
-                await self._reject(
-                    scope, receive, send, 400, ErrorCode.BAD_REQUEST, "invalid Content-Length"
-                )
-                return
-            if size > self.max_bytes:
-                await self._reject(
-                    scope,
-                    receive,
-                    send,
-                    413,
-                    ErrorCode.PAYLOAD_TOO_LARGE,
-                    f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes",
-                )
-                return
+        refused = self._refuse_declared_length(Headers(scope=scope).get("content-length"))
+        if refused is not None:
+            await _answer(refused, self.metrics, scope, receive, send)
+            return
 
         received = 0
         body_done = False
@@ -118,7 +108,6 @@ class BodyLimitMiddleware:
                 message = await receive()
             if scope_.cancelled_caught:
                 raise ApiError(
-                    408,
                     ErrorCode.REQUEST_TIMEOUT,
                     f"request body not received within {self.timeout_s:g} s",
                     close_connection=True,
@@ -127,7 +116,6 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise ApiError(
-                        413,
                         ErrorCode.PAYLOAD_TOO_LARGE,
                         f"body exceeds the limit of {self.max_bytes} bytes",
                         close_connection=True,
@@ -137,15 +125,24 @@ class BodyLimitMiddleware:
 
         await self.app(scope, counting_receive, send)
 
-    async def _reject(
-        self, scope: Scope, receive: Receive, send: Send, status: int, code: ErrorCode, message: str
-    ) -> None:
-        self.metrics.rejections.labels(reason=code.value).inc()
-        # Connection: close, because the unread body is still on the wire.
-        response = JSONResponse(
-            error_body(code, message), status_code=status, headers={"Connection": "close"}
-        )
-        await response(scope, receive, send)
+    def _refuse_declared_length(self, declared: str | None) -> ApiError | None:
+        """The error a Content-Length earns before a byte of the body is read, if any.
+        Connection: close, because the unread body is still on the wire."""
+        if declared is None:
+            return None
+        try:
+            size = int(declared)
+        except ValueError:
+            size = -1
+        if size < 0:
+            return ApiError(ErrorCode.BAD_REQUEST, "invalid Content-Length", close_connection=True)
+        if size > self.max_bytes:
+            return ApiError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"body of {size} bytes exceeds the limit of {self.max_bytes} bytes",
+                close_connection=True,
+            )
+        return None
 
 
 class ObservabilityMiddleware:
@@ -185,14 +182,11 @@ class ObservabilityMiddleware:
             # The client left mid-body: nobody to answer, and not a server error. Counted as 499.
             if response_started:
                 raise
-            self.metrics.rejections.labels(reason=ErrorCode.CLIENT_DISCONNECTED.value).inc()
+            self.metrics.rejected(ErrorCode.CLIENT_DISCONNECTED)
             self.metrics.requests.labels(endpoint=endpoint, status="499").inc()
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], endpoint)
             if response_started:
                 raise
-            self.metrics.rejections.labels(reason=ErrorCode.INTERNAL_ERROR.value).inc()
-            response = JSONResponse(
-                error_body(ErrorCode.INTERNAL_ERROR, "internal server error"), status_code=500
-            )
-            await response(scope, receive, observed_send)
+            error = ApiError(ErrorCode.INTERNAL_ERROR, "internal server error")
+            await _answer(error, self.metrics, scope, receive, observed_send)

@@ -18,8 +18,8 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import ApiError, image_too_large, invalid_image, unsupported_media_type
-from service.manifest import PreprocessSpec
+from service.contract import PreprocessSpec
+from service.errors import ApiError, ErrorCode
 
 # The formats whose Pillow decoders we expose. Pillow otherwise picks a parser by magic bytes from
 # ~40 plugins, including EPS (runs Ghostscript). BMP is served: RGB BMP is common from Windows
@@ -112,23 +112,30 @@ def decode_image(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> np.nd
     pixel is decoded) or 415 unsupported_media_type.
     """
     if not data:
-        raise invalid_image("empty image body")
+        raise ApiError(ErrorCode.INVALID_IMAGE, "empty image body")
     try:
         rgb = load_rgb(data, spec, max_pixels=max_pixels)
         return to_model_input(rgb, spec)
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise image_too_large(f"image refused as a decompression bomb: {exc}") from exc
+        raise ApiError(
+            ErrorCode.IMAGE_TOO_LARGE, f"image refused as a decompression bomb: {exc}"
+        ) from exc
     except UnidentifiedImageError as exc:
         refused = sniff_refused_format(data)
         if refused is not None:
-            raise unsupported_media_type(
-                f"image format {refused} is not accepted; send one of {', '.join(ALLOWED_FORMATS)}"
+            raise ApiError(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"image format {refused} is not accepted; send one of {', '.join(ALLOWED_FORMATS)}",
             ) from exc
-        raise invalid_image("not a decodable image (JPEG, PNG, WebP, GIF or BMP)") from exc
+        raise ApiError(
+            ErrorCode.INVALID_IMAGE, "not a decodable image (JPEG, PNG, WebP, GIF or BMP)"
+        ) from exc
     except _DECODE_ERRORS as exc:
-        raise invalid_image(f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from exc
+        raise ApiError(
+            ErrorCode.INVALID_IMAGE, f"cannot decode image: {type(exc).__name__}: {exc}"[:300]
+        ) from exc
 
 
 def load_rgb(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> Image.Image:
@@ -136,11 +143,12 @@ def load_rgb(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> Image.Ima
     im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     width, height = im.size
     if width < 1 or height < 1:
-        raise invalid_image(f"image has no pixels ({width}x{height})")
+        raise ApiError(ErrorCode.INVALID_IMAGE, f"image has no pixels ({width}x{height})")
     # The header's size is all we trust before load(): refuse bombs without decoding a pixel.
     if width * height > max_pixels:
-        raise image_too_large(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        raise ApiError(
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
         )
     if im.format in ("JPEG", "MPO"):
         _draft_jpeg(im, spec)

@@ -16,45 +16,35 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.exceptions import HTTPException
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import (
     Batcher,
+    BatcherError,
     DeadlineExceeded,
+    DeviceFailed,
     Draining,
     ImageResult,
     InferenceFailed,
     Overloaded,
 )
-from service.deps import BatcherDep, ManifestDep, StateDep, TimingsDep, unavailable
-from service.errors import (
-    INFERENCE_ERROR_RESPONSES,
-    ApiError,
-    ErrorCode,
-    ErrorResponse,
-    unsupported_media_type,
-    validation_error,
-)
-from service.manifest import Manifest
+from service.contract import RANDOM_WEIGHTS_WARNING, FeatureName, Manifest, WeightsInfo
+from service.deps import BatcherDep, ManifestDep, ModelDep, StateDep, TimingsDep, unavailable
+from service.errors import INFERENCE_ERROR_RESPONSES, ApiError, ErrorCode, ErrorResponse
 from service.postprocess import pool_feature, softmax, top_k
 from service.preprocess import decode_image
 from service.schemas import (
-    RANDOM_WEIGHTS_WARNING,
     BatchingInfo,
     ClassifyResponse,
-    FeatureName,
     FeaturesResponse,
     ImageClassification,
     ModelInfo,
     PoolMode,
     Prediction,
     Status,
-    WeightsSummary,
 )
 from service.state import RequestTimings, ServiceState
+from service.uploads import read_image_bodies
 
 NPZ_MEDIA_TYPE = "application/x-npz"
 T = TypeVar("T")
@@ -106,37 +96,6 @@ async def _off_loop(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(state.decode_executor, fn, *args)
 
 
-async def read_image_bodies(request: Request, state: ServiceState) -> list[bytes]:
-    """The raw bytes of each uploaded image: multipart ``file`` parts, or an ``image/*`` body."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    limit = state.settings.max_images_per_request
-    if media == "multipart/form-data":
-        try:
-            form = await request.form(max_files=limit, max_fields=limit + 16)
-        except (HTTPException, StarletteHTTPException) as exc:
-            detail = str(exc.detail)
-            if detail.startswith("Too many files"):
-                raise ApiError(
-                    413, ErrorCode.TOO_MANY_IMAGES, f"at most {limit} images per request"
-                ) from exc
-            raise ApiError(
-                400, ErrorCode.BAD_REQUEST, f"malformed multipart body: {detail}"
-            ) from exc
-        try:
-            files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
-            if not files:
-                raise ApiError(400, ErrorCode.BAD_REQUEST, "multipart body has no `file` part")
-            return [await f.read() for f in files]
-        finally:
-            await form.close()
-    if media.startswith("image/"):
-        return [await request.body()]
-    raise unsupported_media_type(
-        f"content type {media or '(none)'!r} not accepted: send multipart/form-data with `file` "
-        "fields, or the image itself with an image/* content type"
-    )
-
-
 def effective_deadline(state: ServiceState, started: float, *requested_ms: int | None) -> float:
     """Monotonic deadline: the server default, or the client's shorter ask (never longer)."""
     timeout_ms = min(
@@ -145,23 +104,51 @@ def effective_deadline(state: ServiceState, started: float, *requested_ms: int |
     return started + timeout_ms / 1e3
 
 
+# What each way a submit can end tells the client: its code, and the words before the cause.
+_SUBMIT_ERRORS: dict[type[BatcherError], tuple[ErrorCode, str]] = {
+    Overloaded: (ErrorCode.OVERLOADED, "server overloaded: "),
+    DeadlineExceeded: (ErrorCode.DEADLINE_EXCEEDED, "request deadline exceeded: "),
+    Draining: (ErrorCode.DRAINING, "server is not accepting work: "),
+    DeviceFailed: (ErrorCode.DRAINING, "server is not accepting work: "),
+    InferenceFailed: (ErrorCode.INFERENCE_FAILED, ""),
+}
+
+
 async def infer_images(
     request: Request,
     state: ServiceState,
     batcher: Batcher,
+    manifest: Manifest,
     timings: RequestTimings,
     deadline: float,
 ) -> list[ImageResult]:
     """Read, decode (worker threads) and batch-run every image of the request."""
-    assert state.engine is not None
-    spec = state.engine.manifest.preprocess
-    decode = functools.partial(decode_image, spec=spec, max_pixels=state.settings.max_image_pixels)
     if not batcher.has_room(1):
         # Refuse before reading or decoding anything: under overload that work would be wasted,
         # and it would slow down the 503s themselves. (A request with room for only part of its
         # images is still refused by submit, after decoding.)
-        raise ApiError(503, ErrorCode.OVERLOADED, "server overloaded: queue full")
-    bodies = await read_image_bodies(request, state)
+        raise ApiError(ErrorCode.OVERLOADED, "server overloaded: queue full")
+    bodies = await read_image_bodies(request, state.settings.max_images_per_request)
+    inputs = await _decode_all(state, manifest, timings, bodies)
+    del bodies
+    try:
+        results = await batcher.submit(inputs, deadline)
+    except BatcherError as exc:
+        code, prefix = _SUBMIT_ERRORS[type(exc)]
+        raise ApiError(code, f"{prefix}{exc}"[:500]) from exc
+    timings.queue_s = max(r.queue_wait_s for r in results)
+    timings.inference_s = max(r.inference_s for r in results)
+    timings.batch_size = max(r.batch_size for r in results)
+    return results
+
+
+async def _decode_all(
+    state: ServiceState, manifest: Manifest, timings: RequestTimings, bodies: list[bytes]
+) -> list[np.ndarray]:
+    """Each body decoded and preprocessed on the decode threads, one after another."""
+    decode = functools.partial(
+        decode_image, spec=manifest.preprocess, max_pixels=state.settings.max_image_pixels
+    )
     inputs = []
     for data in bodies:
         t0 = time.perf_counter()
@@ -171,23 +158,7 @@ async def infer_images(
             elapsed = time.perf_counter() - t0
             timings.decode_s += elapsed
             state.metrics.decode_time.observe(elapsed)
-    del bodies
-    try:
-        results = await batcher.submit(inputs, deadline)
-    except Overloaded as exc:
-        raise ApiError(503, ErrorCode.OVERLOADED, f"server overloaded: {exc}") from exc
-    except DeadlineExceeded as exc:
-        raise ApiError(
-            503, ErrorCode.DEADLINE_EXCEEDED, f"request deadline exceeded: {exc}"
-        ) from exc
-    except Draining as exc:
-        raise ApiError(503, ErrorCode.DRAINING, f"server is not accepting work: {exc}") from exc
-    except InferenceFailed as exc:
-        raise ApiError(500, ErrorCode.INFERENCE_FAILED, str(exc)[:500]) from exc
-    timings.queue_s = max(r.queue_wait_s for r in results)
-    timings.inference_s = max(r.inference_s for r in results)
-    timings.batch_size = max(r.batch_size for r in results)
-    return results
+    return inputs
 
 
 def _warning(manifest: Manifest) -> str | None:
@@ -217,9 +188,12 @@ async def classify(
 ) -> ClassifyResponse:
     started = time.monotonic()
     if top_k_ > manifest.num_classes:
-        raise validation_error(f"top_k must be between 1 and {manifest.num_classes}, got {top_k_}")
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            f"top_k must be between 1 and {manifest.num_classes}, got {top_k_}",
+        )
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
-    results = await infer_images(request, state, batcher, timings, deadline)
+    results = await infer_images(request, state, batcher, manifest, timings, deadline)
     labels = manifest.labels
     return ClassifyResponse(
         model=manifest.name,
@@ -292,7 +266,7 @@ async def features(
     started = time.monotonic()
     wanted = list(dict.fromkeys(stages))  # de-duplicated, request order kept
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
-    results = await infer_images(request, state, batcher, timings, deadline)
+    results = await infer_images(request, state, batcher, manifest, timings, deadline)
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
         body = await _off_loop(state, _features_npz, wanted, pool, results)
         return Response(
@@ -318,8 +292,8 @@ async def healthz() -> Status:
     summary="Readiness: loaded, warmed up and not draining",
 )
 async def readyz(state: StateDep) -> Status:
-    if not state.ready:
-        raise unavailable(state)
+    if not state.lifecycle.ready:
+        raise unavailable(state.lifecycle)
     return Status(status="ready")
 
 
@@ -334,32 +308,29 @@ async def metrics(state: StateDep) -> Response:
     responses={503: {"model": ErrorResponse, "description": "Model not loaded yet"}},
     summary="The served model: variant, provider, weights, parity report, batching settings",
 )
-async def model_info(state: StateDep, manifest: ManifestDep) -> ModelInfo:
-    assert state.engine is not None
-    s, batcher = state.settings, state.batcher
+async def model_info(state: StateDep, model: ModelDep, manifest: ManifestDep) -> ModelInfo:
+    s, batcher = state.settings, model.batcher
     return ModelInfo(
         name=manifest.name,
         variant=manifest.variant,
         precision=manifest.precision,
         input_size=manifest.image_size,
         num_classes=manifest.num_classes,
-        provider=state.engine.provider,
-        weights=WeightsSummary(
-            **manifest.weights.model_dump(include={"source", "random", "sha256", "url"})
-        ),
+        provider=model.engine.provider,
+        weights=WeightsInfo(**manifest.weights.model_dump(include=set(WeightsInfo.model_fields))),
         warning=_warning(manifest),
         outputs={k: list(v) for k, v in manifest.outputs.items()},
         preprocess=manifest.preprocess.model_dump(),
         parity=manifest.parity,
         exporter=manifest.exporter,
-        self_check=state.self_check.as_dict() if state.self_check else None,
+        self_check=model.self_check.as_dict(),
         batching=BatchingInfo(
-            max_batch_size=batcher.max_batch_size if batcher else s.max_batch_size,
-            parallel_batches=batcher.parallel_batches if batcher else s.parallel_batches,
+            max_batch_size=batcher.max_batch_size,
+            parallel_batches=batcher.parallel_batches,
             max_batch_delay_ms=s.max_batch_delay_ms,
             queue_capacity=s.queue_capacity,
             request_timeout_ms=s.request_timeout_ms,
             max_images_per_request=s.max_images_per_request,
         ),
-        ready=state.ready,
+        ready=state.lifecycle.ready,
     )

@@ -6,13 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FeatureName = Literal["stage1", "stage2", "stage3", "stage4", "embedding"]
-PoolMode = Literal["avg", "none"]
+from service.contract import WeightsInfo
 
-RANDOM_WEIGHTS_WARNING = (
-    "This model has RANDOM weights: its predictions are meaningless. "
-    "Export with official weights (`python -m export --checkpoint official`) for real use."
-)
+PoolMode = Literal["avg", "none"]
 
 
 class Prediction(BaseModel):
@@ -68,13 +64,6 @@ class BatchingInfo(BaseModel):
     max_images_per_request: int
 
 
-class WeightsSummary(BaseModel):
-    source: str
-    random: bool
-    sha256: str | None = None
-    url: str | None = None
-
-
 class SelfCheckInfo(BaseModel):
     status: Literal["passed", "failed", "skipped"] = Field(
         description="passed: the exporter's golden answers were reproduced at load"
@@ -105,7 +94,7 @@ class ModelInfo(BaseModel):
     input_size: int = Field(description="S: the model input is (N, 3, S, S)")
     num_classes: int
     provider: str = Field(description="Active ONNX Runtime execution provider")
-    weights: WeightsSummary
+    weights: WeightsInfo
     warning: str | None = Field(None, description="Loud notice when the weights are random")
     outputs: dict[str, list[int | str]]
     preprocess: dict[str, Any]

@@ -15,8 +15,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.lifecycle import Lifecycle, Phase
 from service.settings import Settings
-from service.state import ServiceState
 
 EXIT_FATAL_DEVICE = 70  # EX_SOFTWARE
 
@@ -85,23 +85,28 @@ def protocol_factory(header_timeout_s: float) -> type[GuardedH11Protocol]:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, plus: readiness flips to 503 the moment SIGTERM/SIGINT arrives, and a fatal
-    device error ends the process with EXIT_FATAL_DEVICE."""
+    """uvicorn, driven by the service's lifecycle: SIGTERM/SIGINT begins the drain (readiness 503
+    at once), and a failed device ends the server, with EXIT_FATAL_DEVICE."""
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
-        self.service_state = state
-        self.exit_code = 0
+        self.lifecycle = lifecycle
 
     def handle_exit(self, sig, frame) -> None:
-        # Called from the signal handler; a flag flip is all that is safe (and all that is needed).
-        self.service_state.begin_drain()
+        self.lifecycle.request_drain()  # safe in a signal handler
         super().handle_exit(sig, frame)
 
-    def fatal(self) -> None:
-        """Exit with EXIT_FATAL_DEVICE once uvicorn has shut down (the cause is already logged)."""
-        self.exit_code = EXIT_FATAL_DEVICE
-        self.should_exit = True
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn asks every 0.1 s whether to shut down: a failed device answers yes, as a
+        # signal would (so that a SIGINT during that shutdown forces it, as after a signal).
+        if self.lifecycle.phase is Phase.FATAL:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or EXIT_FATAL_DEVICE once the device failed (the cause is already logged)."""
+        return EXIT_FATAL_DEVICE if self.lifecycle.phase is Phase.FATAL else 0
 
 
 def uvicorn_config(app, settings: Settings) -> uvicorn.Config:

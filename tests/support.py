@@ -39,7 +39,7 @@ def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def wait_ready(
+def wait_for_readyz(
     base_url: str,
     proc: subprocess.Popen,
     timeout_s: float = 90.0,

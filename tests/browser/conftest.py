@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, skip_unless_ci, wait_ready
+from tests.support import free_port, skip_unless_ci, wait_for_readyz
 
 ROOT = Path(__file__).resolve().parents[2]
 # A small upload cap, so the 413 case needs only a 1.5 MB file.
@@ -62,7 +62,7 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_ready(url, proc, 90, lambda: log.seek(0) or log.read().decode())
+            wait_for_readyz(url, proc, 90, lambda: log.seek(0) or log.read().decode())
             yield Server(url, MAX_BATCH_SIZE, MAX_UPLOAD_BYTES)
         finally:
             proc.terminate()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support import free_port, metric, parse_metrics, wait_ready
+from tests.support import free_port, metric, parse_metrics, wait_for_readyz
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("harness.py")
@@ -59,8 +59,8 @@ class LiveServer:
         sock.settimeout(timeout)
         return sock
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        wait_ready(self.base, self.proc, timeout_s, self.log)
+    def wait_for_readyz(self, timeout_s: float = 60.0) -> None:
+        wait_for_readyz(self.base, self.proc, timeout_s, self.log)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -118,7 +118,7 @@ class Launcher:
         server = LiveServer(proc, port, log_path)
         self.started.append(server)
         if wait:
-            server.wait_ready()
+            server.wait_for_readyz()
         return server
 
     def close(self) -> None:

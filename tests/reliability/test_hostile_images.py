@@ -51,7 +51,7 @@ async def serving(model_path):
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.service.wait_ready()
+        await app.state.service.lifecycle.wait_for_warm_up()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
             yield c
@@ -219,7 +219,7 @@ _PEAK_RSS_SCRIPT = textwrap.dedent(
     import io, sys, time
     from PIL import Image
     from service.errors import ApiError
-    from service.manifest import PreprocessSpec
+    from service.contract import PreprocessSpec
     from service.preprocess import configure_pillow, decode_image
 
     def peak_rss_kib():

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from PIL import Image
 
 from service.app import create_app
+from service.contract import Manifest
 from service.engine import EngineError, FatalEngineError
-from service.manifest import Manifest
 from service.settings import Settings
 
 TINY_SIZE = 32
@@ -172,11 +172,14 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # a factory, not a
 
 
 @asynccontextmanager
-async def running(app: FastAPI, *, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan and yield an httpx client talking to it in-process."""
+async def running(
+    app: FastAPI, *, wait_for_warm_up: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and yield an httpx client talking to it in-process (once the
+    model is warm, unless ``wait_for_warm_up`` is False)."""
     async with app.router.lifespan_context(app):
-        if wait_ready:
-            await app.state.service.wait_ready()
+        if wait_for_warm_up:
+            await app.state.service.lifecycle.wait_for_warm_up()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://swin.test", timeout=30

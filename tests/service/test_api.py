@@ -30,24 +30,24 @@ async def test_healthz_and_readyz_ok_after_warmup(make_app, serve):
     async with serve(app) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         assert (await client.get("/readyz")).json() == {"status": "ready"}
-        assert app.state.service.engine.warmup_sizes == [1, 2, 4, 8]
+        assert app.state.service.lifecycle.model.engine.warmup_sizes == [1, 2, 4, 8]
 
 
 async def test_readyz_is_503_until_warm_and_while_draining(make_app, make_engine, serve):
     gate = threading.Event()
     engine = make_engine(warmup_gate=gate)
     app = make_app(engine)
-    async with serve(app, wait_ready=False) as client:
-        state = app.state.service
+    async with serve(app, wait_for_warm_up=False) as client:
+        lifecycle = app.state.service.lifecycle
         resp = await client.get("/readyz")  # warm-up is still blocked
         _assert_error(resp, 503, "not_ready")
         assert resp.headers["Retry-After"]
         # Requests are refused fast while not ready, and never reach the engine.
         _assert_error(await client.post("/classify", files={"file": b"x"}), 503, "not_ready")
         gate.set()
-        await state.wait_ready()
+        await lifecycle.wait_for_warm_up()
         assert (await client.get("/readyz")).status_code == 200
-        state.begin_drain()
+        lifecycle.begin_drain()
         _assert_error(await client.get("/readyz"), 503, "draining")
         assert (await client.get("/healthz")).status_code == 200  # liveness unaffected
     assert engine.calls == []
@@ -61,11 +61,12 @@ async def test_requests_reaching_a_draining_server_still_complete(
     async with serve(app) as client:
         running = asyncio.create_task(client.post("/classify", files={"file": png()}))
         await until(lambda: engine.calls)
-        app.state.service.begin_drain()  # what SIGTERM does
+        app.state.service.lifecycle.begin_drain()  # what SIGTERM does
         late = await client.post("/classify", files={"file": png()})  # on an open connection
         assert (await running).status_code == 200
         assert late.status_code == 200
-        await app.state.service.batcher.drain(5)  # what the lifespan does after uvicorn drained
+        # What the lifespan does after uvicorn drained:
+        await app.state.service.lifecycle.model.batcher.drain(5)
         _assert_error(await client.post("/classify", files={"file": png()}), 503, "draining")
     assert sum(engine.calls) == 2  # both ran; the one after drain() never did
 
@@ -310,7 +311,7 @@ async def test_v1_models_reports_model_provider_and_batching(make_app, serve):
 
 
 async def test_v1_models_has_no_warning_for_official_weights(make_app, make_engine, serve):
-    from service.manifest import Manifest
+    from service.contract import Manifest
 
     engine = make_engine()
     data = engine.manifest.model_dump()

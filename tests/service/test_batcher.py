@@ -9,7 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, DeadlineExceeded, Draining, InferenceFailed, Overloaded
+from service.batcher import (
+    Batcher,
+    DeadlineExceeded,
+    DeviceFailed,
+    Draining,
+    InferenceFailed,
+    Overloaded,
+)
 from service.metrics import Metrics
 from tests.support import until
 
@@ -155,7 +162,7 @@ async def test_fatal_engine_error_calls_hook_and_stops_admission(make_engine):
     with pytest.raises(InferenceFailed):
         await b.submit([_img(1)], _far())
     assert len(seen) == 1 and "illegal memory access" in str(seen[0])
-    with pytest.raises(Draining):
+    with pytest.raises(DeviceFailed):
         await b.submit([_img(1)], _far())
     await b.drain(5)
 
@@ -240,7 +247,9 @@ async def test_drain_waits_for_every_running_batch(make_engine):
     assert all(p.done() and not p.exception() for p in pending)
 
 
-async def test_fatal_error_answers_queued_images_with_draining_instead_of_running_them(make_engine):
+async def test_fatal_error_answers_queued_images_with_device_failed_instead_of_running_them(
+    make_engine,
+):
     engine = make_engine(delay_s=0.1, fail=lambda index, batch: True, fatal=True)
     b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=1)
     b.start()
@@ -250,7 +259,7 @@ async def test_fatal_error_answers_queued_images_with_draining_instead_of_runnin
     with pytest.raises(InferenceFailed):
         await first
     for q in queued:
-        with pytest.raises(Draining):
+        with pytest.raises(DeviceFailed):
             await q
     assert engine.calls == [1]  # the broken device saw only the first batch
     await b.drain(5)

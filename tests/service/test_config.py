@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.contract import ManifestError, manifest_from_metadata, parse_manifest
 from service.engine import is_fatal_device_error, warmup_batch_sizes
-from service.manifest import ManifestError, manifest_from_metadata, parse_manifest
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

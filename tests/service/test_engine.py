@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.app import create_app
 from service.engine import EngineError, ModelLoadError, OnnxEngine
-from tests.support import free_port, wait_ready
+from tests.support import free_port, wait_for_readyz
 
 pytestmark = pytest.mark.anyio
 
@@ -173,7 +173,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs)
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc, 30)
+        wait_for_readyz(base, proc, 30)
         images = pngs(12)
         codes: list[int | str] = []
 

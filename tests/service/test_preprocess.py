@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import service.preprocess as pre
+from service.contract import PreprocessSpec
 from service.errors import ApiError
-from service.manifest import PreprocessSpec
 from tests.support import sample_images
 
 SPEC = PreprocessSpec(

@@ -114,11 +114,11 @@ async def test_real_engine_never_runs_a_cancelled_queued_request(real, serve, pn
         busy = asyncio.create_task(client.post("/classify", files={"file": png((0, 0, 0))}))
         await until(lambda: engine.started)
         gone = asyncio.create_task(client.post("/classify", files={"file": png((255, 0, 0))}))
-        await until(lambda: app.state.service.batcher.depth == 1)
+        await until(lambda: app.state.service.lifecycle.model.batcher.depth == 1)
         gone.cancel()  # the client went away while its image was queued
         assert (await busy).status_code == 200
         after = await client.post("/classify", files={"file": png((0, 255, 0))})
-        depth = app.state.service.batcher.depth
+        depth = app.state.service.lifecycle.model.batcher.depth
     assert after.status_code == 200
     assert [n for n, *_ in engine.runs] == [1, 1]  # the busy image and the one after
     assert depth == 0
@@ -146,11 +146,11 @@ async def test_real_engine_runs_parallel_batches_at_once(real, serve, pngs):
 async def test_real_engine_is_not_ready_until_warm_up_ends(real, serve, png):
     app, engine = real()
     engine.warmup_gate = threading.Event()
-    async with serve(app, wait_ready=False) as client:
+    async with serve(app, wait_for_warm_up=False) as client:
         before = await client.get("/readyz")
         refused = await client.post("/classify", files={"file": png()})
         engine.warmup_gate.set()
-        await app.state.service.wait_ready()
+        await app.state.service.lifecycle.wait_for_warm_up()
         after = await client.get("/readyz")
         served = await client.post("/classify", files={"file": png()})
     assert before.status_code == 503 and before.json()["error"]["code"] == "not_ready"

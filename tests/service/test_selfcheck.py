@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from service.app import create_app
+from service.contract import GOLDEN_KEY
 from service.cpu import cpu_features
 from service.selfcheck import (
-    GOLDEN_KEY,
     Golden,
     SelfCheckFailed,
     compare,

@@ -1,0 +1,98 @@
+"""The lifecycle on its own terms: phases, the readiness gauge, the drain deadline, a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+
+import pytest
+
+from service.lifecycle import Phase
+from tests.support import metric, parse_metrics, until
+
+pytestmark = pytest.mark.anyio
+
+
+def _ready_gauge(lifecycle) -> float:
+    return metric(parse_metrics(lifecycle.metrics.render().decode()), "swin_ready")
+
+
+async def test_phases_follow_load_warm_up_drain_and_stop_with_the_readiness_gauge(
+    make_app, make_engine
+):
+    gate = threading.Event()
+    app = make_app(make_engine(warmup_gate=gate))
+    lifecycle = app.state.service.lifecycle
+    seen = [(lifecycle.phase, _ready_gauge(lifecycle))]
+    async with app.router.lifespan_context(app):
+        seen.append((lifecycle.phase, _ready_gauge(lifecycle)))
+        gate.set()
+        await lifecycle.wait_for_warm_up()
+        seen.append((lifecycle.phase, _ready_gauge(lifecycle)))
+        lifecycle.begin_drain()
+        seen.append((lifecycle.phase, _ready_gauge(lifecycle)))
+    seen.append((lifecycle.phase, _ready_gauge(lifecycle)))
+    assert seen == [
+        (Phase.LOADING, 0),
+        (Phase.WARMING, 0),
+        (Phase.READY, 1),
+        (Phase.DRAINING, 0),
+        (Phase.STOPPED, 0),
+    ]
+
+
+async def test_a_warm_up_that_fails_is_fatal_and_never_ready(make_app, make_engine, serve):
+    engine = make_engine()
+
+    def broken_warmup(batch_sizes):
+        raise RuntimeError("cannot run a zero batch")
+
+    engine.warmup = broken_warmup
+    failures: list[BaseException] = []
+    app = make_app(engine, on_fatal=failures.append)
+    async with serve(app) as client:  # waits for the warm-up: it ends, in failure
+        ready = await client.get("/readyz")
+        refused = await client.post("/classify", files={"file": b"x"})
+    assert app.state.service.lifecycle.phase is Phase.FATAL
+    assert [str(f) for f in failures] == ["cannot run a zero batch"]
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+    assert refused.status_code == 503
+    assert engine.calls == []
+
+
+async def test_the_drain_deadline_answers_unfinished_requests_before_the_budget_ends(
+    make_app, make_engine, serve, pngs
+):
+    # One image on the model for 3 s, one queued behind it; a drain budget of 1 s.
+    budget_s = 1.0
+    engine = make_engine(delay_s=3.0)
+    app = make_app(engine, max_batch_size=1, parallel_batches=1, drain_timeout_s=budget_s)
+    lifecycle = app.state.service.lifecycle
+    async with serve(app) as client:
+        requests = [
+            asyncio.create_task(client.post("/classify", files={"file": im})) for im in pngs(2)
+        ]
+        await until(lambda: engine.calls and lifecycle.model.batcher.depth == 1)
+        t_drain = time.monotonic()
+        lifecycle.begin_drain()  # what SIGTERM does; nothing else happens until the deadline
+        answers = await asyncio.gather(*requests)
+        answered_after = time.monotonic() - t_drain
+    assert [r.status_code for r in answers] == [503, 503]
+    assert {r.json()["error"]["code"] for r in answers} == {"draining"}
+    assert answered_after < budget_s  # before the budget's end, not after the 3 s run
+
+
+async def test_a_signal_begins_the_drain_on_the_event_loop(make_app, serve):
+    app = make_app()
+    lifecycle = app.state.service.lifecycle
+    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: lifecycle.request_drain())
+    try:
+        async with serve(app) as client:
+            signal.raise_signal(signal.SIGUSR1)
+            await until(lambda: lifecycle.draining)
+            ready = await client.get("/readyz")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
