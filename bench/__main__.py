@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from bench.common import (
     SAMPLE_IMAGE,
     cpus,
     machine_info,
+    median,
     progress,
     read_json,
     write_json,
@@ -131,11 +133,10 @@ def run_engine(cfg: dict[str, Any], threads: int, models) -> dict[str, Any]:
 def decode_runner(models):
     """The service's decode + preprocess of the benchmark JPEG, timed interleaved with the engines."""
     from bench.engine import Runner
-    from service.manifest import PreprocessSpec
     from service.preprocess import decode_image
 
     data = SAMPLE_IMAGE.read_bytes()
-    spec = PreprocessSpec(**models.manifest()["preprocess"])
+    spec = models.manifest().preprocess
     return Runner(
         "decode",
         "JPEG decode + preprocess",
@@ -146,8 +147,6 @@ def decode_runner(models):
 
 def engine_probe(models, threads: int):
     """Raw ORT fp32 (the service's threads) and decode figures, taken between load runs."""
-    import statistics
-
     from bench.engine import ort_session, probe_throughput
 
     session = ort_session(models.fp32, threads)
@@ -167,7 +166,7 @@ def engine_probe(models, threads: int):
             "batch": batch,
             "img_per_s": round(img_s, 3),
             "latency_ms": round(per_call * 1e3, 2),
-            "decode_ms": round(statistics.median(times) * 1e3, 2),
+            "decode_ms": round(median(times) * 1e3, 2),
         }
 
     return probe
@@ -247,7 +246,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "what", nargs="?", default="all", choices=["all", "engine", "service", "profile", "report"]
@@ -274,58 +273,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-readme", action="store_true", help="do not regenerate the README section"
     )
-    args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = out_dir / "results.json"
-    results: dict[str, Any] = read_json(results_path) if results_path.exists() else {}
+    return parser
 
-    if args.what != "report":
-        from bench.models import ensure_models
 
-        started = time.perf_counter()
-        # Read before any work: the run's own load must not count as the load it started under.
-        started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        machine = machine_info()
-        server_cpus, loadgen_cpus, pinning = plan_cpus()
-        # The engine runs as the service runs it: its intra-op threads (CPUs - 1, a core left
-        # for decoding), and PyTorch gets the same number.
-        threads = args.threads or max(1, len(server_cpus or cpus()) - 1)
-        if server_cpus:
-            import os
+def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, Any]) -> None:
+    """Run what ``args.what`` asks for, into ``results`` (sections not run are kept)."""
+    from bench.models import ensure_models
 
-            os.sched_setaffinity(0, server_cpus)  # the engine benchmark gets the server's cores
-        env = parse_env(args.service_env)
-        models = ensure_models()
-        if args.what in ("all", "engine"):
-            results["engine"] = run_engine(cfg, threads, models)
-        if args.what in ("all", "service"):
-            results["service"] = run_service(
-                cfg,
-                models,
-                server_cpus,
-                loadgen_cpus,
-                pinning,
-                env,
-                parse_also(args.also),
-                threads,
-            )
-        if args.what == "profile" or (args.what == "all" and not args.quick):
-            results["profile"] = run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env)
-        results["meta"] = {
-            "started": started_at,
-            "mode": "quick" if args.quick else "full",
-            "what": args.what,
-            "seconds": round(time.perf_counter() - started, 1),
-            "machine": machine,
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        }
-    if not results:
-        print(f"no results in {results_path}; run the benchmark first", file=sys.stderr)
-        return 1
+    started = time.perf_counter()
+    # Read before any work: the run's own load must not count as the load it started under.
+    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_info()
+    server_cpus, loadgen_cpus, pinning = plan_cpus()
+    # The engine runs as the service runs it: its intra-op threads (CPUs - 1, a core left
+    # for decoding), and PyTorch gets the same number.
+    threads = args.threads or max(1, len(server_cpus or cpus()) - 1)
+    if server_cpus:
+        os.sched_setaffinity(0, server_cpus)  # the engine benchmark gets the server's cores
+    env = parse_env(args.service_env)
+    models = ensure_models()
+    if args.what in ("all", "engine"):
+        results["engine"] = run_engine(cfg, threads, models)
+    if args.what in ("all", "service"):
+        also = parse_also(args.also)
+        results["service"] = run_service(
+            cfg, models, server_cpus, loadgen_cpus, pinning, env, also, threads
+        )
+    if args.what == "profile" or (args.what == "all" and not args.quick):
+        results["profile"] = run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env)
+    results["meta"] = {
+        "started": started_at,
+        "mode": "quick" if args.quick else "full",
+        "what": args.what,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": machine,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+    }
+
+
+def write_report(results: dict[str, Any], out_dir: Path, *, readme: bool) -> None:
+    """results.json, the plots, results.md and, when ``readme``, the README's bench section."""
     results["targets"] = report.compute_targets(results)
-    write_json(results_path, results)
+    write_json(out_dir / "results.json", results)
     report.plot(results, out_dir)
     notes_path = out_dir / "NOTES.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
@@ -333,12 +322,28 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "results.md").write_text("# Benchmark results\n\n" + markdown)
     for t in results["targets"]:
         progress(f"{t['status']:<7} {t['name']}: {t['measured']} (>= {t['threshold']})")
-    if not args.quick and not args.no_readme and out_dir == RESULTS_DIR:
-        readme = ROOT / "README.md"
+    if readme:
+        path = ROOT / "README.md"
         section = report.render_markdown(results, image_prefix="bench/results/", notes=notes)
-        readme.write_text(report.replace_readme_section(readme.read_text(), section))
+        path.write_text(report.replace_readme_section(path.read_text(), section))
         progress("README benchmark section regenerated")
     progress(f"results in {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    results: dict[str, Any] = read_json(results_path) if results_path.exists() else {}
+    if args.what != "report":
+        measure(args, cfg, results)
+    if not results:
+        print(f"no results in {results_path}; run the benchmark first", file=sys.stderr)
+        return 1
+    readme = not args.quick and not args.no_readme and out_dir == RESULTS_DIR
+    write_report(results, out_dir, readme=readme)
     return 0
 
 

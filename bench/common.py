@@ -19,7 +19,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MODELS_DIR = ROOT / "models" / "bench"  # git-ignored: the bench's own random-weight export
+MODELS_DIR = ROOT / "artefacts" / "bench"  # git-ignored: the bench's own random-weight export
 VARIANT = "swin_tiny_patch4_window7_224"
 IMAGES_DIR = ROOT / "samples" / "images"
 SAMPLE_IMAGE = IMAGES_DIR / "flower.jpg"
@@ -95,10 +95,16 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Replace ``path`` whole: a reader (or a crash) never meets half a results file."""
+    text = json.dumps(data, indent=2) + "\n"  # before the temporary exists: nothing to undo
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:

@@ -29,9 +29,12 @@ from typing import Any
 import numpy as np
 
 from bench.common import median, progress
+from service.contract import INPUT_NAME, OUTPUT_NAMES
+from service.sessions import cpu_session, session_options
 
 CPU_BATCHES = (1, 2, 4, 8, 16, 32)
 GPU_BATCHES = (1, 8, 32, 64, 128, 256)
+OUTPUTS = list(OUTPUT_NAMES)
 
 
 @dataclass
@@ -44,32 +47,25 @@ class Runner:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def ort_session(path: Path, threads: int, *, providers=None, profile_prefix: str | None = None):
-    """An ONNX Runtime session configured like the service's (service/engine.py)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(
-        str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+def ort_session(path: Path, threads: int, *, profile_prefix: str | None = None):
+    """A CPU session with the service's options (service/sessions.py), ``threads`` intra-op."""
+    options = session_options(
+        intra_op_threads=threads, inter_op_threads=1, profile_prefix=profile_prefix
     )
+    return cpu_session(path, options)
+
+
+def run_all(session, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of one forward of ``x``, as the service fetches them."""
+    return session.run(OUTPUTS, {INPUT_NAME: x})
 
 
 def ort_cpu_runner(name: str, label: str, path: Path, threads: int) -> Runner:
     session = ort_session(path, threads)
-    input_name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()]
     return Runner(
         name,
         label,
-        lambda x: session.run(outputs, {input_name: x}),
+        lambda x: run_all(session, x),
         CPU_BATCHES,
         info={"intra_op_threads": threads, "model": path.name},
     )
@@ -110,21 +106,19 @@ def cuda_runner(name: str, label: str, path: Path) -> Runner:
     """IO binding: input copied to the device in ``prepare`` (untimed), outputs stay there."""
     import onnxruntime as ort
 
-    session = ort_session(
-        path,
-        1,
+    session = ort.InferenceSession(
+        str(path),
+        session_options(intra_op_threads=1, inter_op_threads=1),
         providers=[
             ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
             "CPUExecutionProvider",
         ],
     )
-    input_name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()]
 
     def prepare(x: np.ndarray):
         binding = session.io_binding()
-        binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        for out in outputs:
+        binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        for out in OUTPUTS:
             binding.bind_output(out, "cuda")
         return binding
 
@@ -138,13 +132,11 @@ def probe_throughput(session, batch: int, *, min_images: int = 8, image_size: in
     """Raw engine figure taken between load runs: (img/s, seconds per call) at ``batch``."""
     x = np.random.default_rng(1).standard_normal((batch, 3, image_size, image_size))
     x = x.astype(np.float32)
-    names = [o.name for o in session.get_outputs()]
-    feed = {session.get_inputs()[0].name: x}
-    session.run(names, feed)  # this shape may be new to the session
+    run_all(session, x)  # this shape may be new to the session
     iters = max(2, iters_for(batch, min_images))
     start = time.perf_counter()
     for _ in range(iters):
-        session.run(names, feed)
+        run_all(session, x)
     per_call = (time.perf_counter() - start) / iters
     return batch / per_call, per_call
 

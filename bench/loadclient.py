@@ -1,7 +1,7 @@
 """A minimal open-loop HTTP/1.1 load client on asyncio streams, for the overload test and the soak.
 
-httpx costs about a millisecond of CPU per request; on a 2-core machine that shares its cores with
-the server, a 200 requests/s httpx client falls behind and its own queueing shows up as server
+httpx spends enough CPU per request that, on a small machine whose cores the client shares with
+the server, it falls behind the rate it should offer and its own queueing shows up as server
 latency. This client writes one request per fresh connection (``Connection: close``) and only
 parses the status line, so what it measures is the server.
 """

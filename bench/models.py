@@ -1,6 +1,6 @@
 """The models every runtime is benchmarked with: one random-weight export, the same weights everywhere.
 
-``ensure_models`` exports Swin-T (fp32 + int8) into ``models/bench/`` once; the PyTorch model is
+``ensure_models`` exports Swin-T (fp32 + int8) into ``artefacts/bench/`` once; the PyTorch model is
 rebuilt from the fp32 manifest (``export.verify.rebuild_reference``), so eager PyTorch, ORT fp32,
 ORT int8 and the naive peer all compute with identical weights.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MODELS_DIR, ROOT, VARIANT, progress
+from service.contract import Manifest, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class BenchModels:
     fp32_report: Path
     int8_report: Path
 
-    def manifest(self) -> dict[str, Any]:
-        return json.loads(self.fp32_report.read_text())
+    def manifest(self) -> Manifest:
+        return parse_manifest(self.fp32_report.read_text(), source=str(self.fp32_report))
 
     def int8_agreement(self) -> dict[str, Any]:
         return json.loads(self.int8_report.read_text()).get("agreement", {})
@@ -48,10 +49,13 @@ def ensure_models(out_dir: Path = MODELS_DIR, variant: str = VARIANT) -> BenchMo
             return paths
         progress("the int8 model was quantised with other settings than the exporter's now")
     progress(f"exporting {variant} (random weights, fp32 + int8) to {out_dir} (about a minute)")
-    cmd = [sys.executable, "-m", "export", "--variant", variant, "--checkpoint", "random"]
-    cmd += ["--out", str(out_dir), "--int8"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    _export(variant, out_dir, "--int8")
     return paths
+
+
+def _export(variant: str, out_dir: Path, *flags: str) -> None:
+    cmd = [sys.executable, "-m", "export", "--variant", variant, "--checkpoint", "random"]
+    subprocess.run([*cmd, "--out", str(out_dir), *flags], check=True, cwd=ROOT)
 
 
 def _int8_is_current(paths: BenchModels) -> bool:
@@ -73,7 +77,5 @@ def ensure_fp16(models: BenchModels, variant: str = VARIANT) -> Path:
     path = models.fp32.with_name(f"{variant}.fp16.onnx")
     if not path.is_file():
         progress(f"exporting the fp16 variant to {path.parent}")
-        cmd = [sys.executable, "-m", "export", "--variant", variant, "--checkpoint", "random"]
-        cmd += ["--out", str(path.parent), "--int8", "--fp16"]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        _export(variant, path.parent, "--int8", "--fp16")
     return path

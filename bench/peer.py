@@ -6,13 +6,12 @@ event loop keeps accepting), under ``torch.inference_mode``, with PyTorch's defa
 uses the SAME preprocessing (``service.preprocess.decode_image``) and the SAME weights (rebuilt
 from the benchmark model's manifest) as the real service, so the comparison is about serving only.
 
-Run: ``PEER_MANIFEST=models/bench/swin_tiny_patch4_window7_224.json PEER_PORT=8001 python -m bench.peer``
+Run: ``PEER_MANIFEST=artefacts/bench/swin_tiny_patch4_window7_224.json PEER_PORT=8001 python -m bench.peer``
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.manifest import PreprocessSpec
+from service.contract import parse_manifest
 from service.preprocess import decode_image
 
 
@@ -32,10 +31,10 @@ def create_peer_app(manifest_path: Path) -> FastAPI:
     async def lifespan(app: FastAPI):
         from export.verify import rebuild_reference
 
-        info = json.loads(Path(manifest_path).read_text())
-        app.state.model = rebuild_reference(info, None).eval()
-        app.state.spec = PreprocessSpec(**info["preprocess"])
-        app.state.labels = info["labels"]
+        manifest = parse_manifest(Path(manifest_path).read_text(), source=str(manifest_path))
+        app.state.model = rebuild_reference(manifest, None).eval()
+        app.state.spec = manifest.preprocess
+        app.state.labels = manifest.labels
         yield
 
     app = FastAPI(title="naive peer (baseline)", lifespan=lifespan)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,40 +26,79 @@ import numpy as np
 
 from bench.common import progress
 
-# First match wins, searched from the innermost frame outwards.
-BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("inference (ORT session.run)", ("onnxruntime_inference_collection", "_infer (service")),
-    ("batch stack/copy", ("np.stack", "stack (numpy", "ascontiguousarray")),
-    ("decode + preprocess", ("decode_image", "load_rgb", "to_model_input", "PIL")),
-    ("metrics", ("prometheus_client",)),
-    (
-        "response shaping + JSON",
-        (
-            "serialize_response",
-            "jsonable_encoder",
-            "json/encoder",
-            "render (starlette",
-            "render (fastapi",
-            "pydantic",
-            "softmax",
-            "top_k",
-            "postprocess",
-        ),
-    ),
-    ("request body read", ("body (starlette", "read_image_bodies")),
-    ("batcher loop", ("batcher.py",)),
-    ("HTTP (uvicorn/h11/starlette)", ("uvicorn", "h11", "starlette", "fastapi", "httptools")),
-    ("asyncio event loop", ("asyncio", "uvloop")),
-    ("thread pool idle/handoff", ("concurrent/futures", "threading.py")),
-)
+INFERENCE = "inference (ORT session.run)"
+BATCH_COPY = "batch stack/copy"
+DECODE = "decode + preprocess"
+METRICS = "metrics"
+RESPONSE = "response shaping + JSON"
+BODY = "request body read"
+BATCHER = "batcher loop"
+HTTP = "HTTP (uvicorn/h11/starlette)"
+LOOP = "asyncio event loop"
+THREADS = "thread pool idle/handoff"
+
+# Keyed on the file a frame runs in, as py-spy prints it (relative to sys.path, or absolute with
+# --full-filenames), never on function names, which change with every refactor. The most
+# specific key wins; a file not listed is skipped and the frame that called it decides (so
+# service/routes.py, which both reads requests and shapes answers, counts as what it calls).
+# tests/bench checks that every service/ file named here exists, so a move fails a test.
+MODULE_BUCKETS: dict[str, str] = {
+    "onnxruntime/": INFERENCE,
+    "service/engine.py": INFERENCE,
+    "service/preprocess.py": DECODE,
+    "PIL/": DECODE,
+    "prometheus_client/": METRICS,
+    "service/metrics.py": METRICS,
+    "service/postprocess.py": RESPONSE,
+    "service/schemas.py": RESPONSE,
+    "json/": RESPONSE,
+    "pydantic/": RESPONSE,
+    "pydantic_core/": RESPONSE,
+    "fastapi/encoders.py": RESPONSE,
+    "starlette/responses.py": RESPONSE,
+    "starlette/requests.py": BODY,
+    "starlette/formparsers.py": BODY,
+    "multipart/": BODY,
+    "python_multipart/": BODY,
+    "service/batcher.py": BATCHER,
+    "uvicorn/": HTTP,
+    "h11/": HTTP,
+    "httptools/": HTTP,
+    "starlette/": HTTP,
+    "fastapi/": HTTP,
+    "asyncio/": LOOP,
+    "uvloop/": LOOP,
+    "concurrent/futures/": THREADS,
+    "threading.py": THREADS,
+    "queue.py": THREADS,
+}
+_BY_SPECIFICITY = sorted(MODULE_BUCKETS, key=len, reverse=True)
+# NumPy does the work of whoever calls it, so its frames take the caller's bucket; in the
+# batcher, its one NumPy call stacks the images into a batch, which has a bucket of its own.
+NUMPY = "numpy/"
+NUMPY_CALLED_FROM = {BATCHER: BATCH_COPY}
+_FRAME_FILE = re.compile(r"\(([^()]+?)(?::\d+)?\)$")  # "name (path/file.py:123)"
+
+
+def _under(path: str, key: str) -> bool:
+    return path.startswith(key) or f"/{key}" in path
+
+
+def module_bucket(path: str) -> str | None:
+    """The bucket of a source file, by the most specific ``MODULE_BUCKETS`` key it is under."""
+    return next((MODULE_BUCKETS[k] for k in _BY_SPECIFICITY if _under(path, k)), None)
 
 
 def bucket_of(stack: str) -> str:
-    frames = stack.split(";")
-    for frame in reversed(frames):  # innermost first
-        for name, needles in BUCKETS:
-            if any(n in frame for n in needles):
-                return name
+    """The bucket of a folded stack (``outer;...;inner``): that of its innermost listed file."""
+    in_numpy = False
+    for frame in reversed(stack.split(";")):  # innermost first
+        match = _FRAME_FILE.search(frame)
+        path = match.group(1) if match else ""
+        if _under(path, NUMPY):
+            in_numpy = True
+        elif (bucket := module_bucket(path)) is not None:
+            return NUMPY_CALLED_FROM.get(bucket, bucket) if in_numpy else bucket
     return "other"
 
 
@@ -98,16 +138,14 @@ def summarise_ort_trace(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def profile_engine(model: Path, threads: int, batch: int = 8, runs: int = 3) -> dict[str, Any]:
-    from bench.engine import ort_session
+    from bench.engine import ort_session, run_all
 
     with tempfile.TemporaryDirectory(prefix="bench-ortprof-") as tmp:
         session = ort_session(model, threads, profile_prefix=str(Path(tmp) / "ort"))
         x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        names = [o.name for o in session.get_outputs()]
-        feed = {session.get_inputs()[0].name: x}
-        session.run(names, feed)  # warm-up, also profiled; dropped below by run index
+        run_all(session, x)  # warm-up, also profiled; dropped below by run index
         for _ in range(runs):
-            session.run(names, feed)
+            run_all(session, x)
         trace = json.loads(Path(session.end_profiling()).read_text())
     # Keep only the timed runs: drop node events before the second model_run.
     starts = [e["ts"] for e in trace if e.get("name") == "model_run"]

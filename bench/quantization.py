@@ -5,11 +5,11 @@ runs every photo in samples/images through each file and reports, per setting, t
 logits cosine and the top-1 agreement with fp32. It runs twice: on this machine's CPU, and
 under ``qemu-x86_64 -cpu EPYC-Rome`` (AVX2 and FMA, no AVX-512, no VNNI), where ONNX Runtime
 takes its u8s8 AVX2 kernels, the ones that saturate. qemu comes from Debian's ``qemu-user``;
-without it the second run is skipped, and the report says so. The emulated run takes about ten
-minutes per setting. On this CPU it also measures images/s (batch 8, one thread, the median of
-interleaved repetitions), fp32 included; emulated speed means nothing and is not measured.
+without it the second run is skipped, and the report says so. Emulation makes that run slow.
+On this CPU it also measures images/s (batch 8, one thread, the median of interleaved
+repetitions), fp32 included; emulated speed means nothing and is not measured.
 
-    python -m bench.quantization [--variant swin_tiny_patch4_window7_224] [--out models/bench/int8]
+    python -m bench.quantization [--variant swin_tiny_patch4_window7_224] [--out artefacts/bench/int8]
                                  [--skip-build] [--no-emulation]
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +26,27 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import IMAGES_DIR, RESULTS_DIR, ROOT, VARIANT, progress, write_json
+from bench.common import (
+    IMAGES_DIR,
+    MODELS_DIR,
+    RESULTS_DIR,
+    ROOT,
+    VARIANT,
+    median,
+    progress,
+    read_json,
+    write_json,
+)
+from service.contract import (
+    CROP_PCT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    PreprocessSpec,
+)
+from service.cpu import cpu_features
+from service.sessions import cpu_session, session_options
 
 NO_VNNI_CPU = "EPYC-Rome"
 CANDIDATES = {
@@ -38,6 +57,7 @@ CANDIDATES = {
 }
 SPEED_BATCH = 8
 SPEED_REPS = 3
+LOGITS = OUTPUT_NAMES[0]  # the graph's first output: the class scores
 
 
 def build(variant: str, out: Path) -> None:
@@ -47,8 +67,8 @@ def build(variant: str, out: Path) -> None:
 
     from export.graph import trace_to_onnx
     from export.variants import Int8Settings, to_int8
-    from export.weights import randomize
     from model import SwinTransformer, get_config
+    from model.weights import randomize
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -66,9 +86,7 @@ def build(variant: str, out: Path) -> None:
 
 
 def _photos(size: int) -> np.ndarray:
-    from export.manifest import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
     from service.errors import ApiError
-    from service.manifest import PreprocessSpec
     from service.preprocess import configure_pillow, decode_image
 
     configure_pillow()
@@ -100,7 +118,7 @@ def compare(out: Path) -> dict[str, dict[str, float | str]]:
     report = {}
     for i, name in enumerate(CANDIDATES):
         got = _logits(out / f"int8-{i}.onnx", photos)
-        cosine = compare({"logits": ref}, {"logits": got})["logits"]["min_cosine"]
+        cosine = compare({LOGITS: ref}, {LOGITS: got})[LOGITS]["min_cosine"]
         report[name] = {
             "logits_cosine_min": round(cosine, 5),
             "top1_agreement": f"{int((ref.argmax(1) == got.argmax(1)).sum())}/{len(ref)}",
@@ -110,46 +128,32 @@ def compare(out: Path) -> dict[str, dict[str, float | str]]:
 
 
 def _logits(path: Path, photos: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"pixel_values": photos})[0].astype(np.float64)
+    session = cpu_session(path)
+    return session.run([LOGITS], {INPUT_NAME: photos})[0].astype(np.float64)
 
 
 def speed(out: Path) -> dict[str, float]:
     """Images/s per file at batch SPEED_BATCH on one thread, repetitions interleaved so that a
     neighbour's load hits every file alike."""
-    import onnxruntime as ort
-
     files = {"fp32": out / "fp32.onnx"}
     files.update({name: out / f"int8-{i}.onnx" for i, name in enumerate(CANDIDATES)})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    sessions = {
-        n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-        for n, p in files.items()
-    }
+    options = session_options(intra_op_threads=1, inter_op_threads=1)
+    sessions = {n: cpu_session(p, options) for n, p in files.items()}
     x = np.load(out / "photos.npy")[:1].repeat(SPEED_BATCH, axis=0)
     times: dict[str, list[float]] = {n: [] for n in sessions}
     for rep in range(SPEED_REPS + 1):  # the first repetition warms up and is not kept
         for name, session in sessions.items():
             start = time.perf_counter()
-            session.run(["logits"], {"pixel_values": x})
+            session.run([LOGITS], {INPUT_NAME: x})
             if rep:
                 times[name].append(time.perf_counter() - start)
-    return {n: round(SPEED_BATCH / statistics.median(t), 2) for n, t in times.items()}
-
-
-def _cpu_flags() -> dict[str, bool]:
-    from service.cpu import cpu_features
-
-    return cpu_features()
+    return {n: round(SPEED_BATCH / median(t), 2) for n, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default=VARIANT)
-    parser.add_argument("--out", type=Path, default=ROOT / "models" / "bench" / "int8")
+    parser.add_argument("--out", type=Path, default=MODELS_DIR / "int8")
     parser.add_argument(
         "--skip-build", action="store_true", help="reuse the files an earlier run left in --out"
     )
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.compare_only:  # the child process, possibly under qemu
-        print(json.dumps({"cpu": _cpu_flags(), "results": compare(args.out)}))
+        print(json.dumps({"cpu": cpu_features(), "results": compare(args.out)}))
         return 0
     if not args.skip_build:
         build(args.variant, args.out)
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 def _earlier_run(name: str) -> dict | str:
     """The emulated run of an earlier report, kept when the files it measured were not rebuilt."""
     try:
-        earlier = json.loads((RESULTS_DIR / "int8.json").read_text())["runs"][name]
+        earlier = read_json(RESULTS_DIR / "int8.json")["runs"][name]
     except (OSError, KeyError, ValueError):
         return "not run (--no-emulation)"
     if not isinstance(earlier, dict) or set(earlier.get("results", {})) != set(CANDIDATES):

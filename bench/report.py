@@ -75,13 +75,21 @@ def paired_ratio(results: dict[str, Any], fast: str, slow: str, batch: int) -> f
 
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The figures the issue asks for, each a ratio from this one run."""
-    targets = []
+    return [
+        *_engine_targets(results),
+        _service_vs_engine(results),
+        _service_vs_peer(results),
+        _c1_latency(results),
+    ]
+
+
+def _engine_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     engine = results.get("engine", {})
     threads = engine.get("threads", "?")
     eager8, fp32_8, int8_8 = (
         _img_s(results, r, 8) for r in ("torch_eager", "ort_fp32", "ort_int8")
     )
-    targets.append(
+    targets = [
         _target(
             "ort_vs_eager",
             f"ORT fp32 / PyTorch eager img/s at batch 8, {threads} thread(s) (the service's setting)",
@@ -89,7 +97,7 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             1.3,
             f"medians {fp32_8} vs {eager8} img/s; median of per-repetition ratios",
         )
-    )
+    ]
     all_ort = next((k for k in engine.get("runtimes", {}) if k.startswith("ort_fp32_t")), None)
     if all_ort:
         n = all_ort.rsplit("_t", 1)[1]
@@ -102,81 +110,85 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"medians {_img_s(results, all_ort, 8)} vs {_img_s(results, f'torch_eager_t{n}', 8)} img/s",
             )
         )
-    agreement = engine.get("int8_agreement", {})
-    agree = ""
-    if agreement:
-        cos = agreement.get("cosine_min", {}).get("logits")
-        agree = (
-            f"; int8 vs fp32 on {agreement.get('images')} images: top-1 agreement "
-            f"{agreement.get('top1_agreement'):.3f}, top-5 overlap {agreement.get('top5_overlap'):.3f}, "
-            f"min logits cosine {cos:.5f}"
-        )
     targets.append(
         _target(
             "int8_vs_fp32",
             "ORT int8 / ORT fp32 img/s at batch 8",
             paired_ratio(results, "ort_int8", "ort_fp32", 8),
             1.3,
-            f"medians {int8_8} vs {fp32_8} img/s{agree}",
+            f"medians {int8_8} vs {fp32_8} img/s{_agreement(engine.get('int8_agreement', {}))}",
         )
     )
-    svc16, peer16 = _level(results, "service", 16), _level(results, "peer", 16)
-    fp32_curve = {
-        int(b): v["img_per_s"]
-        for b, v in engine.get("runtimes", {}).get("ort_fp32", {}).get("batches", {}).items()
-    }
+    return targets
+
+
+def _agreement(agreement: dict[str, Any]) -> str:
+    if not agreement:
+        return ""
+    cos = agreement.get("cosine_min", {}).get("logits")
+    return (
+        f"; int8 vs fp32 on {agreement.get('images')} images: top-1 agreement "
+        f"{agreement.get('top1_agreement'):.3f}, top-5 overlap {agreement.get('top5_overlap'):.3f}, "
+        f"min logits cosine {cos:.5f}"
+    )
+
+
+def _service_vs_engine(results: dict[str, Any]) -> dict[str, Any]:
+    svc16 = _level(results, "service", 16)
+    curve = results.get("engine", {}).get("runtimes", {}).get("ort_fp32", {}).get("batches", {})
+    fp32_curve = {int(b): v["img_per_s"] for b, v in curve.items()}
     name = "service c=16 / raw ORT fp32 engine at the batcher's mean batch size"
     probe = (svc16 or {}).get("engine_probe") or {}
     if svc16 and svc16.get("mean_batch_size") and probe.get("img_per_s"):
-        targets.append(
-            _target(
-                "service_vs_engine",
-                name,
-                svc16["throughput_rps"] / probe["img_per_s"],
-                0.85,
-                f"{svc16['throughput_rps']:.2f} req/s at mean batch {svc16['mean_batch_size']:.2f} vs "
-                f"engine {probe['img_per_s']:.2f} img/s at batch {probe['batch']}, measured right "
-                "after that load run",
-            )
+        return _target(
+            "service_vs_engine",
+            name,
+            svc16["throughput_rps"] / probe["img_per_s"],
+            0.85,
+            f"{svc16['throughput_rps']:.2f} req/s at mean batch {svc16['mean_batch_size']:.2f} vs "
+            f"engine {probe['img_per_s']:.2f} img/s at batch {probe['batch']}, measured right "
+            "after that load run",
         )
-    elif svc16 and svc16.get("mean_batch_size") and fp32_curve:
+    if svc16 and svc16.get("mean_batch_size") and fp32_curve:
         mb = svc16["mean_batch_size"]
         engine_at = interpolate_log2(fp32_curve, mb)
-        targets.append(
-            _target(
-                "service_vs_engine",
-                name,
-                svc16["throughput_rps"] / engine_at,
-                0.85,
-                f"{svc16['throughput_rps']:.2f} req/s vs engine {engine_at:.2f} img/s at mean batch "
-                f"{mb:.2f} (engine table)",
-            )
+        return _target(
+            "service_vs_engine",
+            name,
+            svc16["throughput_rps"] / engine_at,
+            0.85,
+            f"{svc16['throughput_rps']:.2f} req/s vs engine {engine_at:.2f} img/s at mean batch "
+            f"{mb:.2f} (engine table)",
         )
-    else:
-        targets.append(_target("service_vs_engine", name, None, 0.85, ""))
+    return _target("service_vs_engine", name, None, 0.85, "")
+
+
+def _service_vs_peer(results: dict[str, Any]) -> dict[str, Any]:
+    svc16, peer16 = _level(results, "service", 16), _level(results, "peer", 16)
     name = "service / naive peer throughput at c=16, with a lower p99"
-    if svc16 and peer16 and peer16["throughput_rps"]:
-        lower_p99 = svc16["p99_ms"] < peer16["p99_ms"]
-        ratio = svc16["throughput_rps"] / peer16["throughput_rps"]
-        reps_s, reps_p = svc16.get("throughput_all_reps"), peer16.get("throughput_all_reps")
-        how = "shown runs"
-        if reps_s and reps_p and len(reps_s) == len(reps_p) and all(reps_p):
-            # Both were loaded back to back in each repetition: pair them, as for the engines.
-            ratio = median([a / b for a, b in zip(reps_s, reps_p, strict=True)])
-            how = "median of per-repetition ratios"
-        targets.append(
-            _target(
-                "service_vs_peer",
-                name,
-                ratio,
-                1.5,
-                f"{how}; shown runs {svc16['throughput_rps']:.2f} vs {peer16['throughput_rps']:.2f} req/s; p99 "
-                f"{svc16['p99_ms']:.0f} vs {peer16['p99_ms']:.0f} ms ({'lower' if lower_p99 else 'NOT lower'})",
-                extra_ok=lower_p99,
-            )
-        )
-    else:
-        targets.append(_target("service_vs_peer", name, None, 1.5, ""))
+    if not (svc16 and peer16 and peer16["throughput_rps"]):
+        return _target("service_vs_peer", name, None, 1.5, "")
+    lower_p99 = svc16["p99_ms"] < peer16["p99_ms"]
+    ratio = svc16["throughput_rps"] / peer16["throughput_rps"]
+    reps_s, reps_p = svc16.get("throughput_all_reps"), peer16.get("throughput_all_reps")
+    how = "shown runs"
+    if reps_s and reps_p and len(reps_s) == len(reps_p) and all(reps_p):
+        # Both were loaded back to back in each repetition: pair them, as for the engines.
+        ratio = median([a / b for a, b in zip(reps_s, reps_p, strict=True)])
+        how = "median of per-repetition ratios"
+    return _target(
+        "service_vs_peer",
+        name,
+        ratio,
+        1.5,
+        f"{how}; shown runs {svc16['throughput_rps']:.2f} vs {peer16['throughput_rps']:.2f} req/s; p99 "
+        f"{svc16['p99_ms']:.0f} vs {peer16['p99_ms']:.0f} ms ({'lower' if lower_p99 else 'NOT lower'})",
+        extra_ok=lower_p99,
+    )
+
+
+def _c1_latency(results: dict[str, Any]) -> dict[str, Any]:
+    engine = results.get("engine", {})
     svc1 = _level(results, "service", 1)
     name = "service p50 at c=1 within 1.2x (engine batch-1 latency + decode)"
     probe1 = (svc1 or {}).get("engine_probe") or {}
@@ -186,22 +198,18 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         decode = engine.get("decode_ms")
         with contextlib.suppress(KeyError, TypeError):
             lat1 = engine["runtimes"]["ort_fp32"]["batches"]["1"]["latency_ms"]
-    if svc1 and lat1 is not None and decode is not None:
-        budget = lat1 + decode
-        # Expressed as 1.2 * budget / p50 so that, like the others, >= threshold passes.
-        targets.append(
-            _target(
-                "c1_latency",
-                name,
-                1.2 * budget / svc1["p50_ms"],
-                1.0,
-                f"p50 {svc1['p50_ms']:.1f} ms vs 1.2 x ({lat1:.1f} + {decode:.1f}) = {1.2 * budget:.1f} ms "
-                f"({where}); p50 / (engine + decode) = {svc1['p50_ms'] / budget:.2f}",
-            )
-        )
-    else:
-        targets.append(_target("c1_latency", name, None, 1.0, ""))
-    return targets
+    if not (svc1 and lat1 is not None and decode is not None):
+        return _target("c1_latency", name, None, 1.0, "")
+    budget = lat1 + decode
+    # Expressed as 1.2 * budget / p50 so that, like the others, >= threshold passes.
+    return _target(
+        "c1_latency",
+        name,
+        1.2 * budget / svc1["p50_ms"],
+        1.0,
+        f"p50 {svc1['p50_ms']:.1f} ms vs 1.2 x ({lat1:.1f} + {decode:.1f}) = {1.2 * budget:.1f} ms "
+        f"({where}); p50 / (engine + decode) = {svc1['p50_ms'] / budget:.2f}",
+    )
 
 
 def engine_table(results: dict[str, Any]) -> str:
@@ -299,55 +307,69 @@ def render_markdown(results: dict[str, Any], *, image_prefix: str = "", notes: s
         targets_table(targets),
         "\n### Engine: images/s by batch size (median of interleaved repetitions)\n\n",
         engine_table(results),
-    ]
-    engine = results.get("engine", {})
-    if engine:
-        parts.append(
-            f"\n{engine.get('threads')} thread(s) per run for every CPU runtime, as the service runs "
-            "its model (ORT intra-op threads = CPUs - 1; torch.set_num_threads the same); rows "
-            "marked 'N threads' use every CPU. Decode + preprocess of the benchmark JPEG "
-            f"({engine.get('decode_image', '?')}): {engine.get('decode_ms', 0):.1f} ms. "
-            f"GPU: {engine.get('gpu', 'not run')}.\n"
-        )
-    service = results.get("service", {})
-    parts += [
+        _engine_notes(results),
         "\n### Service vs naive peer (same JPEG, same run, interleaved)\n\n",
         service_table(results),
+        _service_notes(results),
+        _profile_section(results),
     ]
-    if service:
-        parts.append(
-            "\nClosed-loop clients, each with one request in flight; the median-throughput "
-            "repetition is shown. Errors are non-2xx answers (the service's 503s past its "
-            "5 s default deadline) plus socket errors. Server CPU s/req is the server process's "
-            "CPU time over the run divided by the requests answered.\n"
-        )
-        parts.append(
-            f"\n{service.get('pinning', '')} Load generator: {service.get('loadgen', '')}.\n"
-        )
-        parts.append("\nWhere a request's time goes in the service (its /metrics, same runs):\n\n")
-        parts.append(breakdown_table(results))
-    prof = results.get("profile", {})
-    if prof:
-        parts.append("\n### Profile\n")
-        spy = prof.get("service_pyspy", {})
-        if spy.get("share"):
-            shares = ", ".join(f"{k} {v:.0%}" for k, v in spy["share"].items())
-            parts.append(
-                f"\npy-spy, server Python threads under c=16 ({spy['samples']} samples): {shares}.\n"
-            )
-        ort_p = prof.get("engine_ort", {})
-        if ort_p.get("share"):
-            top = list(ort_p["share"].items())[:8]
-            shares = ", ".join(f"{k} {v:.0%}" for k, v in top)
-            parts.append(
-                f"\nONNX Runtime profiler, fp32 batch {ort_p['batch']} ({ort_p['intra_op_threads']} "
-                f"threads), kernel time by operator: {shares}.\n"
-            )
     if notes:
         parts.append(f"\n### Analysis\n\n{notes.strip()}\n")
     parts.append(
         f"\n![engine]({image_prefix}{ENGINE_PLOT}) ![service]({image_prefix}{SERVICE_PLOT})\n"
     )
+    return "".join(parts)
+
+
+def _engine_notes(results: dict[str, Any]) -> str:
+    engine = results.get("engine", {})
+    if not engine:
+        return ""
+    return (
+        f"\n{engine.get('threads')} thread(s) per run for every CPU runtime, as the service runs "
+        "its model (ORT intra-op threads = CPUs - 1; torch.set_num_threads the same); rows "
+        "marked 'N threads' use every CPU. Decode + preprocess of the benchmark JPEG "
+        f"({engine.get('decode_image', '?')}): {engine.get('decode_ms', 0):.1f} ms. "
+        f"GPU: {engine.get('gpu', 'not run')}.\n"
+    )
+
+
+def _service_notes(results: dict[str, Any]) -> str:
+    service = results.get("service", {})
+    if not service:
+        return ""
+    return "".join(
+        [
+            "\nClosed-loop clients, each with one request in flight; the median-throughput "
+            "repetition is shown. Errors are non-2xx answers (the service's 503s past its "
+            "5 s default deadline) plus socket errors. Server CPU s/req is the server process's "
+            "CPU time over the run divided by the requests answered.\n",
+            f"\n{service.get('pinning', '')} Load generator: {service.get('loadgen', '')}.\n",
+            "\nWhere a request's time goes in the service (its /metrics, same runs):\n\n",
+            breakdown_table(results),
+        ]
+    )
+
+
+def _profile_section(results: dict[str, Any]) -> str:
+    prof = results.get("profile", {})
+    if not prof:
+        return ""
+    parts = ["\n### Profile\n"]
+    spy = prof.get("service_pyspy", {})
+    if spy.get("share"):
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in spy["share"].items())
+        parts.append(
+            f"\npy-spy, server Python threads under c=16 ({spy['samples']} samples): {shares}.\n"
+        )
+    ort_p = prof.get("engine_ort", {})
+    if ort_p.get("share"):
+        top = list(ort_p["share"].items())[:8]
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in top)
+        parts.append(
+            f"\nONNX Runtime profiler, fp32 batch {ort_p['batch']} ({ort_p['intra_op_threads']} "
+            f"threads), kernel time by operator: {shares}.\n"
+        )
     return "".join(parts)
 
 
@@ -369,46 +391,50 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     written = []
     runtimes = results.get("engine", {}).get("runtimes", {})
     if runtimes:
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
-        for r in runtimes.values():
-            bs = sorted(int(b) for b in r["batches"])
-            ax.plot(
-                bs, [r["batches"][str(b)]["img_per_s"] for b in bs], marker="o", label=r["label"]
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(bs, [str(b) for b in bs])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("images / s")
-        ax.set_title("Swin-T 224 engine throughput")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / ENGINE_PLOT
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_plot_engine(plt, runtimes, out_dir / ENGINE_PLOT))
     servers = results.get("service", {}).get("servers", {})
     if servers:
-        fig, ax = plt.subplots(figsize=(6, 5.2), dpi=90)
-        for s in servers.values():
-            cs = sorted(int(c) for c in s["levels"])
-            xs = [s["levels"][str(c)]["throughput_rps"] for c in cs]
-            ys = [s["levels"][str(c)]["p99_ms"] for c in cs]
-            ax.plot(xs, ys, marker="o", label=re.sub(r"=\S*/", "=", s["label"]))
-            for c, x, y in zip(cs, xs, ys, strict=True):
-                ax.annotate(f"c={c}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_yscale("log")
-        ax.set_xlabel("throughput (requests / s)")
-        ax.set_ylabel("p99 latency (ms)")
-        ax.set_title("End to end: JPEG upload -> top-5 (labels: clients)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
-        fig.tight_layout()
-        path = out_dir / SERVICE_PLOT
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path)
+        written.append(_plot_service(plt, servers, out_dir / SERVICE_PLOT))
     return written
+
+
+def _plot_engine(plt, runtimes: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
+    for r in runtimes.values():
+        bs = sorted(int(b) for b in r["batches"])
+        ax.plot(bs, [r["batches"][str(b)]["img_per_s"] for b in bs], marker="o", label=r["label"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bs, [str(b) for b in bs])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_title("Swin-T 224 engine throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_service(plt, servers: dict[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 5.2), dpi=90)
+    for s in servers.values():
+        cs = sorted(int(c) for c in s["levels"])
+        xs = [s["levels"][str(c)]["throughput_rps"] for c in cs]
+        ys = [s["levels"][str(c)]["p99_ms"] for c in cs]
+        ax.plot(xs, ys, marker="o", label=re.sub(r"=\S*/", "=", s["label"]))
+        for c, x, y in zip(cs, xs, ys, strict=True):
+            ax.annotate(f"c={c}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput (requests / s)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title("End to end: JPEG upload -> top-5 (labels: clients)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def replace_readme_section(readme: str, section: str) -> str:

@@ -10,6 +10,7 @@ queue-wait and per-batch inference times (differences of its /metrics histograms
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.common import ROOT, progress
 from bench.loadgen import run_wrk
 
@@ -37,38 +40,30 @@ HISTOGRAMS = (
 )
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """``name{labels} value`` lines -> {"name{labels}": value}; comments skipped."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
+def histogram_totals(text: str) -> dict[str, tuple[float, float]]:
+    """Prometheus text -> {histogram: (sum, count)}, each added over all its label sets."""
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "histogram":
             continue
-        key, _, value = line.rpartition(" ")
-        try:
-            values[key.strip()] = float(value)
-        except ValueError:
-            continue
-    return values
+        total = count = 0.0
+        for sample in family.samples:
+            if sample.name == f"{family.name}_sum":
+                total += sample.value
+            elif sample.name == f"{family.name}_count":
+                count += sample.value
+        totals[family.name] = (total, count)
+    return totals
 
 
-def histogram_totals(metrics: dict[str, float], name: str) -> tuple[float, float]:
-    """(sum, count) of histogram ``name``, added over all its label sets."""
-    total = count = 0.0
-    for key, value in metrics.items():
-        base = key.split("{", 1)[0]
-        if base == f"{name}_sum":
-            total += value
-        elif base == f"{name}_count":
-            count += value
-    return total, count
-
-
-def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """Mean of each histogram over the observations made between two scrapes."""
+def histogram_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, Any]:
+    """Mean of each histogram over the observations made between two ``histogram_totals``."""
     out: dict[str, Any] = {}
     for name in HISTOGRAMS:
-        s0, c0 = histogram_totals(before, name)
-        s1, c1 = histogram_totals(after, name)
+        s0, c0 = before.get(name, (0.0, 0.0))
+        s1, c1 = after.get(name, (0.0, 0.0))
         n = c1 - c0
         out[name] = {"count": n, "mean": (s1 - s0) / n if n > 0 else None}
     return out
@@ -97,6 +92,8 @@ class Server:
     proc: subprocess.Popen | None = None
     log: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    inherit_settings: bool = True  # False: SWIN_* variables of this shell do not reach it
+    capture_log: bool = True  # False: its output goes to this terminal, and tail() is empty
 
     @property
     def base(self) -> str:
@@ -106,10 +103,16 @@ class Server:
         cmd = self.cmd
         if self.cpus:
             cmd = ["taskset", "-c", ",".join(map(str, self.cpus)), *cmd]
-        # Closed in stop(); the server writes to it for the whole benchmark.
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log")  # noqa: SIM115
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if self.inherit_settings or not k.startswith("SWIN_")
+        }
+        if self.capture_log:
+            # Closed in stop(); the server writes to it for the whole benchmark.
+            self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **self.env}, stdout=self.log, stderr=self.log
+            cmd, cwd=ROOT, env={**env, **self.env}, stdout=self.log, stderr=self.log
         )
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
@@ -127,9 +130,10 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.tail()}")
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, tuple[float, float]]:
+        """The server's histograms now, as ``histogram_totals``."""
         with urllib.request.urlopen(f"{self.base}/metrics", timeout=10) as r:
-            return parse_prometheus(r.read().decode())
+            return histogram_totals(r.read().decode())
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
@@ -155,16 +159,18 @@ class Server:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-n:]
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (the server drains), SIGKILL after ``timeout_s``; returns the exit status."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         if self.log is not None:
             self.log.close()
+        return None if self.proc is None else self.proc.returncode
 
 
 def service_server(model: Path, cpus: list[int] | None, env: dict[str, str]) -> Server:
@@ -287,37 +293,37 @@ def run_service_benchmark(
             runs: dict[str, dict[int, list[dict[str, Any]]]] = {
                 s.name: {c: [] for c in concurrency} for s in servers
             }
-            for rep in range(reps):
-                for c in concurrency:
-                    for s in servers:
-                        r = load_once(
-                            s,
-                            script,
-                            connections=c,
-                            duration_s=duration_s,
-                            loadgen_cpus=loadgen_cpus,
-                        )
-                        if probe is not None and s.name == "service":
-                            r["engine_probe"] = probe(c, r)
-                        runs[s.name][c].append(r)
-                        extra = (
-                            f", mean batch {r['mean_batch_size']:.2f}"
-                            if r.get("mean_batch_size")
-                            else ""
-                        )
-                        progress(
-                            f"rep {rep + 1}/{reps} c={c:<3} {s.name:<8} "
-                            f"{r['throughput_rps']:7.2f} req/s  p50 {r['p50_ms']:8.1f} ms  "
-                            f"p99 {r['p99_ms']:8.1f} ms  errors {r['error_count']}{extra}"
-                        )
+            for rep, c, s in itertools.product(range(reps), concurrency, servers):
+                r = load_once(
+                    s, script, connections=c, duration_s=duration_s, loadgen_cpus=loadgen_cpus
+                )
+                if probe is not None and s.name == "service":
+                    r["engine_probe"] = probe(c, r)
+                runs[s.name][c].append(r)
+                progress(f"rep {rep + 1}/{reps} c={c:<3} {s.name:<8} {_summary(r)}")
             logs = {s.name: s.tail(1500) for s in servers}
-    out: dict[str, Any] = {}
-    for s in servers:
-        levels = {}
-        for c, rs in runs[s.name].items():
-            ordered = sorted(rs, key=lambda r: r["throughput_rps"])
-            best = dict(ordered[len(ordered) // 2])
-            best["throughput_all_reps"] = [r["throughput_rps"] for r in rs]
-            levels[str(c)] = best
-        out[s.name] = {"label": s.label, "info": s.info, "levels": levels, "log_tail": logs[s.name]}
-    return out
+    return {
+        s.name: {
+            "label": s.label,
+            "info": s.info,
+            "levels": {str(c): _median_run(rs) for c, rs in runs[s.name].items()},
+            "log_tail": logs[s.name],
+        }
+        for s in servers
+    }
+
+
+def _summary(r: dict[str, Any]) -> str:
+    extra = f", mean batch {r['mean_batch_size']:.2f}" if r.get("mean_batch_size") else ""
+    return (
+        f"{r['throughput_rps']:7.2f} req/s  p50 {r['p50_ms']:8.1f} ms  "
+        f"p99 {r['p99_ms']:8.1f} ms  errors {r['error_count']}{extra}"
+    )
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput, with every run's throughput beside it."""
+    ordered = sorted(runs, key=lambda r: r["throughput_rps"])
+    kept = dict(ordered[len(ordered) // 2])
+    kept["throughput_all_reps"] = [r["throughput_rps"] for r in runs]
+    return kept

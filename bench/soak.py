@@ -1,6 +1,6 @@
 """Soak: the real server under mixed good, bad and overload traffic for a long time (``make soak``).
 
-    python -m bench.soak --minutes 10 --model models/swin_tiny_patch4_window7_224.onnx
+    python -m bench.soak --minutes 10 --model artefacts/swin_tiny_patch4_window7_224.onnx
 
 It starts ``python -m service`` on a free loopback port, measures the server's capacity (closed
 loop, a few seconds), then runs for ``--minutes``, every second offering:
@@ -25,19 +25,16 @@ import asyncio
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
-from bench.common import IMAGES_DIR
+from bench.common import IMAGES_DIR, percentile
 from bench.loadclient import TRANSPORT_ERROR, Outcome, build_request, send
-from bench.service import free_port
+from bench.service import service_server
 
 GOOD_NAMES = ("hopper.jpg", "flower.jpg", "flower2.jpg", "hopper.png", "hopper.webp", "hopper.gif")
 
@@ -86,34 +83,6 @@ def bad_requests(max_upload_bytes: int) -> list[tuple[str, bytes, set[int]]]:
         ("top_k", build_request("/classify?top_k=0", png.getvalue(), "image/png"), {422}),
     ]
     return [(k, r, ok | {503}) for k, r, ok in kinds]
-
-
-def start_server(model: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
-    env.update(
-        SWIN_MODEL_PATH=str(model),
-        SWIN_PORT=str(port),
-        SWIN_HOST="127.0.0.1",
-        SWIN_PROVIDERS="cpu",
-        SWIN_LOG_LEVEL="warning",
-        **env_extra,
-    )
-    return subprocess.Popen([sys.executable, "-m", "service"], env=env)
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server not ready in time")
 
 
 async def measure_capacity(port: int, request: bytes, seconds: float, concurrency: int) -> float:
@@ -169,45 +138,50 @@ async def soak(args: argparse.Namespace, port: int, pid: int) -> dict:
         outcome = await send("127.0.0.1", port, request, timeout_s=30)
         tally.add(kind, outcome, allowed)
 
+    def schedule(kind: str, request: bytes, allowed: set[int], at: float) -> None:
+        task = asyncio.create_task(fire(kind, request, allowed, at))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
     for second in range(seconds):
         in_burst = second % 60 >= 60 - args.burst_s
-        rate = capacity * (args.burst_load if in_burst else args.good_load)
-        n_good = max(1, round(rate))
+        n_good = max(1, round(capacity * (args.burst_load if in_burst else args.good_load)))
         start = t0 + second
         for i in range(n_good):
-            request = good[(second * 7 + i) % len(good)]
-            task = asyncio.create_task(fire("good", request, {200, 503}, start + i / n_good))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            schedule("good", good[(second * 7 + i) % len(good)], {200, 503}, start + i / n_good)
         for j in range(args.bad_per_s):
             kind, request, allowed = bad[(second * args.bad_per_s + j) % len(bad)]
-            task = asyncio.create_task(fire(kind, request, allowed, start + (j + 0.5) / 2))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            schedule(kind, request, allowed, start + (j + 0.5) / 2)
         await asyncio.sleep(max(0.0, start + 1 - time.perf_counter()))
         if (second + 1) % 60 == 0:
-            rss = rss_mib(pid)
-            rss_trend.append((second + 1, rss))
+            rss_trend.append((second + 1, rss_mib(pid)))
             print(
                 f"[{(second + 1) // 60:3d} min] {dict(sorted(tally.minute.items()))} "
-                f"RSS {rss:.1f} MiB",
+                f"RSS {rss_trend[-1][1]:.1f} MiB",
                 flush=True,
             )
             tally.minute.clear()
     await asyncio.gather(*pending)
     rss_trend.append((seconds, rss_mib(pid)))
-    lat = sorted(tally.latencies_503)
+    return summarise(args.minutes, capacity, tally, rss_trend)
+
+
+def summarise(
+    minutes: float, capacity: float, tally: Tally, rss_trend: list[tuple[int, float]]
+) -> dict:
+    seconds = rss_trend[-1][0]
+    lat = tally.latencies_503
     first_min = rss_trend[1][1] if len(rss_trend) > 2 else rss_trend[0][1]
     # A leak keeps growing; allocator and ONNX Runtime arenas rise to a high-water mark and stay.
     # So the verdict is on the second half of the run, after that mark had time to be reached.
     halfway = min(rss_trend, key=lambda point: abs(point[0] - seconds / 2))[1]
     return {
         "capacity_images_per_s": round(capacity, 2),
-        "minutes": args.minutes,
+        "minutes": minutes,
         "requests": sum(tally.total.values()),
         "by_status": dict(sorted(tally.total.items())),
         "unexpected": dict(tally.unexpected),
-        "p99_overloaded_503_ms": round(lat[int(0.99 * (len(lat) - 1))] * 1e3, 1) if lat else None,
+        "p99_overloaded_503_ms": round(percentile(lat, 99) * 1e3, 1) if lat else None,
         "rss_mib": [(s, round(r, 1)) for s, r in rss_trend],
         "rss_growth_after_first_minute_mib": round(rss_trend[-1][1] - first_min, 1),
         "rss_growth_second_half_mib": round(rss_trend[-1][1] - halfway, 1),
@@ -218,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument(
-        "--model", type=Path, default=Path("models/swin_tiny_patch4_window7_224.onnx")
+        "--model", type=Path, default=Path("artefacts/swin_tiny_patch4_window7_224.onnx")
     )
     parser.add_argument("--good-load", type=float, default=0.6, help="x capacity, outside bursts")
     parser.add_argument("--burst-load", type=float, default=2.0, help="x capacity, in bursts")
@@ -234,18 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_file():
         parser.error(f"{args.model} not found: `make export` (Swin-T) or pass --model")
 
-    port = free_port()
-    proc = start_server(
-        args.model,
-        port,
-        {"SWIN_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "SWIN_QUEUE_CAPACITY": "32"},
+    server = service_server(
+        args.model.resolve(),
+        None,
+        {
+            "SWIN_PROVIDERS": "cpu",
+            "SWIN_MAX_UPLOAD_BYTES": str(args.max_upload_bytes),
+            "SWIN_QUEUE_CAPACITY": "32",
+        },
     )
+    # What is soaked is the defaults plus the settings above, whatever this shell exports.
+    server.inherit_settings, server.capture_log = False, False
+    server.start()
     try:
-        wait_ready(port, proc)
-        summary = asyncio.run(soak(args, port, proc.pid))
+        server.wait_ready()
+        summary = asyncio.run(soak(args, server.port, server.proc.pid))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
+        rc = server.stop(timeout_s=60)
     summary["server_exit_status"] = rc
     text = json.dumps(summary, indent=2)
     print(text)

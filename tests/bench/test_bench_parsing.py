@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from bench.__main__ import parse_also, parse_env
-from bench.common import interpolate_log2, percentile
+from bench.common import ROOT, interpolate_log2, percentile, write_json
 from bench.loadgen import MARKER, LoadGenError, lua_script, parse_wrk_output
-from bench.profile import bucket_of, summarise_folded, summarise_ort_trace
+from bench.profile import MODULE_BUCKETS, bucket_of, summarise_folded, summarise_ort_trace
 from bench.report import (
     README_END,
     README_START,
@@ -17,7 +19,8 @@ from bench.report import (
     render_markdown,
     replace_readme_section,
 )
-from bench.service import histogram_means, parse_prometheus
+from bench.service import Server, histogram_means, histogram_totals
+from bench.soak import Tally, summarise
 
 WRK_STDOUT = f"""Running 5s test @ http://127.0.0.1:8000/classify
   1 threads and 16 connections
@@ -50,16 +53,20 @@ def test_lua_script_posts_the_file_as_raw_jpeg_and_quotes_odd_paths(tmp_path):
 
 
 PROM_BEFORE = """# HELP swin_batch_size Images per model run.
+# TYPE swin_batch_size histogram
 swin_batch_size_bucket{le="1.0"} 2.0
 swin_batch_size_sum 10.0
 swin_batch_size_count 5.0
+# TYPE swin_request_duration_seconds histogram
 swin_request_duration_seconds_sum{endpoint="/classify"} 1.0
 swin_request_duration_seconds_count{endpoint="/classify"} 2.0
 swin_request_duration_seconds_sum{endpoint="/metrics"} 0.5
 swin_request_duration_seconds_count{endpoint="/metrics"} 1.0
 """
-PROM_AFTER = """swin_batch_size_sum 40.0
+PROM_AFTER = """# TYPE swin_batch_size histogram
+swin_batch_size_sum 40.0
 swin_batch_size_count 9.0
+# TYPE swin_request_duration_seconds histogram
 swin_request_duration_seconds_sum{endpoint="/classify"} 5.0
 swin_request_duration_seconds_count{endpoint="/classify"} 6.0
 swin_request_duration_seconds_sum{endpoint="/metrics"} 0.5
@@ -68,11 +75,23 @@ swin_request_duration_seconds_count{endpoint="/metrics"} 1.0
 
 
 def test_mean_batch_size_is_the_histogram_difference_between_scrapes():
-    means = histogram_means(parse_prometheus(PROM_BEFORE), parse_prometheus(PROM_AFTER))
+    means = histogram_means(histogram_totals(PROM_BEFORE), histogram_totals(PROM_AFTER))
     assert means["swin_batch_size"] == {"count": 4.0, "mean": 7.5}  # (40-10)/(9-5)
     # Label sets are added up: 4 s over 4 new requests.
     assert means["swin_request_duration_seconds"]["mean"] == pytest.approx(1.0)
     assert means["swin_decode_seconds"] == {"count": 0.0, "mean": None}
+
+
+def test_histogram_totals_read_what_prometheus_client_exposes():
+    registry = CollectorRegistry()
+    latency = Histogram("swin_decode_seconds", "", ["endpoint"], registry=registry)
+    latency.labels("/classify").observe(0.25)
+    latency.labels("/features").observe(0.5)
+    latency.labels("/features").observe(0.25)
+    Counter("swin_requests", "", registry=registry).inc(7)  # not a histogram: left out
+    totals = histogram_totals(generate_latest(registry).decode())
+    # Buckets and the _created gauges are not observations; the label sets are added up.
+    assert totals == {"swin_decode_seconds": (1.0, 3.0)}
 
 
 def test_interpolation_is_linear_in_log2_batch_and_clamped():
@@ -101,6 +120,45 @@ def test_folded_stacks_are_bucketed_by_innermost_known_frame():
     assert s["share"]["inference (ORT session.run)"] == 0.6
     assert s["share"]["decode + preprocess"] == 0.2
     assert bucket_of("a (x.py:1);b (y.py:2)") == "other"
+
+
+@pytest.mark.parametrize(
+    ("innermost", "bucket"),
+    [
+        # Whatever the service's functions are called, the file they are in decides.
+        ("renamed_decode (service/preprocess.py:9)", "decode + preprocess"),
+        (
+            "anything (service/preprocess.py:9);asarray (numpy/_core/numeric.py:3)",
+            "decode + preprocess",
+        ),
+        ("anything (service/batcher.py:3);stack (numpy/_core/shape_base.py:4)", "batch stack/copy"),
+        ("anything (service/batcher.py:3)", "batcher loop"),
+        (
+            "anything (service/batcher.py:3);run (service/engine.py:1)",
+            "inference (ORT session.run)",
+        ),
+        ("anything (service/routes.py:1);inc (prometheus_client/metrics.py:2)", "metrics"),
+        (
+            "anything (service/routes.py:1);top_k (service/postprocess.py:1)",
+            "response shaping + JSON",
+        ),
+        ("body (starlette/requests.py:1)", "request body read"),
+        ("handle (starlette/routing.py:1)", "HTTP (uvicorn/h11/starlette)"),
+        # py-spy --full-filenames: the same files, by absolute path.
+        ("run_forever (/usr/lib/python3.11/asyncio/base_events.py:1)", "asyncio event loop"),
+        ("decode (/srv/app/service/preprocess.py:9)", "decode + preprocess"),
+        ("get (/usr/lib/python3.11/threading.py:1)", "thread pool idle/handoff"),
+        ("x (mythreading.py:1)", "other"),
+    ],
+)
+def test_a_sample_is_bucketed_by_the_file_of_its_innermost_known_frame(innermost, bucket):
+    assert bucket_of(f"thread (0x7F01);main (app.py:1);{innermost}") == bucket
+
+
+def test_every_service_file_the_profiler_buckets_exists():
+    service_files = [k for k in MODULE_BUCKETS if k.startswith("service/")]
+    assert service_files
+    assert [f for f in service_files if not (ROOT / f).is_file()] == []
 
 
 def test_ort_trace_counts_node_kernel_time_by_operator():
@@ -267,3 +325,37 @@ def test_extra_service_settings_are_parsed_and_checked():
         parse_env(["PATH=/tmp"])
     with pytest.raises(SystemExit):
         parse_also(["no-colon"])
+
+
+def test_write_json_replaces_the_file_whole_and_leaves_no_temporary_on_failure(tmp_path):
+    path = tmp_path / "sub" / "results.json"
+    write_json(path, {"a": 1})
+    write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    with pytest.raises(TypeError):
+        write_json(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("inherit", [True, False])
+def test_server_sees_this_shells_settings_only_when_it_inherits_them(monkeypatch, inherit):
+    monkeypatch.setenv("SWIN_FROM_SHELL", "1")
+    show = "import os; print(sorted(k for k in os.environ if k.startswith('SWIN_')))"
+    server = Server("s", "s", [sys.executable, "-c", show], {"SWIN_OWN": "1"}, port=0)
+    server.inherit_settings = inherit
+    server.start()
+    server.proc.wait(timeout=30)
+    shown = server.tail()
+    assert server.stop() == 0
+    expected = ["SWIN_FROM_SHELL", "SWIN_OWN"] if inherit else ["SWIN_OWN"]
+    assert shown.strip() == str(expected)
+
+
+def test_soak_judges_rss_on_the_second_half_of_the_run():
+    # Arenas rise in the first minutes and stay; only growth after halfway counts as a leak.
+    trend = [(0, 100.0), (60, 300.0), (120, 310.0), (180, 315.0), (240, 320.0), (240, 320.0)]
+    summary = summarise(4.0, 50.0, Tally(), trend)
+    assert summary["rss_growth_second_half_mib"] == 10.0  # 320 - 310 at the 2-minute mark
+    assert summary["rss_growth_after_first_minute_mib"] == 20.0
+    assert summary["p99_overloaded_503_ms"] is None
