@@ -13,7 +13,7 @@ LOCK := requirements.lock
 VARIANT ?= swin_tiny_patch4_window7_224
 CHECKPOINT ?= auto
 EXPORT_ARGS ?=
-MODEL := models/$(VARIANT).onnx
+MODEL := artefacts/$(VARIANT).onnx
 PYTEST_ARGS ?=
 
 # torch is locked as its small CPU build. deploy/install-locked takes it from TORCH_INDEX_URL
@@ -61,7 +61,7 @@ $(BENCH_STAMP): | $(PY)
 	touch $@ $(DEV_STAMP) $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on :8000
-	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out models/
+	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
 	@port=$${SWIN_PORT:-8000}; echo; echo "Serving $(MODEL). Try:"; \
 	  echo "  http://127.0.0.1:$$port/            (web page)"; \
 	  echo "  http://127.0.0.1:$$port/docs        (OpenAPI)"; \
@@ -72,8 +72,8 @@ serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on 
 test: $(DEV_STAMP) ## install (with dev tools) and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-export: $(SERVE_STAMP) ## export VARIANT with CHECKPOINT (auto|official|random|PATH) to models/
-	$(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out models/ $(EXPORT_ARGS)
+export: $(SERVE_STAMP) ## export VARIANT with CHECKPOINT (auto|official|random|PATH) to artefacts/
+	$(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/ $(EXPORT_ARGS)
 
 lint: $(DEV_STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
@@ -110,7 +110,7 @@ bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_A
 	$(PY) -m bench $(BENCH_ARGS)
 
 soak: $(BENCH_STAMP) ## long-running load and memory soak test
-	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out models/
+	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
 	$(PY) -m bench.soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
 
 docker: ## build the default (GPU) image
@@ -119,9 +119,9 @@ docker: ## build the default (GPU) image
 docker-cpu: ## build the CPU-only image
 	$(DOCKER) build $(DOCKER_BUILD_ARGS) --target cpu -t $(IMAGE):cpu .
 
-clean: ## remove caches and build outputs (keeps .venv and models/)
+clean: ## remove caches and build outputs (keeps .venv and artefacts/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
-distclean: clean ## also remove .venv and models/
-	rm -rf $(VENV) models
+distclean: clean ## also remove .venv and artefacts/
+	rm -rf $(VENV) artefacts

@@ -74,7 +74,7 @@ def paired_ratio(results: dict[str, Any], fast: str, slow: str, batch: int) -> f
 
 
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The figures the issue asks for, each a ratio from this one run."""
+    """The targets the README reports, each a ratio from this one run."""
     return [
         *_engine_targets(results),
         _service_vs_engine(results),

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     )
 
     model_path: Path = Field(
-        Path("models/swin_tiny_patch4_window7_224.onnx"),
+        Path("artefacts/swin_tiny_patch4_window7_224.onnx"),
         description="The exported .onnx file (with its swin.manifest metadata) to serve.",
     )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
@@ -167,8 +167,8 @@ class Settings(BaseSettings):
 
     def resolved_intra_op_threads(self) -> int:
         """Threads for one model run: the CPUs left after one for decoding, split among the
-        batches that run at once (measured in bench/: on 2 CPUs, two 1-thread runs side by
-        side give about twice the images/s of one 2-thread run)."""
+        batches that run at once (single-threaded runs side by side keep a small CPU busier
+        than one multi-threaded run; see ``parallel_batches``)."""
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, round((available_cpus() - 1) / self.resolved_parallel_batches(on_gpu=False)))

@@ -211,7 +211,7 @@ def test_dockerignore_sends_sources_and_wheels_but_not_local_state():
             for prefix in prefixes
         )
 
-    for path in (".venv/bin/python", "models/x.onnx", ".git/HEAD", "service/__pycache__/a.pyc"):
+    for path in (".venv/bin/python", "artefacts/x.onnx", ".git/HEAD", "service/__pycache__/a.pyc"):
         assert ignored(path), path
     for path in (
         "wheels/torch-2.13.0+cpu.whl",

@@ -61,8 +61,8 @@ def sandbox(tmp_path: Path) -> Path:
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models/swin_tiny_patch4_window7_224.onnx").touch()
+    (tmp_path / "artefacts").mkdir()
+    (tmp_path / "artefacts/swin_tiny_patch4_window7_224.onnx").touch()
     return tmp_path
 
 
@@ -149,7 +149,7 @@ def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_chang
 
 @needs_make
 def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
-    (sandbox / "models/swin_tiny_patch4_window7_224.onnx").unlink()
+    (sandbox / "artefacts/swin_tiny_patch4_window7_224.onnx").unlink()
     result = make(sandbox, "serve")
     assert result.returncode == 0, result.stderr
     assert matches(
@@ -157,7 +157,7 @@ def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
         [
             *install(sandbox, "serve,export"),
             re.escape(
-                "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out models/"
+                "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out artefacts/"
             ),
             "-m service",
         ],
