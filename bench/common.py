@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from export.files import write_atomically
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODELS_DIR = ROOT / "artefacts" / "bench"  # git-ignored: the bench's own random-weight export
@@ -96,15 +98,8 @@ def machine_info() -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """Replace ``path`` whole: a reader (or a crash) never meets half a results file."""
-    text = json.dumps(data, indent=2) + "\n"  # before the temporary exists: nothing to undo
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=2) + "\n"
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path) -> Any:

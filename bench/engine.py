@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.common import median, progress
 from service.contract import INPUT_NAME, OUTPUT_NAMES
-from service.sessions import cpu_session, session_options
+from service.sessions import CUDA_PROVIDER_OPTIONS, cpu_session, session_options
 
 CPU_BATCHES = (1, 2, 4, 8, 16, 32)
 GPU_BATCHES = (1, 8, 32, 64, 128, 256)
@@ -110,7 +110,7 @@ def cuda_runner(name: str, label: str, path: Path) -> Runner:
         str(path),
         session_options(intra_op_threads=1, inter_op_threads=1),
         providers=[
-            ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+            ("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS),
             "CPUExecutionProvider",
         ],
     )

@@ -115,7 +115,7 @@ class Server:
             cmd, cwd=ROOT, env={**env, **self.env}, stdout=self.log, stderr=self.log
         )
 
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
+    def wait_for_readyz(self, timeout_s: float = 300.0) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -211,7 +211,7 @@ def running(servers: list[Server]) -> Iterator[list[Server]]:
         for s in servers:
             s.start()
         for s in servers:
-            s.wait_ready()
+            s.wait_for_readyz()
             progress(f"{s.name} ready on :{s.port}")
         yield servers
     finally:

@@ -112,7 +112,7 @@ def summary(result: ExportResult) -> str:
         "",
         f"Exported {info.name} in {result.seconds:.1f} s"
         + (
-            f"   ** {RANDOM_WEIGHTS_WARNING} **"
+            f"\n  ** {RANDOM_WEIGHTS_WARNING} **"
             if weights.random
             else f"   weights: {weights.source} sha256 {str(weights.sha256)[:16]}..."
         ),

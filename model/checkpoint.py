@@ -25,9 +25,12 @@ filter, and each foreign format a renaming:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import pickle
 import re
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -102,22 +105,32 @@ def _read_path(path: Path, *, trusted: bool) -> object:
         return read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        if not trusted and _unsafe_globals(path):
-            raise UntrustedCheckpointError(
-                f"could not read checkpoint {path}: it holds Python objects besides tensors "
-                f"({_listed(_unsafe_globals(path))}). If you trust the file, pass trusted=True, "
-                "or re-save only its state dict."
-            ) from e
+    except pickle.UnpicklingError as e:
+        if trusted:
+            raise CheckpointError(f"could not read checkpoint {path}: {e}") from e
+        raise _untrusted(path, e) from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, OSError...
         raise CheckpointError(f"could not read checkpoint {path}: {e}") from e
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    """The Python objects a `torch.save` zip file would import when unpickled."""
-    try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint, or unreadable: nothing to name
-        return []
+def _untrusted(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    """What `weights_only` refused: the objects a zip checkpoint names, else torch's words.
+
+    torch's restricted unpickler raises UnpicklingError for an object it does not allow; only
+    the zip format (torch >= 1.6) can be listed without unpickling, so an old-format file, or a
+    damaged one, gets the hint with torch's own message.
+    """
+    names: list[str] = []
+    if zipfile.is_zipfile(path):
+        with contextlib.suppress(RuntimeError, ValueError, pickle.UnpicklingError):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    if zipfile.is_zipfile(path) and not names:
+        return CheckpointError(f"could not read checkpoint {path}: {error}")
+    held = f"it holds Python objects besides tensors ({_listed(names)})" if names else str(error)
+    return UntrustedCheckpointError(
+        f"could not read checkpoint {path}: {held}. If you trust the file, pass trusted=True, "
+        "or re-save only its state dict."
+    )
 
 
 def _unwrap(obj: object) -> StateDict:

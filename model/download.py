@@ -10,6 +10,7 @@ hits are checked against that record. Never fill in a value that was not verifie
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
@@ -183,9 +184,9 @@ def _download_verified(url: str, dest: Path, pinned: str | None, *, progress: bo
     """Fetch `url` to a temporary file beside `dest`, check it, rename it; its sha256."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as e:
-        raise DownloadError(f"cannot create cache directory {dest.parent}: {e}") from e
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        raise DownloadError(f"cannot write to the cache directory {dest.parent}: {e}") from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -220,7 +221,8 @@ def _fetch(url: str, dest: Path, *, progress: bool) -> None:
     """Download `url` to `dest` (torch.hub: progress bar, temp file + rename)."""
     try:
         download_url_to_file(url, str(dest), progress=progress)
-    except (urllib.error.URLError, OSError) as e:  # URLError covers HTTPError; OSError: sockets
+    # URLError covers HTTPError; OSError: sockets and disk; HTTPException: a cut-off response.
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise DownloadError(
             f"could not download {url} ({reason}) (offline?) - pass a local checkpoint path "

@@ -99,10 +99,7 @@ def _official(model, spec, *, variant, seed, trusted, on_fallback) -> WeightsSou
         if spec == "official":
             raise WeightsError(f"could not get the official weights for {variant}: {exc}") from exc
         if on_fallback is not None:
-            on_fallback(
-                f"official weights unavailable ({exc}); falling back to RANDOM WEIGHTS, "
-                "whose predictions are meaningless"
-            )
+            on_fallback(f"official weights unavailable ({exc}); falling back to RANDOM WEIGHTS")
         return load_weights(model, "random", variant=variant, seed=seed)
     return _from_file(model, path, trusted, source="official", url=url)
 

@@ -21,16 +21,15 @@ INPUT_NAME = "pixel_values"
 # ``stage1..stage4`` are (C_i, H_i, W_i) maps, ``embedding`` the pooled (C_4,) vector.
 FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4", "embedding")
 OUTPUT_NAMES = ("logits", "embedding", "stage1", "stage2", "stage3", "stage4")  # graph order
-FeatureName = Literal["stage1", "stage2", "stage3", "stage4", "embedding"]
+FeatureName = Literal[FEATURE_NAMES]  # type: ignore[valid-type]  # one spelling of the names
 
 CROP_PCT = 0.875  # the official evaluation: resize to size / 0.875, then center-crop
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RANDOM_WEIGHTS_WARNING = (
-    "RANDOM WEIGHTS: this model was exported without trained weights, so its predictions are "
-    "meaningless. Export with official weights (`python -m export --checkpoint official`) "
-    "for real use."
+    "This model has RANDOM weights: its predictions are meaningless. "
+    "Export with official weights (`python -m export --checkpoint official`) for real use."
 )
 
 
@@ -83,10 +82,12 @@ class PreprocessSpec(_Part):
         return self
 
 
-class WeightsInfo(_Part):
-    """Where the weights came from: what /v1/models shows."""
+class WeightsInfo(BaseModel):
+    """Where the weights came from: what /v1/models shows (the exporter records more)."""
 
-    source: Literal["official", "url", "file", "random"] | str
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    source: str = Field(description="official, url, file or random")
     random: bool
     sha256: str | None = None
     url: str | None = None
@@ -94,6 +95,8 @@ class WeightsInfo(_Part):
 
 class WeightsRecord(WeightsInfo):
     """What the exporter records besides, so that `python -m export.verify` can reload them."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     seed: int | None = None  # random weights are rebuilt from it
     path: str | None = None  # a local checkpoint file, as given to the exporter

@@ -24,7 +24,7 @@ def unavailable(lifecycle: Lifecycle) -> ApiError:
     """The 503 for a server that cannot take this request in its present phase."""
     if lifecycle.draining:
         return ApiError(ErrorCode.DRAINING, "server is shutting down; retry on another replica")
-    if lifecycle.failure is not None:
+    if lifecycle.failed:
         return ApiError(ErrorCode.NOT_READY, "model device failed; the server is restarting")
     return ApiError(ErrorCode.NOT_READY, "model is loading or warming up")
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from service.contract import GOLDEN_KEY, Manifest, ManifestError, manifest_from_metadata
-from service.sessions import session_options
+from service.sessions import CUDA_PROVIDER_OPTIONS, session_options
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ _FATAL_DEVICE_MARKERS = (
 
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
-# HEURISTIC: no exhaustive cuDNN benchmark on every new batch shape (which would stall the first
-# requests of each size for seconds); the arena grows only as needed.
-_CUDA_OPTIONS = {
-    "cudnn_conv_algo_search": "HEURISTIC",
-    "arena_extend_strategy": "kSameAsRequested",
-    "do_copy_in_default_stream": True,
-}
 
 
 class EngineError(RuntimeError):
@@ -132,7 +125,7 @@ class OnnxEngine:
                 f"model file not found: {path.resolve()} (set SWIN_MODEL_PATH, or run `make export`)"
             )
         on_cuda = wants_cuda(settings.providers, ort.get_available_providers())
-        providers = [(_CUDA, _CUDA_OPTIONS), _CPU] if on_cuda else [_CPU]
+        providers = [(_CUDA, CUDA_PROVIDER_OPTIONS), _CPU] if on_cuda else [_CPU]
         options = session_options(
             intra_op_threads=settings.resolved_intra_op_threads(),
             inter_op_threads=settings.resolved_inter_op_threads(),

@@ -69,7 +69,6 @@ class Lifecycle:
         self.metrics = metrics
         self.phase = Phase.LOADING
         self.model: LoadedModel | None = None
-        self.failure: BaseException | None = None  # what ended in FATAL
         self._load = load
         self._fatal_hooks: list[FatalHook] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,10 +88,15 @@ class Lifecycle:
         """A drain has begun (whatever happened since, a failed device included)."""
         return self._drain_started is not None
 
+    @property
+    def failed(self) -> bool:
+        """The device failed for good (``failure`` says how); nothing recovers from this."""
+        return self.phase is Phase.FATAL
+
     def model_for_requests(self) -> LoadedModel | None:
         """The model requests may be queued on: warm, and its device alive."""
         model = self.model
-        return model if model is not None and model.warm and self.failure is None else None
+        return model if model is not None and model.warm and not self.failed else None
 
     def drain_time_left(self) -> float:
         """Seconds of ``settings.drain_timeout_s`` not yet used since the drain began."""
@@ -154,7 +158,6 @@ class Lifecycle:
         hooks run; the server then shuts down and exits non-zero (see ``DrainingServer``), so
         that the orchestrator restarts it."""
         log.critical("FATAL device error, readiness now 503; the process must restart: %s", exc)
-        self.failure = exc
         self._enter(Phase.FATAL)
         self._warm_up_over.set()  # wake waiters so they see the failure
         for hook in self._fatal_hooks:

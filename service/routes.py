@@ -317,7 +317,7 @@ async def model_info(state: StateDep, model: ModelDep, manifest: ManifestDep) ->
         input_size=manifest.image_size,
         num_classes=manifest.num_classes,
         provider=model.engine.provider,
-        weights=WeightsInfo(**manifest.weights.model_dump(include=set(WeightsInfo.model_fields))),
+        weights=WeightsInfo.model_validate(manifest.weights.model_dump()),
         warning=_warning(manifest),
         outputs={k: list(v) for k, v in manifest.outputs.items()},
         preprocess=manifest.preprocess.model_dump(),

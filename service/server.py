@@ -15,7 +15,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.lifecycle import Lifecycle, Phase
+from service.lifecycle import Lifecycle
 from service.settings import Settings
 
 EXIT_FATAL_DEVICE = 70  # EX_SOFTWARE
@@ -91,22 +91,21 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        lifecycle.on_fatal(self._shut_down)
 
     def handle_exit(self, sig, frame) -> None:
         self.lifecycle.request_drain()  # safe in a signal handler
         super().handle_exit(sig, frame)
 
-    async def on_tick(self, counter: int) -> bool:
-        # uvicorn asks every 0.1 s whether to shut down: a failed device answers yes, as a
-        # signal would (so that a SIGINT during that shutdown forces it, as after a signal).
-        if self.lifecycle.phase is Phase.FATAL:
-            self.should_exit = True
-        return await super().on_tick(counter)
+    def _shut_down(self, exc: BaseException) -> None:
+        # As a signal would: uvicorn stops at its next tick, and a SIGINT during that shutdown
+        # forces it, as after a signal.
+        self.should_exit = True
 
     @property
     def exit_code(self) -> int:
         """0, or EXIT_FATAL_DEVICE once the device failed (the cause is already logged)."""
-        return EXIT_FATAL_DEVICE if self.lifecycle.phase is Phase.FATAL else 0
+        return EXIT_FATAL_DEVICE if self.lifecycle.failed else 0
 
 
 def uvicorn_config(app, settings: Settings) -> uvicorn.Config:

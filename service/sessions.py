@@ -9,6 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# HEURISTIC: no exhaustive cuDNN benchmark on every new batch shape (which would stall the first
+# requests of each size for seconds); the arena grows only as needed.
+CUDA_PROVIDER_OPTIONS = {
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "arena_extend_strategy": "kSameAsRequested",
+    "do_copy_in_default_stream": True,
+}
+
 
 def session_options(
     *,

@@ -14,6 +14,7 @@ import torch
 
 from model.checkpoint import (
     CheckpointError,
+    UntrustedCheckpointError,
     detect_format,
     infer_architecture,
     load_checkpoint,
@@ -21,6 +22,7 @@ from model.checkpoint import (
 )
 from model.config import SwinConfig
 from model.swin import SwinTransformer, build_model
+from model.weights import WeightsError, load_weights
 
 # The micro preset's shapes (shifted windows in stages 1-2, shrunken windows in 3-4), 10 classes.
 TINY = SwinConfig(
@@ -360,11 +362,17 @@ def test_missing_path_and_empty_directory_are_clear_errors(tmp_path):
         load_checkpoint(make_model(seed=6), tmp_path)
 
 
-def test_pickles_with_python_objects_need_trust(source_model, pixels, tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickles_with_python_objects_need_trust(source_model, pixels, tmp_path, zip_format):
     path = tmp_path / "full.pth"
-    torch.save({"model": ours(source_model), "config": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match="trusted=True"):
+    full = {"model": ours(source_model), "config": argparse.Namespace(lr=0.1)}
+    torch.save(full, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(UntrustedCheckpointError, match="trusted=True") as err:
         load_checkpoint(make_model(seed=7), path)
+    if zip_format:  # only the zip format can be listed without unpickling it
+        assert "argparse.Namespace" in str(err.value)
+    with pytest.raises(WeightsError, match="--trust-checkpoint"):
+        load_weights(make_model(seed=7), str(path), variant="swin_micro_patch4_window4_64")
     fresh = make_model(seed=7)
     load_checkpoint(fresh, path, trusted=True)
     assert torch.equal(logits(fresh, pixels), logits(source_model, pixels))

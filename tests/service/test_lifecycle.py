@@ -87,7 +87,13 @@ async def test_the_drain_deadline_answers_unfinished_requests_before_the_budget_
 async def test_a_signal_begins_the_drain_on_the_event_loop(make_app, serve):
     app = make_app()
     lifecycle = app.state.service.lifecycle
-    previous = signal.signal(signal.SIGUSR1, lambda sig, frame: lifecycle.request_drain())
+    seen_in_handler: list[bool] = []
+
+    def handler(sig, frame) -> None:
+        lifecycle.request_drain()
+        seen_in_handler.append(lifecycle.draining)  # not yet: the loop runs the transition
+
+    previous = signal.signal(signal.SIGUSR1, handler)
     try:
         async with serve(app) as client:
             signal.raise_signal(signal.SIGUSR1)
@@ -95,4 +101,5 @@ async def test_a_signal_begins_the_drain_on_the_event_loop(make_app, serve):
             ready = await client.get("/readyz")
     finally:
         signal.signal(signal.SIGUSR1, previous)
+    assert seen_in_handler == [False]
     assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
