@@ -44,8 +44,17 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-classes",
         type=int,
-        default=1000,
-        help="head size: 1000 (ImageNet-1k) or 21841 (ImageNet-22k)",
+        default=None,
+        help="head size (default: the checkpoint's own, else the number of --labels, else 1000); "
+        "official weights exist for 1000 (ImageNet-1k) and 21841 (ImageNet-22k)",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="class names: one per line, or JSON (a list, {index: name}, or a HuggingFace "
+        "config.json); default: the checkpoint's config.json id2label, else ImageNet names",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights (default: 0)")
 
@@ -92,6 +101,7 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
         trust_checkpoint=args.trust_checkpoint,
         img_size=args.img_size,
         num_classes=args.num_classes,
+        labels=args.labels,
         out_dir=args.out,
         opset=args.opset,
         fp16=args.fp16,
@@ -117,6 +127,7 @@ def summary(result: ExportResult) -> str:
             else f"   weights: {weights.source} sha256 {str(weights.sha256)[:16]}..."
         ),
         "  outputs:  " + "  ".join(f"{k} {list(v)}" for k, v in info.outputs.items()),
+        f"  labels:   {len(info.labels)} ({', '.join(info.labels[:3])}, ...) from {info.labels_source}",
         f"  parity:   PASS, worst {worst['rel_diff']:.2e} ({worst_name}) <= {parity['tolerance']:g}, batch {parity['batch_sizes']} (traced at {parity['trace_batch_size']})",
         f"  startup:  {startup['preoptimized_s']:.2f} s pre-optimised vs {startup['raw_graph_s']:.2f} s raw graph",
     ]

@@ -24,7 +24,7 @@ from service.contract import (
     MANIFEST_KEY,
     OUTPUT_NAMES,
     Manifest,
-    WeightsInfo,
+    WeightsRecord,
     manifest_from_metadata,
     parse_manifest,
 )
@@ -48,9 +48,12 @@ def build_manifest(
     name: str,
     variant: str,
     config: SwinConfig,
-    weights: WeightsInfo,
+    weights: WeightsRecord,
     exporter: dict[str, Any],
+    labels: tuple[str, ...] | None = None,
+    labels_source: str | None = None,
 ) -> Manifest:
+    """The manifest of an fp32 export; `labels` default to the shipped names for the head."""
     size = config.img_size
     return Manifest.model_validate(
         {
@@ -76,7 +79,8 @@ def build_manifest(
                 "layout": "NCHW",
                 "scale": 255.0,
             },
-            "labels": class_labels(config.num_classes),
+            "labels": labels if labels is not None else class_labels(config.num_classes),
+            **({"labels_source": labels_source} if labels_source else {}),
             "weights": weights,
             "exporter": exporter,
             "parity": None,

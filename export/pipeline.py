@@ -23,12 +23,13 @@ import onnxruntime as ort
 import torch
 
 from model import SwinConfig, SwinTransformer, get_config
-from model.weights import load_weights
+from model.weights import checkpoint_head_size, load_weights
 from service.contract import GOLDEN_KEY, RANDOM_WEIGHTS_WARNING, Manifest, WeightsRecord
 from service.sessions import cpu_session
 
 from . import checks, golden, manifest, optimize, triton, variants
 from .graph import DEFAULT_OPSET, TRACE_BATCH, save_atomically, trace_to_onnx
+from .labels import Head, decide_head, huggingface_labels
 from .progress import Progress
 
 VARIANT_CHECK_BATCH = 16
@@ -40,7 +41,8 @@ class ExportOptions:
     checkpoint: str = "random"
     trust_checkpoint: bool = False
     img_size: int | None = None
-    num_classes: int = 1000
+    num_classes: int | None = None  # None: the checkpoint's, else the labels', else 1000
+    labels: Path | None = None
     out_dir: Path = Path("artefacts")
     opset: int = DEFAULT_OPSET
     fp16: bool = False
@@ -88,7 +90,8 @@ Step = Callable[[_Work], None]
 
 def run_export(options: ExportOptions, progress: Progress | None = None) -> ExportResult:
     started = time.perf_counter()
-    config = get_config(options.variant, num_classes=options.num_classes, img_size=options.img_size)
+    # The head's size is read from the checkpoint in the first step; nothing before needs it.
+    config = get_config(options.variant, img_size=options.img_size)
     steps = plan(options, config)
     progress = progress or Progress()
     progress.begin(len(steps))
@@ -146,6 +149,10 @@ def artefact_name(options: ExportOptions, config: SwinConfig) -> str:
 
 def _load_weights(work: _Work) -> None:
     options = work.options
+    head = _decide_head(options)
+    work.config = get_config(
+        options.variant, num_classes=head.num_classes, img_size=options.img_size
+    )
     torch.manual_seed(options.seed)
     work.model = SwinTransformer(work.config).eval()
     source = load_weights(
@@ -163,6 +170,20 @@ def _load_weights(work: _Work) -> None:
         config=work.config,
         weights=WeightsRecord(**dataclasses.asdict(source), **warning),
         exporter=_exporter_info(options.opset),
+        labels=head.labels,
+        labels_source=head.labels_source,
+    )
+
+
+def _decide_head(options: ExportOptions) -> Head:
+    local = options.checkpoint not in ("random", "official", "auto")
+    return decide_head(
+        num_classes=options.num_classes,
+        labels_file=options.labels,
+        checkpoint_classes=checkpoint_head_size(
+            options.checkpoint, trusted=options.trust_checkpoint
+        ),
+        checkpoint_labels=huggingface_labels(options.checkpoint) if local else None,
     )
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from torch.hub import download_url_to_file
 
+from .labels import IMAGENET_1K, IMAGENET_22K
+
 log = logging.getLogger(__name__)
 
 RELEASE_URL = "https://github.com/SwinTransformer/storage/releases/download"
 CACHE_ENV = "SWIN_CACHE_DIR"
-IMAGENET_1K, IMAGENET_22K = 1000, 21841
 
 # (variant, num_classes) -> (release tag, file). 1000 classes: the ImageNet-1k-trained file
 # where there is one, else (Swin-L) the ImageNet-22k model fine-tuned on 1k. 21841 classes: the

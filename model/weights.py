@@ -13,7 +13,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DIRECTORY_FILES, CheckpointError, UntrustedCheckpointError, load_checkpoint
+from .checkpoint import (
+    CONVERTERS,
+    DIRECTORY_FILES,
+    CheckpointError,
+    UntrustedCheckpointError,
+    detect_format,
+    load_checkpoint,
+    read_state_dict,
+)
 from .download import (
     DownloadError,
     NoReleasedWeights,
@@ -89,6 +97,24 @@ def load_weights(
     if not path.exists():
         raise WeightsError(f"checkpoint {spec!r} not found; pass {CHOICES}")
     return _from_file(model, path, trusted, source="file", local=str(path.resolve()))
+
+
+def checkpoint_head_size(spec: str, *, trusted: bool = False) -> int | None:
+    """Classes of the checkpoint's own classifier when `spec` is a file, folder or URL (None for
+    official, auto and random weights, whose head size is chosen, not read)."""
+    if spec in ("random", "official", "auto"):
+        return None
+    path = _download(spec) if spec.startswith(("http://", "https://", "file://")) else Path(spec)
+    if not path.exists():
+        raise WeightsError(f"checkpoint {spec!r} not found; pass {CHOICES}")
+    try:
+        state = read_state_dict(path, trusted=trusted)
+        head = CONVERTERS[detect_format(state)](state).get("head.weight")
+    except UntrustedCheckpointError as exc:
+        raise WeightsError(f"{exc} (on the command line: --trust-checkpoint)") from exc
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from exc
+    return int(head.shape[0]) if head is not None and head.ndim == 2 else None
 
 
 def _official(model, spec, *, variant, seed, trusted, on_fallback) -> WeightsSource:

@@ -37,8 +37,9 @@ def main() -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    server = DrainingServer(uvicorn_config(app, settings), app.state.service.lifecycle)
-    _log_banner(settings)
+    lifecycle = app.state.service.lifecycle
+    server = DrainingServer(uvicorn_config(app, settings), lifecycle)
+    lifecycle.on_ready(lambda: _log_banner(settings))
     # uvicorn re-raises the signal that stopped it once it has shut down, which would end the
     # process with 128+15 even after a clean drain. Handlers installed here are the ones it
     # restores and re-raises into: they do nothing, so a drained server exits 0.
@@ -61,11 +62,13 @@ def _log_banner(settings: Settings) -> None:
     host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
     base = f"http://{host}:{settings.port}"
     log.info(
-        "serving %s on %s - try:\n"
+        "ready: serving %s on %s - try:\n"
+        "  %s/  (the web page)\n"
         "  curl -F file=@cat.jpg '%s/classify?top_k=5'\n"
         "  curl -F file=@cat.jpg -H 'Accept: application/x-npz' -o f.npz '%s/features?stages=embedding'\n"
         "  %s/docs  %s/v1/models  %s/readyz  %s/metrics",
         settings.model_path,
+        base,
         base,
         base,
         base,

@@ -115,6 +115,7 @@ class Manifest(_Part):
     outputs: dict[str, tuple[int | str, ...]]
     preprocess: PreprocessSpec
     labels: tuple[str, ...]
+    labels_source: str | None = None  # where the exporter found the names
     weights: WeightsRecord
     exporter: dict[str, Any] = Field(default_factory=dict)
     created: str | None = None

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service import providers
 from service.contract import GOLDEN_KEY, Manifest, ManifestError, manifest_from_metadata
 from service.sessions import CUDA_PROVIDER_OPTIONS, session_options
 from service.settings import Settings
@@ -33,10 +34,6 @@ _FATAL_DEVICE_MARKERS = (
     "hardware stack error",
     "ecc error",
 )
-
-
-_CPU = "CPUExecutionProvider"
-_CUDA = "CUDAExecutionProvider"
 
 
 class EngineError(RuntimeError):
@@ -69,23 +66,13 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
     return sizes
 
 
-def wants_cuda(choice: str, available: list[str]) -> bool:
-    """Whether SWIN_PROVIDERS=``choice`` (auto, cpu, cuda) runs on CUDA, given the providers
-    this onnxruntime offers; raises ModelLoadError when cuda is asked for and missing."""
-    if choice == "cuda" and _CUDA not in available:
-        raise ModelLoadError(
-            f"SWIN_PROVIDERS=cuda but this onnxruntime offers only {available} "
-            "(install the `gpu` extra: onnxruntime-gpu)"
-        )
-    return choice == "cuda" or (choice == "auto" and _CUDA in available)
-
-
 class Engine(Protocol):
     """What the batcher and the app need from a model runner (the fake engine in tests too)."""
 
     manifest: Manifest
     provider: str
     golden_text: str | None  # the exporter's golden answers (service/selfcheck.py), if any
+    provider_warning: str | None  # e.g. a GPU the provider cannot use (service/providers.py)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """``batch`` float32 (N, 3, S, S) -> every output by name, each with N rows."""
@@ -109,6 +96,7 @@ class OnnxEngine:
         self.manifest = manifest
         self.golden_text = golden_text
         self.provider: str = session.get_providers()[0]
+        self.provider_warning: str | None = None
         self.output_names: list[str] = [o.name for o in session.get_outputs()]
         self.input_name: str = session.get_inputs()[0].name
         self._input_dtype = np.float16 if manifest.input.dtype == "float16" else np.float32
@@ -124,23 +112,39 @@ class OnnxEngine:
             raise ModelLoadError(
                 f"model file not found: {path.resolve()} (set SWIN_MODEL_PATH, or run `make export`)"
             )
-        on_cuda = wants_cuda(settings.providers, ort.get_available_providers())
-        providers = [(_CUDA, CUDA_PROVIDER_OPTIONS), _CPU] if on_cuda else [_CPU]
+        try:
+            choice = providers.choose(
+                settings.providers, ort.get_available_providers(), providers.visible_gpus()
+            )
+        except providers.ProviderError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        on_cuda = choice.cuda
+        wanted = (
+            [(providers.CUDA, CUDA_PROVIDER_OPTIONS), providers.CPU] if on_cuda else [providers.CPU]
+        )
         options = session_options(
             intra_op_threads=settings.resolved_intra_op_threads(),
             inter_op_threads=settings.resolved_inter_op_threads(),
         )
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
             raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
-        engine = cls._from_session(session, path, use_io_binding=on_cuda)
+        try:
+            choice = providers.check_started(choice, session.get_providers()[0], settings.providers)
+        except providers.ProviderError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        engine = cls._from_session(session, path, use_io_binding=choice.cuda)
+        engine.provider_warning = choice.warning
+        if choice.warning:
+            log.warning("%s", choice.warning)
         log.info(
-            "loaded %s (%s, %s weights) on %s, intra_op_threads=%d",
+            "loaded %s (%s, %s weights) on %s (%s), intra_op_threads=%d",
             engine.manifest.variant,
             engine.manifest.precision,
             engine.manifest.weights.source,
             engine.provider,
+            choice.reason,
             options.intra_op_num_threads,
         )
         return engine

@@ -71,6 +71,7 @@ class Lifecycle:
         self.model: LoadedModel | None = None
         self._load = load
         self._fatal_hooks: list[FatalHook] = []
+        self._ready_hooks: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warm_up: asyncio.Task[None] | None = None
         self._warm_up_over = asyncio.Event()  # warmed up, or failed trying
@@ -103,6 +104,10 @@ class Lifecycle:
         if self._drain_started is None:
             return self.settings.drain_timeout_s
         return self.settings.drain_timeout_s - (time.monotonic() - self._drain_started)
+
+    def on_ready(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` once the model is warm and the server first turns ready."""
+        self._ready_hooks.append(hook)
 
     def on_fatal(self, hook: FatalHook) -> None:
         """Call ``hook(exc)`` when the device fails for good (after readiness went 503)."""
@@ -226,6 +231,9 @@ class Lifecycle:
         self._advance(Phase.WARMING, Phase.READY)
         self._warm_up_over.set()
         log.info("warm-up done (batch sizes %s); ready", sizes)
+        if self.ready:
+            for hook in self._ready_hooks:
+                hook()
 
     def _arm_drain_deadline(self) -> None:
         """Shortly before the drain budget ends, answer what the batcher holds with 503 draining."""

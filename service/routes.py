@@ -317,6 +317,8 @@ async def model_info(state: StateDep, model: ModelDep, manifest: ManifestDep) ->
         input_size=manifest.image_size,
         num_classes=manifest.num_classes,
         provider=model.engine.provider,
+        provider_warning=model.engine.provider_warning,
+        labels_source=manifest.labels_source,
         weights=WeightsInfo.model_validate(manifest.weights.model_dump()),
         warning=_warning(manifest),
         outputs={k: list(v) for k, v in manifest.outputs.items()},

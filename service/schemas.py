@@ -94,6 +94,12 @@ class ModelInfo(BaseModel):
     input_size: int = Field(description="S: the model input is (N, 3, S, S)")
     num_classes: int
     provider: str = Field(description="Active ONNX Runtime execution provider")
+    provider_warning: str | None = Field(
+        None,
+        description="Set when the provider is not what the host suggests: a visible GPU that "
+        "this onnxruntime cannot use, or a CUDA provider that did not start",
+    )
+    labels_source: str | None = Field(None, description="Where the exporter found the class names")
     weights: WeightsInfo
     warning: str | None = Field(None, description="Loud notice when the weights are random")
     outputs: dict[str, list[int | str]]

@@ -90,6 +90,7 @@ class FakeEngine:
     """
 
     provider = "FakeExecutionProvider"
+    provider_warning = None
     golden_text = None  # no exporter answers: the start-up self-check reports "skipped"
 
     def __init__(

@@ -103,3 +103,14 @@ async def test_a_signal_begins_the_drain_on_the_event_loop(make_app, serve):
         signal.signal(signal.SIGUSR1, previous)
     assert seen_in_handler == [False]
     assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
+
+
+async def test_ready_hooks_run_once_warm_up_has_made_the_server_ready(make_app, serve):
+    app = make_app()
+    lifecycle = app.state.service.lifecycle
+    phases_seen: list[str] = []
+    lifecycle.on_ready(lambda: phases_seen.append(lifecycle.phase))
+    async with serve(app) as client:
+        await lifecycle.wait_for_warm_up()
+        assert (await client.get("/readyz")).status_code == 200
+    assert phases_seen == ["ready"]

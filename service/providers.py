@@ -1,0 +1,72 @@
+"""Which ONNX Runtime execution provider serves the model, and why, said out loud.
+
+`SWIN_PROVIDERS=auto` takes CUDA when this onnxruntime offers it. A GPU host running the CPU
+build of onnxruntime would otherwise serve on the CPU without a word, so that case, and a CUDA
+provider that ONNX Runtime could not start, are reported in the log and in /v1/models.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+GPU_HINT = "install the `gpu` extra (onnxruntime-gpu): `make serve GPU=1`, or the GPU image"
+
+
+class ProviderError(RuntimeError):
+    """SWIN_PROVIDERS asks for a provider this process cannot use."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    cuda: bool
+    reason: str  # why this provider, for the start-up log
+    warning: str | None = None  # a surprise an operator must hear of, also shown in /v1/models
+
+
+def visible_gpus() -> list[str]:
+    """NVIDIA device nodes this process can see (empty in a container without a GPU)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return []
+    return sorted(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def choose(requested: str, available: list[str], gpus: list[str]) -> Choice:
+    """The provider for SWIN_PROVIDERS=`requested`, given what onnxruntime offers and the GPUs
+    visible; raises ProviderError when cuda is asked for and missing."""
+    has_cuda = CUDA in available
+    if requested == "cuda":
+        if not has_cuda:
+            raise ProviderError(
+                f"SWIN_PROVIDERS=cuda but this onnxruntime offers only {available}: {GPU_HINT}"
+            )
+        return Choice(True, "SWIN_PROVIDERS=cuda")
+    if requested == "cpu":
+        return Choice(False, "SWIN_PROVIDERS=cpu")
+    if has_cuda:
+        return Choice(True, "SWIN_PROVIDERS=auto and this onnxruntime offers CUDA")
+    if gpus:
+        return Choice(
+            False,
+            "SWIN_PROVIDERS=auto and this onnxruntime is the CPU build",
+            f"a GPU is visible ({', '.join(gpus)}) but this onnxruntime has no CUDA provider, "
+            f"so the model runs on the CPU: {GPU_HINT}",
+        )
+    return Choice(False, "SWIN_PROVIDERS=auto and no CUDA provider (a CPU-only host)")
+
+
+def check_started(choice: Choice, active: str, requested: str) -> Choice:
+    """The choice as the session really started: ONNX Runtime falls back to the CPU when the
+    CUDA provider cannot load (missing CUDA or cuDNN libraries, no driver)."""
+    if not choice.cuda or active == CUDA:
+        return choice
+    message = (
+        f"the CUDA provider did not start (the session runs on {active}); check the NVIDIA "
+        "driver and the CUDA and cuDNN libraries onnxruntime-gpu needs"
+    )
+    if requested == "cuda":
+        raise ProviderError(f"SWIN_PROVIDERS=cuda: {message}")
+    return Choice(False, choice.reason, message)
