@@ -178,8 +178,9 @@
       ["Variant", m.variant],
       ["Precision", m.precision],
       ["Input", `${m.input_size}×${m.input_size} centre crop, ${m.num_classes} classes`],
-      ["Provider", m.provider],
+      ["Provider", m.provider + (m.provider_warning ? ` · ${m.provider_warning}` : "")],
       ["Weights", weights],
+      ["Class names", m.labels_source || "not recorded"],
       ["Export parity check", parity],
       [
         "Batching",
@@ -193,7 +194,8 @@
       ],
       ["Ready", m.ready ? "yes" : "warming up"],
     ];
-    const cls = (k) => (w.random && k === "Weights" ? "warn" : "");
+    const cls = (k) =>
+      (w.random && k === "Weights") || (m.provider_warning && k === "Provider") ? "warn" : "";
     ui.card.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v, cls(k))]));
   }
 
