@@ -6,14 +6,28 @@
 # to work.
 
 PYTHON ?= python3
+# `make serve GPU=1`: ONNX Runtime's CUDA build, in an environment of its own (.venv-gpu: the CPU
+# and CUDA builds of onnxruntime cannot share one), with CUDA required rather than hoped for.
+# FP16=1 serves the float16 variant (exported beside the fp32 model when missing).
+GPU ?=
+FP16 ?=
+ifeq ($(GPU),1)
+VENV := .venv-gpu
+SERVE_EXTRAS := gpu,export
+SERVE_ENV := SWIN_PROVIDERS=$${SWIN_PROVIDERS:-cuda}
+else
 VENV := .venv
+SERVE_EXTRAS := serve,export
+SERVE_ENV :=
+endif
 PY := $(VENV)/bin/python
 LOCK := requirements.lock
 
 VARIANT ?= swin_tiny_patch4_window7_224
 CHECKPOINT ?= auto
 EXPORT_ARGS ?=
-MODEL := artefacts/$(VARIANT).onnx
+MODEL := artefacts/$(VARIANT)$(if $(FP16),.fp16).onnx
+SERVE_EXPORT_ARGS := $(if $(FP16),--fp16)
 PYTEST_ARGS ?=
 
 # torch is locked as its small CPU build. deploy/install-locked takes it from TORCH_INDEX_URL
@@ -48,7 +62,7 @@ $(PY):
 # the smaller ones too.
 $(SERVE_STAMP): | $(PY)
 	@if [ -f $(DEV_STAMP) ]; then touch $@; else \
-	  rm -f $(VENV)/.installed-* && $(INSTALL) serve,export && touch $@; fi
+	  rm -f $(VENV)/.installed-* && $(INSTALL) $(SERVE_EXTRAS) && touch $@; fi
 
 $(DEV_STAMP): | $(PY)
 	rm -f $(VENV)/.installed-*
@@ -61,13 +75,9 @@ $(BENCH_STAMP): | $(PY)
 	touch $@ $(DEV_STAMP) $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on :8000
-	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
-	@port=$${SWIN_PORT:-8000}; echo; echo "Serving $(MODEL). Try:"; \
-	  echo "  http://127.0.0.1:$$port/            (web page)"; \
-	  echo "  http://127.0.0.1:$$port/docs        (OpenAPI)"; \
-	  echo "  curl http://127.0.0.1:$$port/readyz"; \
-	  echo "  curl -F file=@samples/images/flower.jpg http://127.0.0.1:$$port/classify"; echo
-	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(PY) -m service
+	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/$(if $(SERVE_EXPORT_ARGS), $(SERVE_EXPORT_ARGS))
+	@echo "Loading $(MODEL); the server logs its URLs once it is ready."
+	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(SERVE_ENV) $(PY) -m service
 
 test: $(DEV_STAMP) ## install (with dev tools) and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -113,11 +123,11 @@ soak: $(BENCH_STAMP) ## long-running load and memory soak test
 	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
 	$(PY) -m bench.soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
 
-docker: ## build the default (GPU) image
-	$(DOCKER) build $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
+docker: ## build the GPU image (VARIANT, WEIGHTS, NUM_CLASSES, LABELS, IMG_SIZE, FP16 reach the export)
+	$(DOCKER) build $(strip $(foreach a,VARIANT WEIGHTS NUM_CLASSES LABELS IMG_SIZE FP16 TRUST_CHECKPOINT,$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
 
-docker-cpu: ## build the CPU-only image
-	$(DOCKER) build $(DOCKER_BUILD_ARGS) --target cpu -t $(IMAGE):cpu .
+docker-cpu: ## build the CPU-only image (the same build arguments as docker)
+	$(DOCKER) build $(strip $(foreach a,VARIANT WEIGHTS NUM_CLASSES LABELS IMG_SIZE FP16 TRUST_CHECKPOINT,$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) --target cpu -t $(IMAGE):cpu .
 
 clean: ## remove caches and build outputs (keeps .venv and artefacts/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -3,26 +3,44 @@
 No container engine runs in the test suite (and the CUDA base image cannot be pulled here), so
 these read the files and pin down what container-smoke cannot exercise: the GPU stage and the
 GPU compose service. A podman-based smoke run (outside this suite) builds and runs the CPU target.
+The export stage's RUN line is run for real, with a stand-in `python` that records its command
+line and writes the files the exporter would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"
-RUNTIMES = ("cpu", "gpu")
+RUNTIMES = ("cpu", "gpu")  # the model baked in
+SERVE_ONLY = ("cpu-runtime", "gpu-runtime")  # no model: an export is mounted at /models
 RUNTIME_CMD = ["python", "-m", "service"]
+# Build argument of the export stage -> the exporter's option it becomes (switches take no value).
+EXPORT_ARGS = {
+    "VARIANT": "--variant",
+    "WEIGHTS": "--checkpoint",
+    "NUM_CLASSES": "--num-classes",
+    "LABELS": "--labels",
+    "IMG_SIZE": "--img-size",
+    "FP16": "--fp16",
+    "TRUST_CHECKPOINT": "--trust-checkpoint",
+}
+SWITCHES = ("FP16", "TRUST_CHECKPOINT")
 
 
 def requirements(*extras: str) -> list[str]:
@@ -46,11 +64,41 @@ def seconds(duration: str | int | float) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+def built(stages, name: str):
+    """Stage `name` as the image it builds: its chain of FROM stages, root first, as one stage."""
+    chain = [stages[name]]
+    while chain[0].base in stages:
+        chain.insert(0, stages[chain[0].base])
+    return dataclasses.replace(
+        chain[-1], base=chain[0].base, instructions=[i for s in chain for i in s.instructions]
+    )
+
+
+def env_of(stage) -> dict[str, str]:
+    """The stage's ENV values, later ones winning (values here hold no spaces)."""
+    return dict(
+        word.split("=", 1) for value in stage.args("ENV") for word in value.split() if "=" in word
+    )
+
+
+def depends_on(stages, name: str) -> set[str]:
+    """Every stage that building `name` needs: FROM parents and COPY --from sources, transitively."""
+    needed, todo = set(), [name]
+    while todo:
+        stage = stages[todo.pop()]
+        refs = [stage.base, *re.findall(r"--from=(\S+)", " ".join(stage.args("COPY")))]
+        for ref in refs:
+            if ref in stages and ref not in needed:
+                needed.add(ref)
+                todo.append(ref)
+    return needed
+
+
 # ---- Dockerfile ---------------------------------------------------------------------------------
 
 
 def test_dockerfile_has_export_cpu_and_gpu_stages_with_gpu_the_default(stage_order):
-    assert {"export", "cpu", "gpu"} <= set(stage_order)
+    assert {"export", "cpu", "gpu", *SERVE_ONLY} <= set(stage_order)
     # `docker build .` and `make docker` build the last stage: that must be the GPU runtime.
     assert stage_order[-1] == "gpu"
 
@@ -65,15 +113,24 @@ def test_export_stage_takes_weights_and_an_overridable_cpu_torch_source(stages):
     run = " ".join(export.args("RUN"))
     assert "$TORCH_INDEX_URL" in run and "$TORCH_FIND_LINKS" in run
     assert re.search(r"python -m export .*--checkpoint \"?\$WEIGHTS", run)
+    # The optional model arguments default to empty: the exporter decides.
+    for name in ("NUM_CLASSES", "LABELS", "IMG_SIZE", *SWITCHES):
+        assert args.get(name) == "", name
+    # A RUN sees (and is cached on) every ARG declared before it: the model's arguments come
+    # after the dependency install, so another checkpoint reuses the torch layer.
+    steps = export.instructions
+    install = max(i for i, (kw, v) in enumerate(steps) if kw == "RUN" and "pip install" in v)
+    for i, (kw, value) in enumerate(steps):
+        if kw == "ARG" and value.partition("=")[0] in EXPORT_ARGS:
+            assert i > install, value
     assert "torch==2.13.0" in (ROOT / "pyproject.toml").read_text()
     assert "torch" in requirements("serve", "export")
 
 
 def test_gpu_stage_uses_a_cuda_cudnn_runtime_base_matching_onnxruntime_gpu(stages):
-    m = re.fullmatch(
-        r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu(\d+)\.04", stages["gpu"].base
-    )
-    assert m, f"gpu base {stages['gpu'].base!r} is not an nvidia/cuda cudnn runtime image"
+    base = built(stages, "gpu").base
+    m = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu(\d+)\.04", base)
+    assert m, f"gpu base {base!r} is not an nvidia/cuda cudnn runtime image"
     # onnxruntime-gpu 1.31 wheels on PyPI are built for CUDA 13 + cuDNN 9 (build info
     # cuda_version 13.0); a CUDA 12 base would silently fall back to the CPU provider.
     assert m.group(1) == "13"
@@ -81,32 +138,77 @@ def test_gpu_stage_uses_a_cuda_cudnn_runtime_base_matching_onnxruntime_gpu(stage
     assert int(m.group(2)) >= 24
 
 
-@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
 def test_runtime_stages_never_install_torch(stages, stage):
-    runtime = stages[stage]
+    runtime = built(stages, stage)
     text = " ".join(v for _, v in runtime.instructions)
     assert "torch" not in text
     # Their dependencies come from requirements.py for their own extra, the project wheel
-    # goes in with --no-deps, and only the wheel and the model come from the export stage.
+    # goes in with --no-deps, and only the wheel (from the torch-free wheel stage) and the model
+    # (from the export stage) come from other stages.
     (extras,) = re.findall(r"requirements\.py ([\w ]+?) >", text)
-    assert extras == ("serve" if stage == "cpu" else "gpu")
+    assert extras == ("serve" if stage.startswith("cpu") else "gpu")
     assert re.search(r"pip install --no-deps /tmp/dist/\*\.whl", text)
     for copy in runtime.args("COPY"):
-        if "--from=export" in copy:
-            assert copy.split()[1] in ("/build/dist/", "/build/models/"), copy
+        if "--from=" in copy:
+            assert copy.split()[:2] in (
+                ["--from=wheel", "/build/dist/"],
+                ["--from=export", "/build/models/"],
+            ), copy
+    assert "torch" not in " ".join(stages["wheel"].args("RUN") + stages["wheel"].args("COPY"))
 
 
-@pytest.mark.parametrize("stage", ["export", *RUNTIMES])
+@pytest.mark.parametrize("stage", SERVE_ONLY)
+def test_serve_only_images_need_no_export_stage_and_look_for_the_model_in_models(
+    stages, stage, settings_cls
+):
+    # BuildKit builds only the stages a target needs: these never install torch nor export.
+    assert "export" not in depends_on(stages, stage)
+    assert "export" in depends_on(stages, stage.removesuffix("-runtime"))
+    image = built(stages, stage)
+    assert not any("/app/models" in c for c in image.args("COPY"))
+    # The default is the file `make export` writes, so mounting artefacts/ at /models just works.
+    path = env_of(image)["SWIN_MODEL_PATH"]
+    assert path.startswith("/models/")
+    assert Path(path).name == settings_cls.model_fields["model_path"].default.name
+
+
+def test_wheel_stage_copies_every_package_and_file_the_wheel_needs(stages):
+    """The runtime images get the project from this stage, which copies only what the wheel
+    holds (not `COPY . .`: a checkpoint in the build context stays out of its layers)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copies = stages["wheel"].args("COPY")
+    copied = {source.rstrip("/") for c in copies for source in c.split()[:-1]}
+    find = project["tool"]["setuptools"]["packages"]["find"]
+    needed = {p.removesuffix("*") for p in find["include"]}
+    needed |= {project["project"]["readme"], *project["project"]["license-files"]}
+    needed |= {"pyproject.toml", "requirements.lock"}
+    assert needed <= copied, needed - copied
+    assert "." not in copied
+    run = " ".join(stages["wheel"].args("RUN"))
+    assert "pip wheel --no-deps --no-build-isolation -w /build/dist ." in run
+
+
+@pytest.mark.parametrize("stage", ["export", *RUNTIMES, *SERVE_ONLY])
 def test_every_stage_installs_its_requirements_under_the_lock(stages, stage):
-    runs = [v for kind, v in stages[stage].instructions if kind == "RUN"]
+    image = built(stages, stage)
+    runs = [v for kind, v in image.instructions if kind == "RUN"]
     installs = [
         cmd for run in runs for cmd in run.split("&&") if re.search(r"pip install\b.* -r ", cmd)
     ]
     assert installs, f"{stage} installs no requirements file"
     for cmd in installs:
         assert re.search(r"--constraint \S*requirements\.lock", cmd), cmd
-    copies = " ".join(stages[stage].args("COPY"))
+    copies = " ".join(image.args("COPY"))
     assert "requirements.lock" in copies
+
+
+def test_every_pip_install_from_an_index_is_under_the_lock(stages):
+    for name, stage in stages.items():
+        for run in stage.args("RUN"):
+            for cmd in run.split("&&"):
+                if re.search(r"pip install\b", cmd) and "--no-deps /tmp/dist/" not in cmd:
+                    assert re.search(r"--constraint \S*requirements\.lock", cmd), (name, cmd)
 
 
 def test_runtime_extras_are_torch_free_and_exclusive():
@@ -116,9 +218,9 @@ def test_runtime_extras_are_torch_free_and_exclusive():
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
 
 
-@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
 def test_runtime_stages_have_no_build_tools(stages, stage):
-    runtime = stages[stage]
+    runtime = built(stages, stage)
     assert "devel" not in runtime.base
     for run in runtime.args("RUN"):
         for tool in ("build-essential", "gcc", "g++", "make", "cmake", "git", "python3-dev"):
@@ -127,10 +229,10 @@ def test_runtime_stages_have_no_build_tools(stages, stage):
             )
 
 
-@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
 def test_runtime_stages_run_as_a_non_root_user(stages, stage):
-    kinds = [kw for kw, _ in stages[stage].instructions]
-    users = stages[stage].args("USER")
+    kinds = [kw for kw, _ in built(stages, stage).instructions]
+    users = built(stages, stage).args("USER")
     assert users, f"{stage} has no USER"
     assert users[-1].split(":")[0] not in ("root", "0")
     # Nothing may switch back to root before the server starts.
@@ -142,28 +244,29 @@ def test_runtime_model_is_root_owned_and_read_only(stages, stage):
     # The export stage sets mode 0444; COPY --from keeps it and, without --chown, makes root the
     # owner. Nothing in the runtime stage may hand the model to the service user.
     assert re.search(r"chmod 0444 /build/models/\*", " ".join(stages["export"].args("RUN")))
-    (copy,) = [c for c in stages[stage].args("COPY") if "/build/models/" in c]
+    (copy,) = [c for c in built(stages, stage).args("COPY") if "/build/models/" in c]
     assert copy == "--from=export /build/models/ /app/models/"
-    assert not any("/app/models" in run for run in stages[stage].args("RUN"))
+    assert not any("/app/models" in run for run in built(stages, stage).args("RUN"))
     assert "SWIN_MODEL_PATH=/app/models/" in " ".join(stages[stage].args("ENV"))
+    assert env_of(built(stages, stage))["SWIN_MODEL_PATH"].startswith("/app/models/model")
 
 
-@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
 def test_runtime_cmd_is_exec_form_so_sigterm_reaches_the_server(stages, stage):
-    (cmd,) = stages[stage].args("CMD")
+    (cmd,) = built(stages, stage).args("CMD")
     assert json.loads(cmd) == RUNTIME_CMD
 
 
-@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
 def test_runtime_listens_on_all_interfaces_port_8000(stages, stage):
-    assert stages[stage].args("EXPOSE") == ["8000"]
-    env = " ".join(stages[stage].args("ENV")).split()
+    assert built(stages, stage).args("EXPOSE") == ["8000"]
+    env = " ".join(built(stages, stage).args("ENV")).split()
     assert "SWIN_HOST=0.0.0.0" in env and "SWIN_PORT=8000" in env
 
 
-@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
 def test_runtime_healthcheck_probes_readyz_after_a_start_period(stages, stage):
-    (check,) = stages[stage].args("HEALTHCHECK")
+    (check,) = built(stages, stage).args("HEALTHCHECK")
     assert re.search(r"--start-period=\d+s", check)
     cmd = json.loads(check[check.index("CMD") + 3 :])
     assert cmd[0] == "python" and "/readyz" in cmd[-1]
@@ -186,7 +289,7 @@ def test_dockerfile_healthcheck_fails_while_not_ready(stages, status, healthy):
     server = http.server.HTTPServer(("127.0.0.1", 0), type("P", (_Probe,), {"status": status}))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        (check,) = stages["cpu"].args("HEALTHCHECK")
+        (check,) = built(stages, "cpu").args("HEALTHCHECK")
         cmd = json.loads(check[check.index("CMD") + 3 :])
         env = {**os.environ, "SWIN_PORT": str(server.server_port)}
         proc = subprocess.run([sys.executable, *cmd[1:]], env=env, capture_output=True, timeout=20)
@@ -211,7 +314,14 @@ def test_dockerignore_sends_sources_and_wheels_but_not_local_state():
             for prefix in prefixes
         )
 
-    for path in (".venv/bin/python", "artefacts/x.onnx", ".git/HEAD", "service/__pycache__/a.pyc"):
+    # .env holds compose settings such as GRAFANA_ADMIN_PASSWORD: never in an image layer.
+    for path in (
+        ".venv/bin/python",
+        "artefacts/x.onnx",
+        ".git/HEAD",
+        "service/__pycache__/a.pyc",
+        ".env",
+    ):
         assert ignored(path), path
     for path in (
         "wheels/torch-2.13.0+cpu.whl",
@@ -222,6 +332,10 @@ def test_dockerignore_sends_sources_and_wheels_but_not_local_state():
         "service/app.py",
         "export/__main__.py",
         "model/swin.py",
+        # WEIGHTS and LABELS: checkpoints and labels files kept in the project folder.
+        "my.pth",
+        "checkpoints/swin_base_finetuned.safetensors",
+        "labels.txt",
     ):
         assert not ignored(path), path
     assert (ROOT / "wheels").is_dir()  # COPY wheels/ needs the folder even when empty
@@ -293,3 +407,301 @@ def test_monitoring_profile_adds_prometheus_and_grafana_only_on_request(compose)
         for volume in services[name]["volumes"]:
             source = volume.split(":")[0]
             assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+# ---- the export stage's RUN line, run for real ----------------------------------------------------
+
+# Stands in for python in the export stage: records `python -m export ...` and writes the files the
+# exporter names after the variant (with the input size appended when one is given).
+FAKE_EXPORTER = """#!{python}
+import json, os, sys
+from pathlib import Path
+from typing import Any
+
+args = sys.argv[1:]
+Path(os.environ["EXPORT_ARGV"]).write_text(json.dumps(args))
+opt = dict(zip(args, args[1:]))
+name = opt["--variant"] + ("_" + opt["--img-size"] if "--img-size" in opt else "")
+out = Path(opt["--out"])
+out.mkdir(parents=True)
+for stem in [name] + ([name + ".fp16"] if "--fp16" in args else []):
+    for suffix in (".onnx", ".json"):
+        (out / (stem + suffix)).write_text(stem)
+"""
+
+
+EXPORT_OUT = "/tmp/export"  # the exporter's --out in the export stage
+
+
+def test_export_writes_outside_the_source_tree_and_serves_from_a_fresh_folder(stages):
+    # The stage's WORKDIR /build holds the build context: /build/export is the exporter's own
+    # package, so an --out there would mix the model with the sources.
+    (run,) = [r for r in stages["export"].args("RUN") if "python -m export" in r]
+    assert re.search(rf"python -m export .*--out {EXPORT_OUT}\b", run)
+    assert "mkdir /build/models" in run  # fails if the context ever holds a models/ folder
+    assert not (ROOT / "models").exists()
+
+
+class ExportRun:
+    """The export stage's `python -m export` RUN line in a sandbox: /build/ and the exporter's
+    /tmp/export are temporary folders, the build context (the working directory) holds my.pth and
+    labels.txt, and `python` is FAKE_EXPORTER."""
+
+    def __init__(self, stages, tmp: Path):
+        (self.run,) = [r for r in stages["export"].args("RUN") if "python -m export" in r]
+        self.defaults = dict(a.partition("=")[::2] for a in stages["export"].args("ARG"))
+        self.build = tmp / "build"
+        self.out = tmp / "out"
+        self.context = tmp / "context"
+        self.context.mkdir()
+        (self.context / "my.pth").write_bytes(b"weights")
+        (self.context / "labels.txt").write_text("cat\ndog\n")
+        bin_dir = tmp / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "python").write_text(FAKE_EXPORTER.format(python=sys.executable))
+        (bin_dir / "python").chmod(0o755)
+        self.path = f"{bin_dir}:{os.environ['PATH']}"
+        self.argv_file = tmp / "argv.json"
+
+    def __call__(self, **build_args: str) -> subprocess.CompletedProcess:
+        """Run the line as Docker does: /bin/sh -c, with the build arguments in the environment."""
+        self.argv_file.unlink(missing_ok=True)
+        shutil.rmtree(self.build, ignore_errors=True)
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.build.mkdir()
+        env = {**self.defaults, **build_args, "PATH": self.path, "EXPORT_ARGV": str(self.argv_file)}
+        return subprocess.run(
+            ["/bin/sh", "-c", self.sandboxed(self.run)],
+            cwd=self.context,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def sandboxed(self, line: str) -> str:
+        return line.replace(EXPORT_OUT, str(self.out)).replace("/build/", f"{self.build}/")
+
+    @property
+    def argv(self) -> list[str] | None:
+        """The exporter's arguments after `python -m export`, or None when it was not called."""
+        if not self.argv_file.exists():
+            return None
+        argv = json.loads(self.argv_file.read_text())
+        assert argv[:2] == ["-m", "export"]
+        return argv[2:]
+
+    @property
+    def served(self) -> dict[str, int]:
+        """The files the runtime stages copy from /build/models/, with their modes."""
+        return {f.name: f.stat().st_mode & 0o777 for f in (self.build / "models").iterdir()}
+
+
+@pytest.fixture
+def export_run(stages, tmp_path) -> ExportRun:
+    return ExportRun(stages, tmp_path)
+
+
+def option(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_export_run_passes_only_the_variant_and_weights_by_default(export_run):
+    result = export_run()
+    assert result.returncode == 0, result.stderr
+    assert export_run.argv == [
+        "--variant",
+        "swin_tiny_patch4_window7_224",
+        "--checkpoint",
+        "official",
+        "--out",
+        str(export_run.out),
+    ]
+    assert export_run.served == {"model.onnx": 0o444, "model.json": 0o444}
+
+
+def test_export_run_passes_every_optional_argument_when_set(export_run):
+    result = export_run(
+        VARIANT="swin_base_patch4_window7_224",
+        WEIGHTS="./my.pth",
+        NUM_CLASSES="10",
+        LABELS="labels.txt",
+        IMG_SIZE="384",
+        FP16="1",
+        TRUST_CHECKPOINT="1",
+    )
+    assert result.returncode == 0, result.stderr
+    argv = export_run.argv
+    assert option(argv, "--variant") == "swin_base_patch4_window7_224"
+    assert option(argv, "--checkpoint") == "./my.pth"
+    assert option(argv, "--num-classes") == "10"
+    assert option(argv, "--labels") == "labels.txt"
+    assert option(argv, "--img-size") == "384"
+    assert "--fp16" in argv and "--trust-checkpoint" in argv
+    # NAME_384.onnx, NAME_384.fp16.onnx, ... are served under fixed names.
+    assert export_run.served == {
+        "model.onnx": 0o444,
+        "model.json": 0o444,
+        "model.fp16.onnx": 0o444,
+        "model.fp16.json": 0o444,
+    }
+
+
+SAMPLE_VALUES = {"VARIANT": "swin_small_patch4_window7_224", "WEIGHTS": "./my.pth"}
+SAMPLE_VALUES |= {"LABELS": "labels.txt", "NUM_CLASSES": "7", "IMG_SIZE": "256"}
+SAMPLE_VALUES |= dict.fromkeys(SWITCHES, "1")
+
+
+@pytest.mark.parametrize("name", list(EXPORT_ARGS))
+def test_each_export_argument_adds_only_its_own_option(export_run, name):
+    assert export_run(**{name: SAMPLE_VALUES[name]}).returncode == 0
+    flags = {a for a in export_run.argv if a.startswith("--")}
+    assert flags == {"--variant", "--checkpoint", "--out", EXPORT_ARGS[name]}
+    if name not in SWITCHES:
+        assert option(export_run.argv, EXPORT_ARGS[name]) == SAMPLE_VALUES[name]
+
+
+def test_export_command_lines_are_ones_the_exporter_accepts(export_run):
+    """The recorded command lines parse with the real exporter's parser (options and choices)."""
+    parser = pytest.importorskip("export.__main__").build_parser()
+    for build_args in (
+        {},
+        {"VARIANT": "swin_base_patch4_window12_384", "WEIGHTS": "./my.pth", "NUM_CLASSES": "10"},
+        {"LABELS": "labels.txt", "IMG_SIZE": "256", "FP16": "1", "TRUST_CHECKPOINT": "1"},
+    ):
+        assert export_run(**build_args).returncode == 0
+        args = parser.parse_args(export_run.argv)
+        assert args.variant == build_args.get("VARIANT", "swin_tiny_patch4_window7_224")
+        assert args.fp16 is bool(build_args.get("FP16"))
+        assert args.trust_checkpoint is bool(build_args.get("TRUST_CHECKPOINT"))
+        # Unset: None, which lets the exporter take the checkpoint's head and the preset's size.
+        assert args.num_classes == (
+            int(build_args["NUM_CLASSES"]) if "NUM_CLASSES" in build_args else None
+        )
+        assert args.img_size == (int(build_args["IMG_SIZE"]) if "IMG_SIZE" in build_args else None)
+        assert args.labels == (Path(build_args["LABELS"]) if "LABELS" in build_args else None)
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+@pytest.mark.parametrize("value", ["0", "true", "no"])
+def test_export_switches_are_1_or_empty_and_anything_else_stops_the_build(
+    export_run, switch, value
+):
+    result = export_run(**{switch: value})
+    assert result.returncode != 0
+    assert f"{switch}={value}" in result.stderr and "set it to 1" in result.stderr
+    assert export_run.argv is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WEIGHTS", "./artefacts/my.pth"), ("LABELS", "artefacts/labels.txt")]
+)
+def test_a_path_outside_the_build_context_stops_the_build_with_a_hint(export_run, name, value):
+    result = export_run(**{name: value})
+    assert result.returncode != 0
+    assert f"{name}={value}" in result.stderr and ".dockerignore" in result.stderr
+    assert export_run.argv is None
+
+
+@pytest.mark.parametrize("weights", ["official", "random", "auto", "https://example.com/w.pth"])
+def test_named_and_remote_weights_are_left_to_the_exporter(export_run, weights):
+    assert export_run(WEIGHTS=weights).returncode == 0
+    assert option(export_run.argv, "--checkpoint") == weights
+
+
+def test_export_run_fails_when_two_exported_files_would_be_served_under_one_name(export_run):
+    # The renaming never overwrites: an export that wrote two models must fail the build.
+    export_run.run = export_run.run.replace(
+        "&& mkdir", f"&& touch {EXPORT_OUT}/other.onnx && mkdir", 1
+    )
+    result = export_run()
+    assert result.returncode != 0
+    assert "rmdir" in result.stderr
+
+
+def expand(value: str, **env: str) -> str:
+    """A Dockerfile ENV value with ${VAR} and ${VAR:+word} substituted, as the shell does it."""
+    return subprocess.run(
+        ["/bin/sh", "-c", f'printf %s "{value}"'], env=env, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.mark.parametrize("stage", RUNTIMES)
+@pytest.mark.parametrize(
+    "build_args",
+    [
+        {},
+        {"FP16": "1"},
+        {"VARIANT": "swin_base_patch4_window12_384", "IMG_SIZE": "512", "FP16": "1"},
+        {"VARIANT": "swin_small_patch4_window7_224", "NUM_CLASSES": "10"},
+    ],
+)
+def test_runtime_serves_a_file_the_export_wrote_for_every_combination(
+    stages, export_run, stage, build_args
+):
+    assert export_run(**build_args).returncode == 0
+    image = built(stages, stage)
+    declared = dict(a.partition("=")[::2] for a in image.args("ARG"))
+    env = {k: build_args.get(k, default) for k, default in declared.items()}
+    path = Path(expand(env_of(image)["SWIN_MODEL_PATH"], **env))
+    assert path.parent == Path("/app/models")
+    assert path.name in export_run.served
+    # With FP16 the GPU image serves the float16 model; the CPU image keeps float32.
+    fp16 = stage == "gpu" and bool(build_args.get("FP16"))
+    assert path.name == ("model.fp16.onnx" if fp16 else "model.onnx")
+
+
+@pytest.mark.parametrize("target", ["docker", "docker-cpu"])
+def test_make_docker_passes_the_model_arguments_that_are_set(target):
+    if shutil.which("make") is None:
+        pytest.skip("GNU make is not installed")
+    clean = {k: v for k, v in os.environ.items() if k not in EXPORT_ARGS and "MAKE" not in k}
+    cmd = ["make", "-n", "--no-print-directory", target, "VARIANT=swin_base_patch4_window7_224"]
+    out = subprocess.run(
+        [*cmd, "WEIGHTS=./my.pth", "FP16=1"],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--build-arg 'VARIANT=swin_base_patch4_window7_224'" in out
+    assert "--build-arg 'WEIGHTS=./my.pth'" in out and "--build-arg 'FP16=1'" in out
+    for unset in ("NUM_CLASSES", "LABELS", "IMG_SIZE", "TRUST_CHECKPOINT"):
+        assert unset not in out
+
+
+# ---- compose variable interpolation ---------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+
+
+class MissingVariable(Exception):
+    """Compose refuses the file: a ${VAR:?message} or ${VAR?message} is unset."""
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """`value` (a compose file or any part of it) with ${VAR}, ${VAR:-default}, ${VAR-default},
+    ${VAR:?error}, ${VAR?error} and $$ substituted from `env`, as Compose does."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, word = m.group(1) or m.group(4), m.group(2), m.group(3)
+        current = env.get(name)
+        if op is None:
+            return current or ""
+        missing = not current if op.startswith(":") else current is None
+        if not missing:
+            return current
+        if op.endswith("-"):
+            return word
+        raise MissingVariable(f"{name}: {word}")
+
+    return _VARIABLE.sub(substitute, value)

@@ -79,6 +79,9 @@ MAKE_INPUTS = (
     "TORCH_INDEX_URL",
     "SWIN_PORT",
     "SWIN_MODEL_PATH",
+    "SWIN_PROVIDERS",
+    "GPU",
+    "FP16",
 )
 
 
@@ -162,7 +165,34 @@ def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
             "-m service",
         ],
     )
-    assert "http://127.0.0.1:8000/" in result.stdout
+    # The URLs come from the server once it is ready (service/__main__.py), not before it loads.
+    assert "the server logs its URLs once it is ready" in result.stdout
+
+
+@needs_make
+def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox):
+    gpu_python = sandbox / ".venv-gpu/bin/python"
+    gpu_python.parent.mkdir(parents=True)
+    shutil.copy2(sandbox / ".venv/bin/python", gpu_python)
+    result = make(sandbox, "serve", GPU="1", FP16="1")
+    assert result.returncode == 0, result.stderr
+    assert matches(
+        calls(sandbox),
+        [
+            *install(sandbox, "gpu,export"),
+            re.escape(
+                "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto "
+                "--out artefacts/ --fp16"
+            ),
+            "-m service",
+        ],
+    )
+    dry = make(sandbox, "-n", "serve", GPU="1", FP16="1").stdout
+    assert "SWIN_PROVIDERS=${SWIN_PROVIDERS:-cuda}" in dry
+    assert (
+        "SWIN_MODEL_PATH=${SWIN_MODEL_PATH:-artefacts/swin_tiny_patch4_window7_224.fp16.onnx}"
+        in dry
+    )
 
 
 @needs_make

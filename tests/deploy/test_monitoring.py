@@ -1,11 +1,19 @@
-"""The `monitoring` compose profile: Prometheus scrapes the service, Grafana shows its metrics."""
+"""The `monitoring` compose profile: Prometheus scrapes the service, Grafana shows its metrics.
+
+Neither is open to the network by default: both publish on 127.0.0.1 only, and Grafana has no
+anonymous access and refuses to start without an admin password of your own.
+"""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
+
+from tests.deploy.test_docker_files import MissingVariable, interpolate
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"
@@ -64,3 +72,90 @@ def test_dashboard_queries_only_metrics_the_service_declares(dashboard, metric_n
     assert used <= metric_names, (
         f"not declared in service/metrics.py: {sorted(used - metric_names)}"
     )
+
+
+# ---- access: no default password, no anonymous access, loopback only ------------------------------
+
+
+def grafana_start(compose, tmp_path: Path, password: str | None) -> subprocess.CompletedProcess:
+    """Run Grafana's compose entrypoint as the container would, with `password` as
+    GRAFANA_ADMIN_PASSWORD on the host and a stand-in for Grafana's own /run.sh."""
+    env = {} if password is None else {"GRAFANA_ADMIN_PASSWORD": password}
+    grafana = interpolate(compose["services"]["grafana"], env)
+    run_sh = tmp_path / "run.sh"
+    run_sh.write_text('#!/bin/sh\necho "grafana started as $GF_SECURITY_ADMIN_USER"\n')
+    run_sh.chmod(0o755)
+    entrypoint = [part.replace("/run.sh", str(run_sh)) for part in grafana["entrypoint"]]
+    return subprocess.run(
+        entrypoint,
+        env={k: str(v) for k, v in grafana["environment"].items()},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize("password", [None, "", "admin"])
+def test_grafana_refuses_to_start_without_an_admin_password_of_your_own(
+    compose, tmp_path, password
+):
+    result = grafana_start(compose, tmp_path, password)
+    assert result.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert "grafana started" not in result.stdout
+
+
+def test_grafana_starts_with_the_admin_password_from_the_environment(compose, tmp_path):
+    result = grafana_start(compose, tmp_path, "correct horse battery staple")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "grafana started as admin"
+    env = interpolate(
+        compose["services"]["grafana"]["environment"], {"GRAFANA_ADMIN_PASSWORD": "pw"}
+    )
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "pw"
+    # Grafana's image starts /run.sh; the check must hand over to it, not replace it.
+    assert compose["services"]["grafana"]["entrypoint"][-2].rstrip().endswith('exec /run.sh "$$@"')
+
+
+def test_grafana_has_no_anonymous_access_and_no_sign_up(compose):
+    env = compose["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env.get("GF_USERS_ALLOW_SIGN_UP", "false") == "false"
+    # No password in the file: neither a literal nor a default.
+    assert interpolate(env, {})["GF_SECURITY_ADMIN_PASSWORD"] == ""
+
+
+def test_a_plain_compose_up_needs_no_monitoring_variable(compose, compose_cpu):
+    """Compose interpolates every service, profile or not, before it filters by profile: a
+    required ${VAR:?...} in a monitoring service would stop `docker compose up` too."""
+    for config in (compose, compose_cpu):
+        try:
+            interpolate(config, {})
+        except MissingVariable as exc:  # pragma: no cover - the failure message
+            pytest.fail(f"docker compose up would fail without the variable: {exc}")
+
+
+def published(compose, service: str, **env: str) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port."""
+    out = []
+    for port in interpolate(compose["services"][service]["ports"], env):
+        parts = str(port).split(":")
+        assert len(parts) == 3, f"{service} publishes {port!r} on every interface"
+        out.append(tuple(parts))
+    return out
+
+
+@pytest.mark.parametrize("service", ["prometheus", "grafana"])
+def test_monitoring_ports_are_published_on_the_loopback_interface_only(compose, service):
+    assert {host for host, _, _ in published(compose, service)} == {"127.0.0.1"}
+
+
+def test_only_grafana_which_asks_for_a_password_can_be_published_further(compose):
+    assert published(compose, "grafana", GRAFANA_HOST="0.0.0.0") == [("0.0.0.0", "3000", "3000")]
+    everything = {
+        "GRAFANA_HOST": "0.0.0.0",
+        "PROMETHEUS_HOST": "0.0.0.0",
+        "MONITORING_HOST": "0.0.0.0",
+    }
+    assert published(compose, "prometheus", **everything) == [("127.0.0.1", "9090", "9090")]
