@@ -2,8 +2,9 @@
 
 ``all`` (the default, what ``make bench`` runs) = engine + service + profile, then the report:
 ``bench/results/results.json`` (raw figures), ``results.md`` (tables), two PNG plots, and the
-README section between the bench markers. ``--quick`` is a smoke run of the whole pipeline in
-a few minutes; it writes to ``bench/results/raw/quick/`` and leaves the README alone.
+section of the benchmarks page (docs/benchmarks.md) between the bench markers. ``--quick`` is a
+smoke run of the whole pipeline in a few minutes; it writes to ``bench/results/raw/quick/`` and
+leaves the benchmarks page alone.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load a service with these settings, interleaved (repeatable)",
     )
     parser.add_argument(
-        "--no-readme", action="store_true", help="do not regenerate the README section"
+        "--no-page", action="store_true", help=f"do not regenerate {report.BENCH_PAGE}'s section"
     )
     return parser
 
@@ -311,8 +312,8 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, An
     }
 
 
-def write_report(results: dict[str, Any], out_dir: Path, *, readme: bool) -> None:
-    """results.json, the plots, results.md and, when ``readme``, the README's bench section."""
+def write_report(results: dict[str, Any], out_dir: Path, *, page: bool) -> None:
+    """results.json, the plots, results.md and, when ``page``, the benchmarks page's section."""
     results["targets"] = report.compute_targets(results)
     write_json(out_dir / "results.json", results)
     report.plot(results, out_dir)
@@ -322,11 +323,13 @@ def write_report(results: dict[str, Any], out_dir: Path, *, readme: bool) -> Non
     (out_dir / "results.md").write_text("# Benchmark results\n\n" + markdown)
     for t in results["targets"]:
         progress(f"{t['status']:<7} {t['name']}: {t['measured']} (>= {t['threshold']})")
-    if readme:
-        path = ROOT / "README.md"
-        section = report.render_markdown(results, image_prefix="bench/results/", notes=notes)
-        path.write_text(report.replace_readme_section(path.read_text(), section))
-        progress("README benchmark section regenerated")
+    if page:
+        path = ROOT / report.BENCH_PAGE
+        # The plots are linked relative to the page.
+        prefix = Path(os.path.relpath(out_dir, path.parent)).as_posix() + "/"
+        section = report.render_markdown(results, image_prefix=prefix, notes=notes)
+        path.write_text(report.replace_bench_section(path.read_text(), section))
+        progress(f"{report.BENCH_PAGE} regenerated")
     progress(f"results in {out_dir}")
 
 
@@ -342,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"no results in {results_path}; run the benchmark first", file=sys.stderr)
         return 1
-    readme = not args.quick and not args.no_readme and out_dir == RESULTS_DIR
-    write_report(results, out_dir, readme=readme)
+    page = not args.quick and not args.no_page and out_dir == RESULTS_DIR
+    write_report(results, out_dir, page=page)
     return 0
 
 

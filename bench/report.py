@@ -1,4 +1,5 @@
-"""Results -> target figures (ratios from one run), a Markdown report, two PNG plots, README section.
+"""Results -> target figures (ratios from one run), a Markdown report, two PNG plots, the section
+of the benchmarks page (docs/benchmarks.md) between the bench markers.
 
 Everything here is pure given the results dict, so it is unit-tested without timing anything.
 """
@@ -13,8 +14,10 @@ from typing import Any
 
 from bench.common import interpolate_log2, median
 
-README_START = "<!-- bench:start -->"
-README_END = "<!-- bench:end -->"
+BENCH_PAGE = Path("docs/benchmarks.md")  # relative to the repository root
+BENCH_HEADING = "## Engines and service"  # the generated section goes under it
+BENCH_START = "<!-- bench:start -->"
+BENCH_END = "<!-- bench:end -->"
 ENGINE_PLOT = "engine_throughput.png"
 SERVICE_PLOT = "service_latency_throughput.png"
 
@@ -74,7 +77,7 @@ def paired_ratio(results: dict[str, Any], fast: str, slow: str, batch: int) -> f
 
 
 def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets the README reports, each a ratio from this one run."""
+    """The targets the benchmarks page reports, each a ratio from this one run."""
     return [
         *_engine_targets(results),
         _service_vs_engine(results),
@@ -437,17 +440,18 @@ def _plot_service(plt, servers: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def replace_readme_section(readme: str, section: str) -> str:
-    """Put ``section`` between the bench markers; add the markers under "## Benchmarks" if absent."""
-    block = f"{README_START}\n{section.rstrip()}\n{README_END}"
-    if README_START in readme and README_END in readme:
-        pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
-        return pattern.sub(lambda _: block, readme, count=1)
-    heading = re.search(r"^## Benchmarks[^\n]*\n", readme, re.M)
+def replace_bench_section(page: str, section: str) -> str:
+    """Put ``section`` between the bench markers; add the markers under BENCH_HEADING if absent."""
+    block = f"{BENCH_START}\n{section.rstrip()}\n{BENCH_END}"
+    if BENCH_START in page and BENCH_END in page:
+        pattern = re.compile(re.escape(BENCH_START) + r".*?" + re.escape(BENCH_END), re.S)
+        return pattern.sub(lambda _: block, page, count=1)
+    heading = re.search(rf"^{re.escape(BENCH_HEADING)}[^\n]*\n", page, re.M)
     if heading is None:
-        raise ValueError("README has no '## Benchmarks' heading to put the bench section under")
+        raise ValueError(f"{BENCH_PAGE} has no '{BENCH_HEADING}' heading to put the section under")
     # After the heading's first paragraph (the hand-written intro), before the next heading.
-    nxt = re.search(r"^## ", readme[heading.end() :], re.M)
-    end = heading.end() + (nxt.start() if nxt else len(readme) - heading.end())
-    body = readme[heading.end() : end].rstrip("\n")
-    return readme[: heading.end()] + body + "\n\n" + block + "\n\n" + readme[end:]
+    nxt = re.search(r"^## ", page[heading.end() :], re.M)
+    end = heading.end() + (nxt.start() if nxt else len(page) - heading.end())
+    body = page[heading.end() : end].strip("\n")
+    intro = f"\n{body}\n\n" if body else "\n"
+    return page[: heading.end()] + intro + block + "\n\n" + page[end:]

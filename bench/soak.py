@@ -7,7 +7,7 @@ loop, a few seconds), then runs for ``--minutes``, every second offering:
 
 - good images (the photos in samples/images) at ``--good-load`` x capacity;
 - a few bad requests (junk, truncated, empty, text, wrong content type, over the byte cap,
-  a decompression bomb), each with the status the README promises;
+  a decompression bomb), each with the status docs/api.md documents;
 - once a minute, a ``--burst-s`` overload burst at ``--burst-load`` x capacity.
 
 Each minute it prints requests by status and error code, and the server's RSS; at the end a JSON

@@ -64,8 +64,8 @@ def _log_banner(settings: Settings) -> None:
     log.info(
         "ready: serving %s on %s - try:\n"
         "  %s/  (the web page)\n"
-        "  curl -F file=@cat.jpg '%s/classify?top_k=5'\n"
-        "  curl -F file=@cat.jpg -H 'Accept: application/x-npz' -o f.npz '%s/features?stages=embedding'\n"
+        "  curl -F file=@samples/images/flower.jpg '%s/classify?top_k=5'\n"
+        "  curl -F file=@samples/images/flower.jpg -H 'Accept: application/x-npz' -o f.npz '%s/features?stages=embedding'\n"
         "  %s/docs  %s/v1/models  %s/readyz  %s/metrics",
         settings.model_path,
         base,

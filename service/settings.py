@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         "Keep it below the orchestrator's grace period (compose 10 s, Kubernetes 30 s).",
     )
     log_level: LogLevel = Field("info", description="Log level of the server and uvicorn.")
-    # HTTP-level limits: they bound what slow or abusive clients can hold (see README, Reliability).
+    # HTTP-level limits: they bound what slow or abusive clients can hold (see docs/reliability.md).
     header_timeout_s: float = Field(
         10.0,
         gt=0.0,

@@ -8,16 +8,20 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from bench import __main__ as bench_main
+from bench import report
 from bench.__main__ import parse_also, parse_env
 from bench.common import ROOT, interpolate_log2, percentile, write_json
 from bench.loadgen import MARKER, LoadGenError, lua_script, parse_wrk_output
 from bench.profile import MODULE_BUCKETS, bucket_of, summarise_folded, summarise_ort_trace
 from bench.report import (
-    README_END,
-    README_START,
+    BENCH_END,
+    BENCH_HEADING,
+    BENCH_PAGE,
+    BENCH_START,
     compute_targets,
     render_markdown,
-    replace_readme_section,
+    replace_bench_section,
 )
 from bench.service import Server, histogram_means, histogram_totals
 from bench.soak import Tally, summarise
@@ -289,22 +293,47 @@ def test_missing_sections_are_reported_not_run():
     assert {t["status"] for t in compute_targets({})} == {"NOT RUN"}
 
 
-README = "# x\n\nintro\n\n## Benchmarks\n\nHand-written intro.\n\n## Reliability\n\nkeep me\n"
+PAGE = f"# x\n\nintro\n\n{BENCH_HEADING}\n\nHand-written intro.\n\n## Soak\n\nkeep me\n"
 
 
-def test_readme_markers_are_added_under_the_heading_then_replaced_in_place():
-    once = replace_readme_section(README, "table v1")
-    assert once.index("## Benchmarks") < once.index(README_START) < once.index("## Reliability")
+def test_page_markers_are_added_under_the_heading_then_replaced_in_place():
+    once = replace_bench_section(PAGE, "table v1")
+    assert once.index(BENCH_HEADING) < once.index(BENCH_START) < once.index("## Soak")
     assert "Hand-written intro." in once and "keep me" in once
-    twice = replace_readme_section(once, "table v2")
+    twice = replace_bench_section(once, "table v2")
     assert "table v1" not in twice and "table v2" in twice
-    assert twice.count(README_START) == 1 and twice.count(README_END) == 1
+    assert twice.count(BENCH_START) == 1 and twice.count(BENCH_END) == 1
     assert twice.replace("table v2", "table v1") == once  # nothing else moved
 
 
-def test_readme_without_benchmarks_heading_is_refused():
-    with pytest.raises(ValueError, match="Benchmarks"):
-        replace_readme_section("# x\n", "t")
+def test_page_without_the_section_heading_is_refused():
+    with pytest.raises(ValueError, match=BENCH_HEADING):
+        replace_bench_section("# x\n", "t")
+
+
+def test_the_benchmarks_page_has_one_generated_section_under_its_heading():
+    page = (ROOT / BENCH_PAGE).read_text()
+    assert page.count(BENCH_START) == 1 and page.count(BENCH_END) == 1
+    assert page.index(BENCH_HEADING) < page.index(BENCH_START) < page.index(BENCH_END)
+
+
+def test_a_full_run_rewrites_the_benchmarks_page_with_plots_linked_from_the_page(
+    tmp_path, monkeypatch
+):
+    page = tmp_path / BENCH_PAGE
+    page.parent.mkdir(parents=True)
+    page.write_text(f"# Benchmarks\n\n{BENCH_HEADING}\n\n## int8\n\nkeep me\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    monkeypatch.setattr(bench_main, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "plot", lambda results, out_dir: [])
+    out_dir = tmp_path / "bench" / "results"
+    out_dir.mkdir(parents=True)
+    bench_main.write_report(_results(), out_dir, page=True)
+    text = page.read_text()
+    assert BENCH_START in text and "keep me" in text
+    assert "](../bench/results/engine_throughput.png)" in text
+    assert readme.read_text() == "# x\n"
 
 
 def test_markdown_report_holds_tables_targets_and_plot_links():

@@ -1,4 +1,4 @@
-"""The README's configuration table documents every setting with its real default."""
+"""The configuration page's settings table documents every setting with its real default."""
 
 import re
 from pathlib import Path
@@ -6,11 +6,12 @@ from pathlib import Path
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 
 
 def test_configuration_table_lists_every_setting_with_its_default():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    rows = dict(re.findall(r"^\| `(SWIN_[A-Z_]+)` \| `([^`]*)` \|", readme, flags=re.M))
+    page = CONFIGURATION.read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(SWIN_[A-Z_]+)` \| `([^`]*)` \|", page, flags=re.M))
     expected = {
         f"SWIN_{name.upper()}": str(field.default) for name, field in Settings.model_fields.items()
     }

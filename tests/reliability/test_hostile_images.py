@@ -1,6 +1,6 @@
 """Malformed and hostile images through the real app and the tiny exported model (in-process).
 
-Every input gets its documented status (the README error table), never a 5xx, and afterwards a
+Every input gets its documented status (the error table in docs/api.md), never a 5xx, and afterwards a
 good image still gets the result it got before. Decompression bombs are refused from the
 header: a subprocess measures its own peak RSS around the decode.
 """

@@ -93,7 +93,7 @@ def test_twice_capacity_gives_only_200_and_fast_503_with_flat_memory(start_serve
         f" 200 max {max(ok) * 1e3:.0f} ms; RSS before {rss_before / 2**20:.1f} MiB, peak"
         f" {rss_peak / 2**20:.1f} MiB, after {rss_after / 2**20:.1f} MiB"
     )
-    print(report)  # the figures for the README (pytest -s)
+    print(report)  # the figures for docs/benchmarks.md (pytest -s)
 
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     # Twice capacity really was offered: a good share was refused, a good share served.
