@@ -8,9 +8,16 @@
 PYTHON ?= python3
 # `make serve GPU=1`: ONNX Runtime's CUDA build, in an environment of its own (.venv-gpu: the CPU
 # and CUDA builds of onnxruntime cannot share one), with CUDA required rather than hoped for.
-# FP16=1 serves the float16 variant (exported beside the fp32 model when missing).
+# FP16=1 serves the float16 variant. The host needs the NVIDIA driver, CUDA 13 and cuDNN 9 that
+# onnxruntime-gpu is built for (docs/troubleshooting.md).
 GPU ?=
 FP16 ?=
+ifneq ($(filter-out 1,$(GPU) $(FP16)),)
+$(error GPU and FP16 are 1 or empty, not '$(GPU)$(FP16)')
+endif
+ifneq ($(and $(GPU),$(filter-out serve export,$(MAKECMDGOALS))),)
+$(error GPU=1 is for `make serve` and `make export`; tests and tools run in .venv)
+endif
 ifeq ($(GPU),1)
 VENV := .venv-gpu
 SERVE_EXTRAS := gpu,export
@@ -75,6 +82,9 @@ $(BENCH_STAMP): | $(PY)
 	touch $@ $(DEV_STAMP) $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on :8000
+	@if [ ! -f $(MODEL) ] && [ -n "$(FP16)" ] && [ -f artefacts/$(VARIANT).onnx ]; then \
+	  echo "error: $(MODEL) is missing beside artefacts/$(VARIANT).onnx; export both from your" \
+	    "weights: make export CHECKPOINT=... EXPORT_ARGS=--fp16" >&2; exit 1; fi
 	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/$(if $(SERVE_EXPORT_ARGS), $(SERVE_EXPORT_ARGS))
 	@echo "Loading $(MODEL); the server logs its URLs once it is ready."
 	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(SERVE_ENV) $(PY) -m service
@@ -131,7 +141,7 @@ docker-cpu: ## build the CPU-only image (the same build arguments as docker)
 
 clean: ## remove caches and build outputs (keeps .venv and artefacts/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
-	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	find . \( -path ./.venv -o -path ./.venv-gpu \) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
-distclean: clean ## also remove .venv and artefacts/
-	rm -rf $(VENV) artefacts
+distclean: clean ## also remove .venv, .venv-gpu and artefacts/
+	rm -rf .venv .venv-gpu artefacts

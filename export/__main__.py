@@ -127,7 +127,8 @@ def summary(result: ExportResult) -> str:
             else f"   weights: {weights.source} sha256 {str(weights.sha256)[:16]}..."
         ),
         "  outputs:  " + "  ".join(f"{k} {list(v)}" for k, v in info.outputs.items()),
-        f"  labels:   {len(info.labels)} ({', '.join(info.labels[:3])}, ...) from {info.labels_source}",
+        f"  labels:   {len(info.labels)} ({', '.join(info.labels[:3])}"
+        f"{', ...' if len(info.labels) > 3 else ''}) from {info.labels_source}",
         f"  parity:   PASS, worst {worst['rel_diff']:.2e} ({worst_name}) <= {parity['tolerance']:g}, batch {parity['batch_sizes']} (traced at {parity['trace_batch_size']})",
         f"  startup:  {startup['preoptimized_s']:.2f} s pre-optimised vs {startup['raw_graph_s']:.2f} s raw graph",
     ]

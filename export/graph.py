@@ -3,7 +3,7 @@
 The exporter is `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), opset 18,
 rather than the TorchScript tracer: it keeps every channel and spatial dimension static (the
 tracer turned them into symbols), leaves `batch` as the only symbol, folds the relative-position
-bias gather into constants, and so gives a far smaller graph. The README's export section has
+bias gather into constants, and so gives a far smaller graph. docs/benchmarks.md has
 the measurements.
 """
 

@@ -2,7 +2,7 @@
 
 The size comes from `--num-classes`, else the checkpoint's own classifier, else the labels, else
 ImageNet-1k. The names come from `--labels FILE`, else a HuggingFace `config.json` (`id2label`),
-else the shipped ImageNet names, else `class_<i>`. Any two sources that disagree stop the
+else the shipped ImageNet-1k names, else `class_<i>`. Any two sources that disagree stop the
 export with a message naming both.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import class_labels
+from model.checkpoint import DIRECTORY_FILES
 from model.labels import IMAGENET_1K
 
 
@@ -28,13 +29,13 @@ class Head:
 
 
 def read_labels_file(path: Path) -> tuple[str, ...]:
-    """Names from a text file (one per line, in class order) or JSON: a list of names, an
-    `{index: name}` object, or a HuggingFace `config.json` with `id2label`."""
+    """Names from a text file (one per line, in class order) or a `.json` file: a list of names,
+    an `{index: name}` object, or a HuggingFace `config.json` with `id2label`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelsError(f"cannot read labels file {path}: {exc}") from exc
-    if path.suffix == ".json" or text.lstrip().startswith(("[", "{")):
+    if path.suffix == ".json":
         return _json_labels(text, str(path))
     lines = text.splitlines()
     while lines and not lines[-1].strip():
@@ -48,15 +49,20 @@ def read_labels_file(path: Path) -> tuple[str, ...]:
 
 
 def huggingface_labels(checkpoint: str) -> tuple[str, ...] | None:
-    """`id2label` of the `config.json` in (or beside) a HuggingFace checkpoint, if there is one."""
+    """`id2label` of a HuggingFace checkpoint's `config.json`: in its folder, or beside its
+    `model.safetensors` / `pytorch_model.bin`. Any other `config.json` (the official training
+    script writes a YAML one beside its checkpoints) is not a HuggingFace config, and is left be."""
     path = Path(checkpoint)
-    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-    if "://" in checkpoint or not config.is_file():
+    if path.is_dir():
+        config = path / "config.json"
+    elif path.name in DIRECTORY_FILES:
+        config = path.parent / "config.json"
+    else:
         return None
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LabelsError(f"cannot read {config}: {exc}") from exc
+        data = json.loads(config.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return None
     if not isinstance(data, dict) or "id2label" not in data:
         return None
     labels = _indexed(data["id2label"], str(config))
@@ -81,12 +87,14 @@ def decide_head(
         (f"the checkpoint's classifier ({checkpoint_classes} classes)", checkpoint_classes),
         (f"labels file {labels_file} ({len(file_labels or ())} names)", _len(file_labels)),
         (
-            f"the checkpoint's config.json ({len(checkpoint_labels or ())} names)",
+            f"the checkpoint's config.json id2label ({len(checkpoint_labels or ())} names)",
             _len(checkpoint_labels),
         ),
     ]
     known = [(what, n) for what, n in sizes if n is not None]
     size = known[0][1] if known else IMAGENET_1K
+    if size < 1:
+        raise LabelsError(f"{known[0][0]}: a head needs at least one class")
     for what, n in known[1:]:
         if n != size:
             raise LabelsError(f"{what} disagrees with {known[0][0]}: the head has one size")
@@ -96,7 +104,7 @@ def decide_head(
         return Head(size, checkpoint_labels, "the checkpoint's config.json (id2label)")
     names = class_labels(size)
     shipped = names[0] != "class_0"
-    return Head(size, names, "shipped ImageNet names" if shipped else "none given: class_<i>")
+    return Head(size, names, "shipped ImageNet-1k names" if shipped else "none given: class_<i>")
 
 
 def _len(labels: tuple[str, ...] | None) -> int | None:

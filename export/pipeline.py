@@ -183,7 +183,10 @@ def _decide_head(options: ExportOptions) -> Head:
         checkpoint_classes=checkpoint_head_size(
             options.checkpoint, trusted=options.trust_checkpoint
         ),
-        checkpoint_labels=huggingface_labels(options.checkpoint) if local else None,
+        # --labels wins: a config.json is not read at all when names are given.
+        checkpoint_labels=(
+            huggingface_labels(options.checkpoint) if local and options.labels is None else None
+        ),
     )
 
 

@@ -69,4 +69,4 @@ def check_started(choice: Choice, active: str, requested: str) -> Choice:
     )
     if requested == "cuda":
         raise ProviderError(f"SWIN_PROVIDERS=cuda: {message}")
-    return Choice(False, choice.reason, message)
+    return Choice(False, f"{choice.reason}, but its CUDA provider did not start", message)

@@ -55,7 +55,7 @@ def test_flower_shows_top5_bars_heatmaps_model_card_and_timing(
     card = page.locator("#model-card")
     expect(card).to_contain_text("CPUExecutionProvider")
     expect(card).to_contain_text("random")
-    expect(card).to_contain_text("shipped ImageNet names")  # where the class names came from
+    expect(card).to_contain_text("shipped ImageNet-1k names")  # where the class names came from
     expect(card).to_contain_text(f"up to {server.max_batch_size} images per run")
 
     page.set_input_files("#file-input", flower)

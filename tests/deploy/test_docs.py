@@ -1,5 +1,5 @@
 """The README stays short and every page it leads to is reachable: links resolve, files exist,
-the error table is the code's, and the README's client runs on what the service installs."""
+the error table is the code's, and the README's client imports only what the service installs."""
 
 from __future__ import annotations
 

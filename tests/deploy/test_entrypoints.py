@@ -174,12 +174,16 @@ def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox)
     gpu_python = sandbox / ".venv-gpu/bin/python"
     gpu_python.parent.mkdir(parents=True)
     shutil.copy2(sandbox / ".venv/bin/python", gpu_python)
+    # An fp32 model without its fp16 twin may be the user's fine-tune: never re-export over it.
+    refused = make(sandbox, "serve", GPU="1", FP16="1")
+    assert refused.returncode != 0 and "EXPORT_ARGS=--fp16" in refused.stderr
+    assert matches(calls(sandbox), install(sandbox, "gpu,export"))  # and nothing after it
+    (sandbox / "artefacts/swin_tiny_patch4_window7_224.onnx").unlink()
     result = make(sandbox, "serve", GPU="1", FP16="1")
     assert result.returncode == 0, result.stderr
     assert matches(
         calls(sandbox),
         [
-            *install(sandbox, "gpu,export"),
             re.escape(
                 "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto "
                 "--out artefacts/ --fp16"
@@ -187,6 +191,8 @@ def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox)
             "-m service",
         ],
     )
+    assert "GPU and FP16 are 1 or empty" in make(sandbox, "serve", FP16="0").stderr
+    assert "GPU=1 is for `make serve`" in make(sandbox, "test", GPU="1").stderr
     dry = make(sandbox, "-n", "serve", GPU="1", FP16="1").stdout
     assert "SWIN_PROVIDERS=${SWIN_PROVIDERS:-cuda}" in dry
     assert (

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from export import manifest
 from export.__main__ import main as export_main
 from export.labels import LabelsError, decide_head, huggingface_labels, read_labels_file
 from model import build_model, class_labels
@@ -60,19 +61,51 @@ def test_without_any_source_the_head_is_imagenet_1k():
     assert head.num_classes == 1000 and head.labels[0] == "tench"
 
 
-def test_a_22k_head_gets_the_imagenet_22k_names():
+def test_a_22k_head_without_names_says_so_rather_than_guess_an_order():
     names = class_labels(21841)
-    assert len(names) == 21841 and names[0] == "organism" and "tench" in names
+    assert len(names) == 21841 and names[0] == "class_0" and names[-1] == "class_21840"
     head = decide_head(
         num_classes=21841, labels_file=None, checkpoint_classes=None, checkpoint_labels=None
     )
-    assert head.labels == names and head.labels_source == "shipped ImageNet names"
+    assert head.labels == names and head.labels_source == "none given: class_<i>"
+
+
+def test_a_head_of_no_classes_is_refused_with_its_source():
+    with pytest.raises(LabelsError, match="--num-classes 0: a head needs at least one class"):
+        decide_head(
+            num_classes=0, labels_file=None, checkpoint_classes=None, checkpoint_labels=None
+        )
+
+
+def test_only_a_huggingface_config_is_read_never_any_config_json_beside_a_checkpoint(tmp_path):
+    # The official training script writes a YAML config.json beside its ckpt_epoch_N.pth.
+    (tmp_path / "config.json").write_text("MODEL:\n  TYPE: swin\n")
+    (tmp_path / "ckpt_epoch_9.pth").touch()
+    assert huggingface_labels(str(tmp_path / "ckpt_epoch_9.pth")) is None
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b"}}))
+    assert huggingface_labels(str(tmp_path / "ckpt_epoch_9.pth")) is None  # not an HF file name
+    assert huggingface_labels(str(tmp_path / "model.safetensors")) == ("a", "b")
+    assert huggingface_labels(str(tmp_path)) == ("a", "b")
+
+
+def test_a_labels_file_wins_and_the_config_json_is_not_consulted(tmp_path, capsys):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    torch.save({"model": fine_tune(3)}, folder / "pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps({"id2label": dict(enumerate("abcde"))}))
+    labels = tmp_path / "three.txt"
+    labels.write_text("x\ny\nz\n")
+    rc, model_path = export(tmp_path, "--checkpoint", str(folder), "--labels", str(labels))
+    assert rc == 0, capsys.readouterr().err
+    assert manifest.read(model_path).labels == ("x", "y", "z")
 
 
 @pytest.mark.parametrize(
     ("text", "suffix", "expected"),
     [
         ("cat\ndog\n\n", ".txt", ("cat", "dog")),
+        ("\ufeffcat\ndog\n", ".txt", ("cat", "dog")),  # a BOM, as some editors write
+        ("[x]\n{y}\n", ".txt", ("[x]", "{y}")),  # a text file is never read as JSON
         ('["cat", "dog"]', ".json", ("cat", "dog")),
         ('{"1": "dog", "0": "cat"}', ".json", ("cat", "dog")),
         ('{"id2label": {"0": "cat", "1": "dog"}, "num_labels": 2}', ".json", ("cat", "dog")),
@@ -95,7 +128,7 @@ def test_labels_files_in_every_documented_form(tmp_path, text, suffix, expected)
     ],
 )
 def test_bad_labels_files_are_refused_with_the_reason(tmp_path, text, message):
-    path = tmp_path / "labels.txt"
+    path = tmp_path / ("labels.json" if text.startswith(("[", "{")) else "labels.txt")
     path.write_text(text)
     with pytest.raises(LabelsError, match=message):
         read_labels_file(path)

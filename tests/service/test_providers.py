@@ -36,17 +36,21 @@ def test_cpu_is_cpu_even_on_a_gpu_host():
 
 def test_a_cuda_provider_that_did_not_start_warns_under_auto_and_fails_under_cuda():
     auto = check_started(choose("auto", [CUDA, CPU], GPU), CPU, "auto")
-    assert not auto.cuda and "did not start" in auto.warning
+    assert not auto.cuda and "did not start" in auto.warning and "did not start" in auto.reason
     with pytest.raises(ProviderError, match="did not start"):
         check_started(choose("cuda", [CUDA, CPU], GPU), CPU, "cuda")
     assert check_started(choose("cuda", [CUDA, CPU], GPU), CUDA, "cuda").cuda
 
 
-def test_hidden_gpus_are_not_counted(monkeypatch):
-    from service.providers import visible_gpus
+def test_gpus_are_seen_by_their_device_nodes_unless_hidden(monkeypatch):
+    from service import providers
 
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert visible_gpus() == []
+    monkeypatch.setattr(providers.glob, "glob", lambda pattern: ["/dev/nvidia1", "/dev/nvidia0"])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert providers.visible_gpus() == ["/dev/nvidia0", "/dev/nvidia1"]
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert providers.visible_gpus() == []
 
 
 @pytest.mark.anyio
