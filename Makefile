@@ -143,5 +143,5 @@ clean: ## remove caches and build outputs (keeps .venv and artefacts/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . \( -path ./.venv -o -path ./.venv-gpu \) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
-distclean: clean ## also remove .venv, .venv-gpu and artefacts/
-	rm -rf .venv .venv-gpu artefacts
+distclean: clean ## also remove .venv, .venv-gpu, .venv-checkov and artefacts/
+	rm -rf .venv .venv-gpu .venv-checkov artefacts

@@ -381,8 +381,10 @@ def test_the_adapter_rule_reads_a_series_the_service_declares_per_pod(metric_nam
     query = rule["metricsQuery"]
     for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
         assert placeholder in query
-    # A counter is read as a rate: seconds of waiting per second, the mean images queued.
+    # A counter is read as a rate: seconds of waiting per second, the mean images queued; max
+    # per pod, so that a pod scraped by two jobs is not counted twice.
     assert series.endswith("_sum") and re.search(r"\brate\(<<\.Series>>", query)
+    assert query.startswith("max(")
 
 
 def test_the_cpu_hpa_target_is_the_capacity_models_queue_at_a_one_second_p99(rendered):
@@ -394,6 +396,9 @@ def test_the_cpu_hpa_target_is_the_capacity_models_queue_at_a_one_second_p99(ren
         f"the HPA targets {target['averageValue']}; bench/capacity.py gives {expected:.3f} "
         "from bench/results/results.json"
     )
+    # The model queues images one at a time; so must the pods, or a batch hides the waits of
+    # all but its first image from the metric and the target lets each pod run hotter.
+    assert env(rendered["cpu"])["SWIN_MAX_BATCH_SIZE"] == "1"
 
 
 def test_the_gpu_hpa_target_is_below_one_full_batch_waiting(rendered):
