@@ -102,9 +102,8 @@ def decide_head(
         return Head(size, file_labels, f"labels file {labels_file.name}")
     if checkpoint_labels is not None:
         return Head(size, checkpoint_labels, "the checkpoint's config.json (id2label)")
-    names = class_labels(size)
-    shipped = names[0] != "class_0"
-    return Head(size, names, "shipped ImageNet-1k names" if shipped else "none given: class_<i>")
+    source = "shipped ImageNet-1k names" if size == IMAGENET_1K else "none given: class_<i>"
+    return Head(size, class_labels(size), source)
 
 
 def _len(labels: tuple[str, ...] | None) -> int | None:

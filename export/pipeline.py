@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 
 from model import SwinConfig, SwinTransformer, get_config
-from model.weights import checkpoint_head_size, load_weights
+from model.weights import checkpoint_head_size, is_local, load_weights
 from service.contract import GOLDEN_KEY, RANDOM_WEIGHTS_WARNING, Manifest, WeightsRecord
 from service.sessions import cpu_session
 
@@ -176,7 +176,7 @@ def _load_weights(work: _Work) -> None:
 
 
 def _decide_head(options: ExportOptions) -> Head:
-    local = options.checkpoint not in ("random", "official", "auto")
+    local = is_local(options.checkpoint)
     return decide_head(
         num_classes=options.num_classes,
         labels_file=options.labels,

@@ -9,14 +9,10 @@ IMAGENET_1K, IMAGENET_22K = 1000, 21841
 
 
 @cache
-def _shipped(name: str) -> tuple[str, ...]:
-    text = files(__package__).joinpath(f"data/{name}").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
 def imagenet_labels() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names, in class-index order."""
-    return _shipped("imagenet1k_labels.txt")
+    text = files(__package__).joinpath("data/imagenet1k_labels.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 def class_labels(num_classes: int) -> tuple[str, ...]:

@@ -32,6 +32,13 @@ from .download import (
 from .swin import SwinTransformer
 
 CHOICES = "official, auto, random, a checkpoint path, or an http(s)/file URL"
+CHOSEN = ("random", "official", "auto")  # specs that name weights to make or fetch, not a file
+URL_SCHEMES = ("http://", "https://", "file://")
+
+
+def is_local(spec: str) -> bool:
+    """A path on this machine, not a URL nor one of CHOSEN."""
+    return spec not in CHOSEN and not spec.startswith(URL_SCHEMES)
 
 
 class WeightsError(RuntimeError):
@@ -90,7 +97,7 @@ def load_weights(
         return _official(
             model, spec, variant=variant, seed=seed, trusted=trusted, on_fallback=on_fallback
         )
-    if spec.startswith(("http://", "https://", "file://")):
+    if spec.startswith(URL_SCHEMES):
         path = _download(spec)
         return _from_file(model, path, trusted, source="url", url=spec)
     path = Path(spec)
@@ -102,9 +109,9 @@ def load_weights(
 def checkpoint_head_size(spec: str, *, trusted: bool = False) -> int | None:
     """Classes of the checkpoint's own classifier when `spec` is a file, folder or URL (None for
     official, auto and random weights, whose head size is chosen, not read)."""
-    if spec in ("random", "official", "auto"):
+    if spec in CHOSEN:
         return None
-    path = _download(spec) if spec.startswith(("http://", "https://", "file://")) else Path(spec)
+    path = Path(spec) if is_local(spec) else _download(spec)
     if not path.exists():
         raise WeightsError(f"checkpoint {spec!r} not found; pass {CHOICES}")
     try:

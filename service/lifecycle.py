@@ -91,7 +91,7 @@ class Lifecycle:
 
     @property
     def failed(self) -> bool:
-        """The device failed for good (``failure`` says how); nothing recovers from this."""
+        """The device failed for good (the log says how); nothing recovers from this."""
         return self.phase is Phase.FATAL
 
     def model_for_requests(self) -> LoadedModel | None:
@@ -161,7 +161,10 @@ class Lifecycle:
     def fail(self, exc: BaseException) -> None:
         """-> FATAL: the device failed for good. Readiness goes 503, requests are refused and the
         hooks run; the server then shuts down and exits non-zero (see ``DrainingServer``), so
-        that the orchestrator restarts it."""
+        that the orchestrator restarts it. Only the first failure counts: parallel batches and the
+        warm-up may all fail on one dead device."""
+        if self.failed:
+            return
         log.critical("FATAL device error, readiness now 503; the process must restart: %s", exc)
         self._enter(Phase.FATAL)
         self._warm_up_over.set()  # wake waiters so they see the failure
@@ -174,6 +177,7 @@ class Lifecycle:
         self.begin_drain()
         if self._warm_up is not None:
             self._warm_up.cancel()
+        self._warm_up_over.set()  # a cancelled warm-up never ends: nobody may wait on it for ever
         if self._drain_deadline is not None:
             self._drain_deadline.cancel()
         if self.model is None:

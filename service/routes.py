@@ -134,7 +134,8 @@ async def infer_images(
     try:
         results = await batcher.submit(inputs, deadline)
     except BatcherError as exc:
-        code, prefix = _SUBMIT_ERRORS[type(exc)]
+        # By class, subclasses included: a new kind of BatcherError must not become a KeyError.
+        code, prefix = next(_SUBMIT_ERRORS[c] for c in type(exc).__mro__ if c in _SUBMIT_ERRORS)
         raise ApiError(code, f"{prefix}{exc}"[:500]) from exc
     timings.queue_s = max(r.queue_wait_s for r in results)
     timings.inference_s = max(r.inference_s for r in results)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.support import skip_unless_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"  # the compose service that runs the server
@@ -114,18 +110,14 @@ def compose_cpu(compose) -> dict[str, Any]:
     return merge(compose, load_compose("docker-compose.cpu.yml"))
 
 
-# ---- the service's own modules (written in parallel; absent modules skip with a reason) ------
-
-
-def service_module(name: str):
-    if importlib.util.find_spec("service") is None or importlib.util.find_spec(name) is None:
-        skip_unless_ci(f"{name} does not exist, so this cross-check cannot run")
-    return importlib.import_module(name)
+# ---- the service's own modules -----------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def settings_cls():
-    return service_module("service.settings").Settings
+    from service.settings import Settings
+
+    return Settings
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +130,9 @@ def metric_names() -> set[str]:
         "summary": ("", "_count", "_sum", "_created"),
         "info": ("_info",),
     }
-    registry = service_module("service.metrics").Metrics().registry
+    from service.metrics import Metrics
+
+    registry = Metrics().registry
     return {
         family.name + suffix
         for family in registry.collect()

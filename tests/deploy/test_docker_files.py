@@ -563,7 +563,9 @@ def test_each_export_argument_adds_only_its_own_option(export_run, name):
 
 def test_export_command_lines_are_ones_the_exporter_accepts(export_run):
     """The recorded command lines parse with the real exporter's parser (options and choices)."""
-    parser = pytest.importorskip("export.__main__").build_parser()
+    from export.__main__ import build_parser
+
+    parser = build_parser()
     for build_args in (
         {},
         {"VARIANT": "swin_base_patch4_window12_384", "WEIGHTS": "./my.pth", "NUM_CLASSES": "10"},

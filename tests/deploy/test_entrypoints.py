@@ -109,7 +109,8 @@ def install(sandbox: Path, extras: str) -> list[str]:
     (found locally: the fake python says yes), then the search for strays."""
     lock = re.escape(f"{sandbox}/requirements.lock")
     constraint = r"--constraint /\S+"  # a temporary file with the lock's pins
-    probe = [re.escape("-m pip install -q --dry-run --no-deps --no-index torch==2.13.0+cpu")]
+    (torch,) = re.findall(r"^torch==\S+", (ROOT / "requirements.lock").read_text(), re.M)
+    probe = [re.escape(f"-m pip install -q --dry-run --no-deps --no-index {torch}")]
     return [
         *(probe if "export" in extras else []),
         rf"-m pip install -q {constraint} pip setuptools",

@@ -114,3 +114,27 @@ async def test_ready_hooks_run_once_warm_up_has_made_the_server_ready(make_app, 
         await lifecycle.wait_for_warm_up()
         assert (await client.get("/readyz")).status_code == 200
     assert phases_seen == ["ready"]
+
+
+async def test_a_dead_device_is_reported_once_however_many_runs_fail(make_app, serve):
+    app = make_app()
+    lifecycle = app.state.service.lifecycle
+    hooks: list[str] = []
+    lifecycle.on_fatal(lambda exc: hooks.append(str(exc)))
+    async with serve(app):
+        lifecycle.fail(RuntimeError("first batch"))
+        lifecycle.fail(RuntimeError("second batch"))  # a parallel run on the same dead device
+    assert hooks == ["first batch"] and lifecycle.phase is Phase.FATAL
+
+
+async def test_waiting_for_warm_up_ends_when_stop_cancels_it(make_app, make_engine):
+    gate = threading.Event()  # warm-up never finishes on its own
+    app = make_app(make_engine(warmup_gate=gate))
+    lifecycle = app.state.service.lifecycle
+    try:
+        async with app.router.lifespan_context(app):
+            assert lifecycle.phase is Phase.WARMING
+        await asyncio.wait_for(lifecycle.wait_for_warm_up(), timeout=5)  # stop() cancelled it
+    finally:
+        gate.set()  # let the worker thread go
+    assert not lifecycle.ready
