@@ -53,7 +53,7 @@ DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test export lint format lock bench soak docker docker-cpu clean distclean
+.PHONY: help serve test export lint format lock proto bench soak docker docker-cpu clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ lock: | $(PY) ## re-resolve requirements.lock after a change to pyproject.toml's
 	    $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade) --output-file $(LOCK) pyproject.toml
 	$(PY) deploy/requirements.py --stamp $(LOCK)
 	@echo "$(LOCK) updated: commit it with the change to pyproject.toml that needed it"
+
+proto: $(DEV_STAMP) ## recompile service/v2/open_inference.proto into the descriptor the server loads
+	$(PY) -m grpc_tools.protoc -I service/v2 --descriptor_set_out=service/v2/open_inference.binpb open_inference.proto
 
 bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_ARGS=--quick: smoke run)
 	@command -v wrk >/dev/null || { echo "installing wrk, the HTTP load generator"; \

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine import Engine, OnnxEngine
-from service.errors import ApiError, ErrorCode, code_for_status
+from service.errors import ApiError, ErrorCode, code_for_status, is_v2_path
 from service.lifecycle import FatalHook, Lifecycle
 from service.metrics import Metrics
 from service.middleware import (
@@ -23,8 +23,10 @@ from service.middleware import (
 from service.preprocess import configure_pillow
 from service.routes import router
 from service.settings import Settings
-from service.state import ServiceState
+from service.state import RequestSlots, ServiceState
 from service.ui import router as ui_router
+from service.v2.grpc_server import GrpcServer, GrpcStartError
+from service.v2.http_routes import router as v2_router
 
 _DESCRIPTION = """
 Swin Transformer image classification and feature extraction on ONNX Runtime, with server-side
@@ -32,7 +34,9 @@ dynamic batching.
 
 * `POST /classify` - top-k ImageNet classes per image: `curl -F file=@cat.jpg localhost:8000/classify`
 * `POST /features` - stage maps and/or the pooled embedding, as JSON or `.npz`
-* Errors are always `{"error": {"code": ..., "message": ...}}`; 503s carry `Retry-After`.
+* `/v2/...` - the Open Inference Protocol (KServe v2), as Triton's and KServe's clients speak it
+* Errors are `{"error": {"code": ..., "message": ...}}` (on `/v2`, `{"error": "message"}`); 503s
+  carry `Retry-After`.
 """
 
 
@@ -54,7 +58,12 @@ def create_app(
     lifecycle = Lifecycle(settings, metrics, load)
     if on_fatal is not None:
         lifecycle.on_fatal(on_fatal)
-    state = ServiceState(settings=settings, metrics=metrics, lifecycle=lifecycle)
+    state = ServiceState(
+        settings=settings,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        slots=RequestSlots(settings.max_concurrent_requests),
+    )
     app = FastAPI(
         title="Swin Transformer inference service",
         version="0.1.0",
@@ -64,8 +73,9 @@ def create_app(
     app.state.service = state
     app.include_router(router)
     app.include_router(ui_router)
+    app.include_router(v2_router)
     _install_error_handlers(app, metrics)
-    _install_middleware(app, settings, metrics)
+    _install_middleware(app, state)
     return app
 
 
@@ -79,16 +89,38 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
         state.decode_executor = ThreadPoolExecutor(
             max_workers=state.settings.resolved_decode_threads(), thread_name_prefix="swin-decode"
         )
+        grpc_server = await _start_grpc(state)
         try:
             yield
         finally:
+            if grpc_server is not None:  # its calls finish before the batcher drains
+                await grpc_server.stop(state.lifecycle.drain_time_left())
             await state.lifecycle.stop()
             state.decode_executor.shutdown(wait=False, cancel_futures=True)
 
     return lifespan
 
 
-def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+async def _start_grpc(state: ServiceState) -> GrpcServer | None:
+    """The gRPC endpoint, when SWIN_GRPC_PORT is set: it stops taking calls when a drain begins."""
+    if not state.settings.grpc_port:
+        return None
+    server = GrpcServer(state)
+    try:
+        await server.start()
+    except GrpcStartError:
+        await state.lifecycle.stop()
+        raise
+    lifecycle = state.lifecycle
+    lifecycle.on_drain(lambda: server.begin_stop(lifecycle.drain_time_left()))
+    if lifecycle.draining:  # the drain began while the model loaded
+        server.begin_stop(lifecycle.drain_time_left())
+    state.grpc_port = server.port
+    return server
+
+
+def _install_middleware(app: FastAPI, state: ServiceState) -> None:
+    settings, metrics = state.settings, state.metrics
     # Starlette wraps in reverse order: observability is outermost, so it also times and counts
     # the 503s of the concurrency limit and the 413s the body limit sends itself.
     app.add_middleware(
@@ -97,20 +129,18 @@ def _install_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> N
         timeout_s=settings.body_timeout_s,
         metrics=metrics,
     )
-    app.add_middleware(
-        ConcurrencyLimitMiddleware, max_requests=settings.max_concurrent_requests, metrics=metrics
-    )
+    app.add_middleware(ConcurrencyLimitMiddleware, slots=state.slots, metrics=metrics)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         metrics.rejected(exc.code)
-        return exc.response()
+        return exc.response(v2=is_v2_path(request.url.path))
 
     @app.exception_handler(RequestValidationError)
-    async def request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Only location, message and type: echoing the input could reflect arbitrary client bytes.
         details = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -119,11 +149,12 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         summary = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details)
         error = ApiError(ErrorCode.VALIDATION_ERROR, f"invalid request: {summary}", details=details)
         metrics.rejected(error.code)
-        return error.response()
+        return error.response(v2=is_v2_path(request.url.path))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # The framework's own errors (routing's 404 and 405, say): its status and headers stand.
         error = ApiError(code_for_status(exc.status_code), str(exc.detail))
         metrics.rejected(error.code)
-        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+        body = error.body(v2=is_v2_path(request.url.path))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

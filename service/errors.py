@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``.
+"""One JSON error shape for every failure: ``{"error": {"code": ..., "message": ...}}``, and on
+the Open Inference Protocol's paths (``/v2...``) the protocol's own ``{"error": "message"}``.
 
 ``ErrorCode`` is the one table of errors: each stable code clients may switch on, with the HTTP
 status it is answered with and, for the retryable 503s, the Retry-After seconds. Every error is
@@ -29,6 +30,7 @@ class ErrorCode(StrEnum):
 
     INVALID_IMAGE = "invalid_image", 400
     BAD_REQUEST = "bad_request", 400  # malformed multipart, no image
+    INVALID_TENSOR = "invalid_tensor", 400  # v2: a tensor's name, datatype, shape or data
     NOT_FOUND = "not_found", 404
     METHOD_NOT_ALLOWED = "method_not_allowed", 405
     NOT_ACCEPTABLE = "not_acceptable", 406
@@ -104,11 +106,19 @@ class ApiError(Exception):
             headers["Connection"] = "close"
         return headers
 
-    def body(self) -> dict[str, Any]:
+    def body(self, *, v2: bool = False) -> dict[str, Any]:
+        """The JSON body; ``v2``: in the Open Inference Protocol's shape."""
+        if v2:
+            return {"error": self.message}
         return error_body(self.code, self.message, self.details)
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, *, v2: bool = False) -> JSONResponse:
+        return JSONResponse(self.body(v2=v2), status_code=self.status, headers=self.headers)
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol, whose errors have its shape."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def error_body(code: ErrorCode, message: str, details: Any | None = None) -> dict[str, Any]:

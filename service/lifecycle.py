@@ -72,6 +72,7 @@ class Lifecycle:
         self._load = load
         self._fatal_hooks: list[FatalHook] = []
         self._ready_hooks: list[Callable[[], None]] = []
+        self._drain_hooks: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warm_up: asyncio.Task[None] | None = None
         self._warm_up_over = asyncio.Event()  # warmed up, or failed trying
@@ -108,6 +109,10 @@ class Lifecycle:
     def on_ready(self, hook: Callable[[], None]) -> None:
         """Call ``hook()`` once the model is warm and the server first turns ready."""
         self._ready_hooks.append(hook)
+
+    def on_drain(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` when the drain begins (readiness has just gone 503)."""
+        self._drain_hooks.append(hook)
 
     def on_fatal(self, hook: FatalHook) -> None:
         """Call ``hook(exc)`` when the device fails for good (after readiness went 503)."""
@@ -157,6 +162,8 @@ class Lifecycle:
         if self.phase is not Phase.FATAL:
             self._enter(Phase.DRAINING)
         self._arm_drain_deadline()
+        for hook in self._drain_hooks:
+            hook()
 
     def fail(self, exc: BaseException) -> None:
         """-> FATAL: the device failed for good. Readiness goes 503, requests are refused and the

@@ -7,6 +7,8 @@ Times are in seconds, as Prometheus expects.
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from service.errors import ErrorCode
@@ -15,12 +17,29 @@ from service.errors import ErrorCode
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-ENDPOINTS = ("/classify", "/features", "/healthz", "/readyz", "/metrics", "/v1/models")
+ENDPOINTS = (
+    "/classify",
+    "/features",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/models",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+)
+# The v2 model routes, by template: the model name and version never become label values.
+_V2_MODEL = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?(/ready|/infer)?$")
 
 
 def endpoint_label(path: str) -> str:
     """Bounded label for a request path: a known route, or "other" (never the raw path)."""
-    return path if path in ENDPOINTS else "other"
+    if path in ENDPOINTS:
+        return path
+    match = _V2_MODEL.match(path)
+    if match:
+        return f"/v2/models/{{name}}{match.group(1) or ''}"
+    return "other"
 
 
 class Metrics:
@@ -33,7 +52,7 @@ class Metrics:
         self._declare_service(self.registry)
 
     def _declare_http(self, r: CollectorRegistry) -> None:
-        """Every HTTP request: how it was answered, and how long it took."""
+        """Every HTTP request and gRPC call: how it was answered, and how long it took."""
         self.requests = Counter(
             "swin_requests",
             "HTTP requests answered, by endpoint and status code.",
@@ -44,6 +63,20 @@ class Metrics:
             "swin_request_duration_seconds",
             "Time from request start to response start.",
             ["endpoint"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+
+        self.grpc_requests = Counter(
+            "swin_grpc_requests",
+            "gRPC calls answered, by method and status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "swin_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer.",
+            ["method"],
             buckets=_TIME_BUCKETS,
             registry=r,
         )

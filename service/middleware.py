@@ -15,9 +15,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ApiError, ErrorCode
+from service.errors import ApiError, ErrorCode, is_v2_path
 from service.metrics import Metrics, endpoint_label
-from service.state import RequestTimings
+from service.state import RequestSlots, RequestTimings
 
 log = logging.getLogger(__name__)
 
@@ -35,40 +35,39 @@ async def _answer(
 ) -> None:
     """Send ``error`` from outside the app's exception handlers, counted like theirs."""
     metrics.rejected(error.code)
-    await error.response()(scope, receive, send)
+    await error.response(v2=is_v2_path(scope["path"]))(scope, receive, send)
 
 
 class ConcurrencyLimitMiddleware:
-    """503 ``overloaded`` (JSON, Retry-After) once ``max_requests`` requests with a body are in
-    progress. The batcher's queue bounds images waiting for the model; this bounds everything
-    before the queue (bodies being received or decoded), and so the memory they hold.
+    """503 ``overloaded`` (JSON, Retry-After) once every request slot is taken by a request with
+    a body (gRPC inferences take them too). The batcher's queue bounds images waiting for the
+    model; this bounds everything before the queue (bodies being received or decoded), and so
+    the memory they hold.
 
     Replaces uvicorn's ``limit_concurrency`` as the request limit: that one answers plain text.
     """
 
-    def __init__(self, app: ASGIApp, *, max_requests: int, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, *, slots: RequestSlots, metrics: Metrics) -> None:
         self.app = app
-        self.max_requests = max_requests
+        self.slots = slots
         self.metrics = metrics
-        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not _carries_body(scope):
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_requests:
+        if not self.slots.try_take():
             # Outside the app's exception handlers, so answer here. uvicorn discards the unread
             # body, and the connection stays usable.
             error = ApiError(
-                ErrorCode.OVERLOADED, f"server overloaded: {self.in_flight} requests in progress"
+                ErrorCode.OVERLOADED, f"server overloaded: {self.slots.in_use} requests in progress"
             )
             await _answer(error, self.metrics, scope, receive, send)
             return
-        self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.slots.give_back()
 
 
 class BodyLimitMiddleware:

@@ -6,33 +6,27 @@ decode thread pool.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import io
 import json
 import time
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.batcher import (
-    Batcher,
-    BatcherError,
-    DeadlineExceeded,
-    DeviceFailed,
-    Draining,
-    ImageResult,
-    InferenceFailed,
-    Overloaded,
-)
+from service.batcher import Batcher, ImageResult
 from service.contract import RANDOM_WEIGHTS_WARNING, FeatureName, Manifest, WeightsInfo
 from service.deps import BatcherDep, ManifestDep, ModelDep, StateDep, TimingsDep, unavailable
 from service.errors import INFERENCE_ERROR_RESPONSES, ApiError, ErrorCode, ErrorResponse
+from service.inference import (
+    decode_all,
+    effective_deadline,
+    off_loop,
+    refuse_if_full,
+    submit,
+)
 from service.postprocess import pool_feature, softmax, top_k
-from service.preprocess import decode_image
 from service.schemas import (
     BatchingInfo,
     ClassifyResponse,
@@ -47,8 +41,6 @@ from service.state import RequestTimings, ServiceState
 from service.uploads import read_image_bodies
 
 NPZ_MEDIA_TYPE = "application/x-npz"
-T = TypeVar("T")
-
 router = APIRouter()
 
 # The request body is read by hand (multipart or raw image), so describe it for OpenAPI here.
@@ -92,28 +84,6 @@ TimeoutHeader = Annotated[
 ]
 
 
-async def _off_loop(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(state.decode_executor, fn, *args)
-
-
-def effective_deadline(state: ServiceState, started: float, *requested_ms: int | None) -> float:
-    """Monotonic deadline: the server default, or the client's shorter ask (never longer)."""
-    timeout_ms = min(
-        [state.settings.request_timeout_ms, *(t for t in requested_ms if t is not None)]
-    )
-    return started + timeout_ms / 1e3
-
-
-# What each way a submit can end tells the client: its code, and the words before the cause.
-_SUBMIT_ERRORS: dict[type[BatcherError], tuple[ErrorCode, str]] = {
-    Overloaded: (ErrorCode.OVERLOADED, "server overloaded: "),
-    DeadlineExceeded: (ErrorCode.DEADLINE_EXCEEDED, "request deadline exceeded: "),
-    Draining: (ErrorCode.DRAINING, "server is not accepting work: "),
-    DeviceFailed: (ErrorCode.DRAINING, "server is not accepting work: "),
-    InferenceFailed: (ErrorCode.INFERENCE_FAILED, ""),
-}
-
-
 async def infer_images(
     request: Request,
     state: ServiceState,
@@ -123,43 +93,11 @@ async def infer_images(
     deadline: float,
 ) -> list[ImageResult]:
     """Read, decode (worker threads) and batch-run every image of the request."""
-    if not batcher.has_room(1):
-        # Refuse before reading or decoding anything: under overload that work would be wasted,
-        # and it would slow down the 503s themselves. (A request with room for only part of its
-        # images is still refused by submit, after decoding.)
-        raise ApiError(ErrorCode.OVERLOADED, "server overloaded: queue full")
+    refuse_if_full(batcher)
     bodies = await read_image_bodies(request, state.settings.max_images_per_request)
-    inputs = await _decode_all(state, manifest, timings, bodies)
+    inputs = await decode_all(state, manifest, timings, bodies)
     del bodies
-    try:
-        results = await batcher.submit(inputs, deadline)
-    except BatcherError as exc:
-        # By class, subclasses included: a new kind of BatcherError must not become a KeyError.
-        code, prefix = next(_SUBMIT_ERRORS[c] for c in type(exc).__mro__ if c in _SUBMIT_ERRORS)
-        raise ApiError(code, f"{prefix}{exc}"[:500]) from exc
-    timings.queue_s = max(r.queue_wait_s for r in results)
-    timings.inference_s = max(r.inference_s for r in results)
-    timings.batch_size = max(r.batch_size for r in results)
-    return results
-
-
-async def _decode_all(
-    state: ServiceState, manifest: Manifest, timings: RequestTimings, bodies: list[bytes]
-) -> list[np.ndarray]:
-    """Each body decoded and preprocessed on the decode threads, one after another."""
-    decode = functools.partial(
-        decode_image, spec=manifest.preprocess, max_pixels=state.settings.max_image_pixels
-    )
-    inputs = []
-    for data in bodies:
-        t0 = time.perf_counter()
-        try:
-            inputs.append(await _off_loop(state, decode, data))
-        finally:
-            elapsed = time.perf_counter() - t0
-            timings.decode_s += elapsed
-            state.metrics.decode_time.observe(elapsed)
-    return inputs
+    return await submit(batcher, inputs, deadline, timings)
 
 
 def _warning(manifest: Manifest) -> str | None:
@@ -269,13 +207,13 @@ async def features(
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
     results = await infer_images(request, state, batcher, manifest, timings, deadline)
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
-        body = await _off_loop(state, _features_npz, wanted, pool, results)
+        body = await off_loop(state, _features_npz, wanted, pool, results)
         return Response(
             body,
             media_type=NPZ_MEDIA_TYPE,
             headers={"Content-Disposition": 'attachment; filename="features.npz"'},
         )
-    body = await _off_loop(state, _features_json, manifest, wanted, pool, results)
+    body = await off_loop(state, _features_json, manifest, wanted, pool, results)
     return Response(body, media_type="application/json")
 
 

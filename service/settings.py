@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the Open Inference Protocol's gRPC endpoint, on the same host; "
+        "0 turns gRPC off.",
+    )
     providers: Providers = Field(
         "auto", description="ONNX Runtime execution provider: auto (CUDA when present), cpu, cuda."
     )
@@ -150,6 +157,8 @@ class Settings(BaseSettings):
                 f"max_images_per_request ({self.max_images_per_request}) must not exceed "
                 f"queue_capacity ({self.queue_capacity}): such a request could never be queued"
             )
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port are both {self.port}: give gRPC its own port")
         if self.max_connections <= self.max_concurrent_requests:
             raise ValueError(
                 f"max_connections ({self.max_connections}) must exceed max_concurrent_requests "

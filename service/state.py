@@ -28,10 +28,30 @@ class RequestTimings:
 
 
 @dataclass
+class RequestSlots:
+    """Inference requests in progress (reading, decoding, queued or running), HTTP and gRPC
+    together: the bound on how many request bodies the process holds at once."""
+
+    limit: int
+    in_use: int = 0
+
+    def try_take(self) -> bool:
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def give_back(self) -> None:
+        self.in_use -= 1
+
+
+@dataclass
 class ServiceState:
     """Everything the routes need, created by ``create_app``; kept on ``app.state.service``."""
 
     settings: Settings
     metrics: Metrics
     lifecycle: Lifecycle  # the phase, and the model once loaded
+    slots: RequestSlots  # shared by the HTTP middleware and the gRPC server
     decode_executor: ThreadPoolExecutor | None = None  # started and shut down by the lifespan
+    grpc_port: int | None = None  # the gRPC endpoint's bound port, while it serves

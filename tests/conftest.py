@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Servers the tests start (in-process or as subprocesses) leave gRPC off unless a test asks for
+# it on a free port: the default port, 8001, would be contended between them.
+os.environ.setdefault("SWIN_GRPC_PORT", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "samples" / "images"

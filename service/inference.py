@@ -1,0 +1,97 @@
+"""Images through decode and the batcher, for every protocol: the HTTP API, v2 HTTP and gRPC.
+
+Protocol code turns its request into image bytes or model inputs, calls these, and shapes the
+answer. Errors are ApiErrors, which each protocol renders its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.batcher import (
+    Batcher,
+    BatcherError,
+    DeadlineExceeded,
+    DeviceFailed,
+    Draining,
+    ImageResult,
+    InferenceFailed,
+    Overloaded,
+)
+from service.contract import Manifest
+from service.errors import ApiError, ErrorCode
+from service.preprocess import decode_image
+from service.state import RequestTimings, ServiceState
+
+T = TypeVar("T")
+
+# What each way a submit can end tells the client: its code, and the words before the cause.
+_SUBMIT_ERRORS: dict[type[BatcherError], tuple[ErrorCode, str]] = {
+    Overloaded: (ErrorCode.OVERLOADED, "server overloaded: "),
+    DeadlineExceeded: (ErrorCode.DEADLINE_EXCEEDED, "request deadline exceeded: "),
+    Draining: (ErrorCode.DRAINING, "server is not accepting work: "),
+    DeviceFailed: (ErrorCode.DRAINING, "server is not accepting work: "),
+    InferenceFailed: (ErrorCode.INFERENCE_FAILED, ""),
+}
+
+
+async def off_loop(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the decode threads: CPU-heavy work never runs on the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(state.decode_executor, fn, *args)
+
+
+def effective_deadline(state: ServiceState, started: float, *requested_ms: float | None) -> float:
+    """Monotonic deadline: the server default, or the client's shorter ask (never longer)."""
+    timeout_ms = min(
+        [state.settings.request_timeout_ms, *(t for t in requested_ms if t is not None)]
+    )
+    return started + timeout_ms / 1e3
+
+
+def refuse_if_full(batcher: Batcher, n: int = 1) -> None:
+    """503 before reading or decoding anything: under overload that work would be wasted, and
+    it would slow down the 503s themselves. (A request with room for only part of its images
+    is still refused by submit, after decoding.)"""
+    if not batcher.has_room(n):
+        raise ApiError(ErrorCode.OVERLOADED, "server overloaded: queue full")
+
+
+async def decode_all(
+    state: ServiceState, manifest: Manifest, timings: RequestTimings, bodies: Sequence[bytes]
+) -> list[np.ndarray]:
+    """Each body decoded and preprocessed on the decode threads, one after another."""
+    decode = functools.partial(
+        decode_image, spec=manifest.preprocess, max_pixels=state.settings.max_image_pixels
+    )
+    inputs = []
+    for data in bodies:
+        t0 = time.perf_counter()
+        try:
+            inputs.append(await off_loop(state, decode, data))
+        finally:
+            elapsed = time.perf_counter() - t0
+            timings.decode_s += elapsed
+            state.metrics.decode_time.observe(elapsed)
+    return inputs
+
+
+async def submit(
+    batcher: Batcher, inputs: Sequence[np.ndarray], deadline: float, timings: RequestTimings
+) -> list[ImageResult]:
+    """Run model inputs (each (3, S, S) float32) through the batcher; record where time went."""
+    try:
+        results = await batcher.submit(inputs, deadline)
+    except BatcherError as exc:
+        # By class, subclasses included: a new kind of BatcherError must not become a KeyError.
+        code, prefix = next(_SUBMIT_ERRORS[c] for c in type(exc).__mro__ if c in _SUBMIT_ERRORS)
+        raise ApiError(code, f"{prefix}{exc}"[:500]) from exc
+    timings.queue_s = max(r.queue_wait_s for r in results)
+    timings.inference_s = max(r.inference_s for r in results)
+    timings.batch_size = max(r.batch_size for r in results)
+    return results

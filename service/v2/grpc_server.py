@@ -1,0 +1,239 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) on SWIN_GRPC_PORT.
+
+It runs on the API's event loop, beside uvicorn, and shares its batcher, request slots,
+deadlines and metrics. Each answer is a gRPC status mapped from the API's error table. On a
+drain it stops taking new calls at once (they get UNAVAILABLE) and lets those in progress finish
+within the drain budget, before the batcher itself drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from service.errors import ApiError, ErrorCode
+from service.inference import effective_deadline, refuse_if_full
+from service.state import RequestTimings, ServiceState
+from service.v2 import infer, messages
+from service.v2.grpc_codec import infer_response, metadata_response, parse_request
+from service.v2.model import check_model, server_metadata
+from service.v2.tensors import invalid
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_METADATA = "x-request-timeout-ms"  # as the HTTP header: may only shorten the deadline
+
+# A gRPC status for each HTTP status of the error table.
+_STATUS_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_DEADLINE_CODES = {ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def status_code(code: ErrorCode) -> grpc.StatusCode:
+    """The gRPC status an error of the API's table is answered with."""
+    return _DEADLINE_CODES.get(code) or _STATUS_CODES.get(code.status, grpc.StatusCode.UNKNOWN)
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class InferenceService:
+    """The six RPCs, named as the protocol names them. Each parses its own request bytes, so that a malformed message is the
+    client's INVALID_ARGUMENT rather than gRPC's INTERNAL deserialisation failure."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return {"live": True}
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return {"ready": self.state.lifecycle.ready}
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return server_metadata()
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        manifest = self._model().engine.manifest
+        check_model(manifest, request.name, request.version)
+        return metadata_response(manifest)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        check_model(self._model().engine.manifest, request.name, request.version)
+        return {"ready": self.state.lifecycle.ready}
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.monotonic()
+        state = self.state
+        model = state.lifecycle.model_for_requests()
+        if model is None:
+            raise _unavailable(state)
+        manifest = model.engine.manifest
+        check_model(manifest, request.model_name, request.model_version)
+        refuse_if_full(model.batcher)
+        parsed = parse_request(request)
+        deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
+        timings = RequestTimings()
+        try:
+            outputs = await infer.run(state, model.batcher, manifest, parsed, timings, deadline)
+        finally:
+            total = time.monotonic() - started
+            context.set_trailing_metadata((("server-timing", timings.header(total)),))
+        return infer_response(parsed, outputs)
+
+    def _model(self):
+        model = self.state.lifecycle.model
+        if model is None:
+            raise _unavailable(self.state)
+        return model
+
+
+def _unavailable(state: ServiceState) -> ApiError:
+    from service.deps import unavailable  # the HTTP API's wording for the same phases
+
+    return unavailable(state.lifecycle)
+
+
+def _client_timeouts_ms(context: grpc.aio.ServicerContext) -> list[float]:
+    """The call's gRPC deadline and its x-request-timeout-ms metadata, in milliseconds."""
+    asked = []
+    remaining = context.time_remaining()
+    if remaining is not None:
+        asked.append(max(0.0, remaining) * 1e3)
+    for key, value in context.invocation_metadata() or ():
+        if key == TIMEOUT_METADATA:
+            try:
+                ms = int(value)
+            except ValueError:
+                ms = 0
+            if not 1 <= ms <= 600_000:
+                raise invalid(f"{TIMEOUT_METADATA} must be an integer from 1 to 600000")
+            asked.append(ms)
+    return asked
+
+
+class GrpcServer:
+    """The gRPC server's life: bound and started after the model loads, stopped on a drain."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.port: int | None = None  # bound port, once started
+        self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind SWIN_GRPC_PORT on SWIN_HOST and serve; raises GrpcStartError when it cannot."""
+        settings = self.state.settings
+        server = grpc.aio.server(
+            options=[
+                # Fail when the port is taken, rather than share it with another process.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_upload_bytes),
+            ],
+            maximum_concurrent_rpcs=settings.max_connections,
+        )
+        server.add_generic_rpc_handlers((self._handlers(),))
+        address = _address(settings.host, settings.grpc_port)
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise GrpcStartError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        if not self.port:  # older grpcio reports a failed bind as port 0
+            raise GrpcStartError(f"cannot listen for gRPC on {address}: is the port in use?")
+        await server.start()
+        self._server = server
+        log.info("gRPC (Open Inference Protocol) listening on %s", address)
+
+    def begin_stop(self, grace_s: float) -> None:
+        """Refuse new calls now; those in progress get ``grace_s`` to finish."""
+        if self._server is not None and self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._server.stop(max(0.0, grace_s)))
+
+    async def stop(self, grace_s: float) -> None:
+        self.begin_stop(grace_s)
+        if self._stopping is not None:
+            await self._stopping
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        service = InferenceService(self.state)
+        handlers = {
+            method: grpc.unary_unary_rpc_method_handler(
+                self._observed(method, getattr(service, method)),
+                response_serializer=_serialize,
+            )
+            for method in messages.METHODS
+        }
+        return grpc.method_handlers_generic_handler(messages.SERVICE, handlers)
+
+    def _observed(self, method: str, handler: Handler) -> Callable[[bytes, Any], Awaitable[Any]]:
+        """``handler`` with its request parsed, its answer built, its errors mapped to statuses,
+        and the call counted and timed; inference also takes one of the shared request slots."""
+        parse, build = messages.request_type(method).FromString, messages.response_type(method)
+        metrics, slots = self.state.metrics, self.state.slots
+        takes_slot = method == "ModelInfer"
+
+        async def observed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            has_slot = False
+            try:
+                if takes_slot:
+                    has_slot = slots.try_take()
+                    if not has_slot:
+                        raise ApiError(
+                            ErrorCode.OVERLOADED,
+                            f"server overloaded: {slots.in_use} requests in progress",
+                        )
+                result = await handler(_parse(parse, raw), context)
+                return build(**result) if isinstance(result, dict) else result
+            except ApiError as exc:
+                metrics.rejected(exc.code)
+                code = status_code(exc.code)
+                await context.abort(code, exc.message)
+            except asyncio.CancelledError:
+                metrics.rejected(ErrorCode.CLIENT_DISCONNECTED)
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                log.exception("unhandled error in gRPC %s", method)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, "internal server error")
+            finally:
+                if has_slot:
+                    slots.give_back()
+                metrics.grpc_requests.labels(method=method, code=code.name).inc()
+                metrics.grpc_latency.labels(method=method).observe(time.perf_counter() - started)
+
+        return observed
+
+
+class GrpcStartError(RuntimeError):
+    """The gRPC port cannot be bound."""
+
+
+def _parse(parse: Callable[[bytes], Any], raw: bytes) -> Any:
+    try:
+        return parse(raw)
+    except DecodeError as exc:
+        raise invalid(f"malformed protobuf message: {exc}") from exc
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,115 @@
+"""The Open Inference Protocol over HTTP, on the API's port: health, metadata and inference.
+
+Errors are the protocol's ``{"error": "message"}``, with the statuses of the rest of the API
+(``service.errors``). Inference shares the batcher, limits, deadlines and metrics of
+``/classify``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from service.deps import BatcherDep, ManifestDep, StateDep, TimingsDep, unavailable
+from service.errors import INFERENCE_ERROR_RESPONSES
+from service.inference import effective_deadline, off_loop, refuse_if_full
+from service.routes import TimeoutHeader
+from service.v2 import infer
+from service.v2.http_codec import (
+    BINARY_MEDIA_TYPE,
+    HEADER_LENGTH,
+    parse_request,
+    response_body,
+    split_body,
+)
+from service.v2.model import check_model, model_metadata, server_metadata
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
+
+_MODEL = "/models/{name}"
+_VERSIONED = "/models/{name}/versions/{version}"
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "An inference request (JSON), optionally followed by binary tensor data "
+        f"whose JSON header length is given in the {HEADER_LENGTH} header.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.get("", summary="Server metadata: name, version, protocol extensions")
+async def metadata() -> dict[str, Any]:
+    return server_metadata()
+
+
+@router.get("/health/live", summary="Liveness: the process is up")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: loaded, warmed up and not draining (503 if not)")
+async def ready(state: StateDep) -> dict[str, bool]:
+    if not state.lifecycle.ready:
+        raise unavailable(state.lifecycle)
+    return {"ready": True}
+
+
+@router.get(_MODEL, summary="Model metadata: its inputs and outputs")
+@router.get(_VERSIONED, summary="Model metadata, for a version")
+async def model(manifest: ManifestDep, name: str, version: str = "") -> dict[str, Any]:
+    check_model(manifest, name, version)
+    return model_metadata(manifest)
+
+
+@router.get(f"{_MODEL}/ready", summary="Model readiness (503 while not ready)")
+@router.get(f"{_VERSIONED}/ready", summary="Model readiness, for a version")
+async def model_ready(
+    state: StateDep, manifest: ManifestDep, name: str, version: str = ""
+) -> dict[str, Any]:
+    check_model(manifest, name, version)
+    if not state.lifecycle.ready:
+        raise unavailable(state.lifecycle)
+    return {"name": name, "ready": True}
+
+
+@router.post(
+    f"{_MODEL}/infer",
+    summary="Inference: BYTES images or FP32 pixel_values in, any outputs back",
+    responses=INFERENCE_ERROR_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    f"{_VERSIONED}/infer",
+    summary="Inference, for a version",
+    responses=INFERENCE_ERROR_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+async def model_infer(
+    request: Request,
+    state: StateDep,
+    batcher: BatcherDep,
+    manifest: ManifestDep,
+    timings: TimingsDep,
+    name: str,
+    timeout_header: TimeoutHeader = None,
+    version: str = "",
+) -> Response:
+    started = time.monotonic()
+    check_model(manifest, name, version)
+    refuse_if_full(batcher)
+    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+    parsed = await off_loop(state, parse_request, header, binary, name, version)
+    del header, binary
+    deadline = effective_deadline(state, started, timeout_header)
+    outputs = await infer.run(state, batcher, manifest, parsed, timings, deadline)
+    body, header_length = await off_loop(state, response_body, parsed, outputs)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(header_length)})

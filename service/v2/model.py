@@ -1,0 +1,71 @@
+"""What the Open Inference Protocol says about this server and its model: names, versions,
+metadata, and which model a request addresses."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from service.contract import Manifest
+from service.errors import ApiError, ErrorCode
+from service.v2.tensors import BYTES, FP32
+
+SERVER_NAME = "swin-serve"
+# The extensions of Triton's protocol this server implements (named as Triton names them).
+EXTENSIONS = ("binary_tensor_data", "classification")
+VERSION = "1"  # one version per model: the file being served
+PLATFORM = "onnxruntime_onnx"
+
+IMAGE_INPUT = "image"  # BYTES: each element one encoded image file
+PIXELS_INPUT = "pixel_values"  # FP32 [N, 3, S, S], preprocessed as the manifest says
+CLASSIFIABLE_OUTPUT = "logits"
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("swin-serve")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
+
+
+def check_model(manifest: Manifest, name: str, version: str = "") -> None:
+    """404 unless ``name`` (and ``version``, when given) is the served model."""
+    if name != manifest.name:
+        raise ApiError(
+            ErrorCode.NOT_FOUND, f"unknown model {name!r}; this server serves {manifest.name!r}"
+        )
+    if version not in ("", VERSION):
+        raise ApiError(
+            ErrorCode.NOT_FOUND,
+            f"model {name!r} has no version {version!r}; its versions: [{VERSION!r}]",
+        )
+
+
+def input_metadata(manifest: Manifest) -> list[dict[str, Any]]:
+    size = manifest.image_size
+    return [
+        {"name": IMAGE_INPUT, "datatype": BYTES, "shape": [-1]},
+        {"name": PIXELS_INPUT, "datatype": FP32, "shape": [-1, 3, size, size]},
+    ]
+
+
+def output_metadata(manifest: Manifest) -> list[dict[str, Any]]:
+    """Every output with its real shape, the batch axis as -1."""
+    return [
+        {"name": name, "datatype": FP32, "shape": [-1, *dims[1:]]}
+        for name, dims in manifest.outputs.items()
+    ]
+
+
+def model_metadata(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "name": manifest.name,
+        "versions": [VERSION],
+        "platform": PLATFORM,
+        "inputs": input_metadata(manifest),
+        "outputs": output_metadata(manifest),
+    }

@@ -1,0 +1,161 @@
+"""Tensors as the Open Inference Protocol carries them, independent of HTTP or gRPC.
+
+FP32 elements travel as JSON numbers or as little-endian float32 bytes; BYTES elements as JSON
+strings (base64 here: image files are not text) or, in binary form, each as a 4-byte
+little-endian length followed by its bytes (Triton's binary tensor extension).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import ApiError, ErrorCode
+
+FP32 = "FP32"
+BYTES = "BYTES"
+_LENGTH = struct.Struct("<I")
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_TENSOR, message[:500])
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    """One input: FP32 elements as a flat float32 array, BYTES elements as a list of bytes."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray | list[bytes]
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool = False  # HTTP only: in the binary section rather than as JSON data
+    classification: int = 0  # Triton's classification extension: the top k, as BYTES
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray | list[bytes]  # float32 array of ``shape``, or the BYTES elements in order
+    binary: bool = False
+
+    def to_bytes(self) -> bytes:
+        """The flattened elements in binary form."""
+        if self.datatype == BYTES:
+            return serialize_bytes(self.data)  # type: ignore[arg-type]
+        return np.ascontiguousarray(self.data, dtype="<f4").tobytes()
+
+    def to_json_data(self) -> list[Any]:
+        if self.datatype == BYTES:
+            return [b.decode("utf-8", "replace") for b in self.data]  # type: ignore[union-attr]
+        return np.asarray(self.data).reshape(-1).tolist()
+
+
+@dataclass
+class InferenceRequest:
+    """An inference request, whichever protocol brought it."""
+
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: list[InputTensor] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)  # empty: every output
+    binary_outputs: bool = False  # HTTP: outputs not named come back in binary form
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)  # exact: a hostile shape must not overflow into a small count
+
+
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A shape as the protocol allows it: a list of non-negative integers."""
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise invalid(f"input {name!r}: shape must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def serialize_bytes(elements: list[bytes]) -> bytes:
+    return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
+
+
+def deserialize_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
+    """``count`` length-prefixed elements filling ``raw`` exactly."""
+    elements, offset, view = [], 0, memoryview(raw)
+    while offset < len(raw):
+        if offset + _LENGTH.size > len(raw):
+            raise invalid(f"input {name!r}: binary BYTES data ends inside an element's length")
+        (size,) = _LENGTH.unpack_from(view, offset)
+        offset += _LENGTH.size
+        if offset + size > len(raw):
+            raise invalid(
+                f"input {name!r}: a BYTES element declares {size} bytes, {len(raw) - offset} remain"
+            )
+        elements.append(bytes(view[offset : offset + size]))
+        offset += size
+    if len(elements) != count:
+        raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(elements)}")
+    return elements
+
+
+def fp32_from_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    if len(raw) != 4 * count:
+        raise invalid(
+            f"input {name!r}: {count} FP32 elements take {4 * count} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def fp32_from_json(name: str, data: Any, count: int) -> np.ndarray:
+    """JSON numbers, flat or nested row-major, as a flat float32 array of ``count``."""
+    try:
+        values = np.asarray(data, dtype=np.float64).reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise invalid(f"input {name!r}: FP32 data must be numbers (flat or nested lists)") from exc
+    if values.size != count:
+        raise invalid(f"input {name!r}: shape holds {count} elements, the data {values.size}")
+    return values.astype(np.float32)
+
+
+def bytes_from_json(name: str, data: Any, count: int) -> list[bytes]:
+    """JSON strings, each one base64-encoded file, flat or nested."""
+    flat = list(_flatten(data))
+    if len(flat) != count:
+        raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(flat)}")
+    try:
+        return [base64.b64decode(_ascii(name, s), validate=True) for s in flat]
+    except (binascii.Error, ValueError) as exc:
+        raise invalid(
+            f"input {name!r}: BYTES data in JSON must be base64 strings (an image file each), "
+            "or send it binary (binary_data_size)"
+        ) from exc
+
+
+def _ascii(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"input {name!r}: BYTES data in JSON must be strings")
+    return value
+
+
+def _flatten(data: Any, depth: int = 0):
+    if depth > 8:
+        raise invalid("tensor data is nested too deeply")
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item, depth + 1)
+    else:
+        yield data
