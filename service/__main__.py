@@ -39,7 +39,7 @@ def main() -> int:
     app = create_app(settings)
     lifecycle = app.state.service.lifecycle
     server = DrainingServer(uvicorn_config(app, settings), lifecycle)
-    lifecycle.on_ready(lambda: _log_banner(settings))
+    lifecycle.on_ready(lambda: _log_banner(settings, app.state.service.grpc_port))
     # uvicorn re-raises the signal that stopped it once it has shut down, which would end the
     # process with 128+15 even after a clean drain. Handlers installed here are the ones it
     # restores and re-raises into: they do nothing, so a drained server exits 0.
@@ -58,25 +58,20 @@ def _ignore_after_drain(sig: int, frame: FrameType | None) -> None:
     log.debug("signal %d after shutdown: already drained", sig)
 
 
-def _log_banner(settings: Settings) -> None:
+def _log_banner(settings: Settings, grpc_port: int | None) -> None:
     host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
     base = f"http://{host}:{settings.port}"
-    log.info(
-        "ready: serving %s on %s - try:\n"
-        "  %s/  (the web page)\n"
-        "  curl -F file=@samples/images/flower.jpg '%s/classify?top_k=5'\n"
-        "  curl -F file=@samples/images/flower.jpg -H 'Accept: application/x-npz' -o f.npz '%s/features?stages=embedding'\n"
-        "  %s/docs  %s/v1/models  %s/readyz  %s/metrics",
-        settings.model_path,
-        base,
-        base,
-        base,
-        base,
-        base,
-        base,
-        base,
-        base,
-    )
+    grpc = f"{host}:{grpc_port}" if grpc_port else "off (SWIN_GRPC_PORT=0)"
+    lines = [
+        f"ready: serving {settings.model_path} on {base} - try:",
+        f"  {base}/  (the web page)",
+        f"  curl -F file=@samples/images/flower.jpg '{base}/classify?top_k=5'",
+        "  curl -F file=@samples/images/flower.jpg -H 'Accept: application/x-npz' -o f.npz "
+        f"'{base}/features?stages=embedding'",
+        f"  {base}/docs  {base}/v1/models  {base}/readyz  {base}/metrics",
+        f"  Open Inference Protocol (KServe v2): {base}/v2 and gRPC {grpc}",
+    ]
+    log.info("%s", "\n".join(lines))
 
 
 if __name__ == "__main__":

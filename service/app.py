@@ -25,7 +25,7 @@ from service.routes import router
 from service.settings import Settings
 from service.state import RequestSlots, ServiceState
 from service.ui import router as ui_router
-from service.v2.grpc_server import GrpcServer, GrpcStartError
+from service.v2.grpc_server import GrpcServer
 from service.v2.http_routes import router as v2_router
 
 _DESCRIPTION = """
@@ -89,8 +89,9 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
         state.decode_executor = ThreadPoolExecutor(
             max_workers=state.settings.resolved_decode_threads(), thread_name_prefix="swin-decode"
         )
-        grpc_server = await _start_grpc(state)
+        grpc_server = None
         try:
+            grpc_server = await _start_grpc(state)
             yield
         finally:
             if grpc_server is not None:  # its calls finish before the batcher drains
@@ -106,11 +107,7 @@ async def _start_grpc(state: ServiceState) -> GrpcServer | None:
     if not state.settings.grpc_port:
         return None
     server = GrpcServer(state)
-    try:
-        await server.start()
-    except GrpcStartError:
-        await state.lifecycle.stop()
-        raise
+    await server.start()
     lifecycle = state.lifecycle
     lifecycle.on_drain(lambda: server.begin_stop(lifecycle.drain_time_left()))
     if lifecycle.draining:  # the drain began while the model loaded

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from service.deps import unavailable
 from service.errors import ApiError, ErrorCode
 from service.inference import effective_deadline, refuse_if_full
 from service.state import RequestTimings, ServiceState
@@ -81,7 +82,7 @@ class InferenceService:
         state = self.state
         model = state.lifecycle.model_for_requests()
         if model is None:
-            raise _unavailable(state)
+            raise unavailable(state.lifecycle)
         manifest = model.engine.manifest
         check_model(manifest, request.model_name, request.model_version)
         refuse_if_full(model.batcher)
@@ -98,14 +99,8 @@ class InferenceService:
     def _model(self):
         model = self.state.lifecycle.model
         if model is None:
-            raise _unavailable(self.state)
+            raise unavailable(self.state.lifecycle)
         return model
-
-
-def _unavailable(state: ServiceState) -> ApiError:
-    from service.deps import unavailable  # the HTTP API's wording for the same phases
-
-    return unavailable(state.lifecycle)
 
 
 def _client_timeouts_ms(context: grpc.aio.ServicerContext) -> list[float]:
@@ -121,7 +116,10 @@ def _client_timeouts_ms(context: grpc.aio.ServicerContext) -> list[float]:
             except ValueError:
                 ms = 0
             if not 1 <= ms <= 600_000:
-                raise invalid(f"{TIMEOUT_METADATA} must be an integer from 1 to 600000")
+                raise ApiError(
+                    ErrorCode.VALIDATION_ERROR,
+                    f"{TIMEOUT_METADATA} must be an integer from 1 to 600000",
+                )
             asked.append(ms)
     return asked
 

@@ -12,10 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from service.batcher import Batcher
+from service.contract import Manifest
 from service.deps import BatcherDep, ManifestDep, StateDep, TimingsDep, unavailable
 from service.errors import INFERENCE_ERROR_RESPONSES
 from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.routes import TimeoutHeader
+from service.state import RequestTimings, ServiceState
 from service.v2 import infer
 from service.v2.http_codec import (
     BINARY_MEDIA_TYPE,
@@ -62,16 +65,31 @@ async def ready(state: StateDep) -> dict[str, bool]:
 
 
 @router.get(_MODEL, summary="Model metadata: its inputs and outputs")
+async def model(manifest: ManifestDep, name: str) -> dict[str, Any]:
+    check_model(manifest, name)
+    return model_metadata(manifest)
+
+
 @router.get(_VERSIONED, summary="Model metadata, for a version")
-async def model(manifest: ManifestDep, name: str, version: str = "") -> dict[str, Any]:
+async def model_version(manifest: ManifestDep, name: str, version: str) -> dict[str, Any]:
     check_model(manifest, name, version)
     return model_metadata(manifest)
 
 
 @router.get(f"{_MODEL}/ready", summary="Model readiness (503 while not ready)")
+async def model_ready(state: StateDep, manifest: ManifestDep, name: str) -> dict[str, Any]:
+    return _model_ready(state, manifest, name, "")
+
+
 @router.get(f"{_VERSIONED}/ready", summary="Model readiness, for a version")
-async def model_ready(
-    state: StateDep, manifest: ManifestDep, name: str, version: str = ""
+async def model_version_ready(
+    state: StateDep, manifest: ManifestDep, name: str, version: str
+) -> dict[str, Any]:
+    return _model_ready(state, manifest, name, version)
+
+
+def _model_ready(
+    state: ServiceState, manifest: Manifest, name: str, version: str
 ) -> dict[str, Any]:
     check_model(manifest, name, version)
     if not state.lifecycle.ready:
@@ -85,12 +103,6 @@ async def model_ready(
     responses=INFERENCE_ERROR_RESPONSES,
     openapi_extra=_INFER_BODY,
 )
-@router.post(
-    f"{_VERSIONED}/infer",
-    summary="Inference, for a version",
-    responses=INFERENCE_ERROR_RESPONSES,
-    openapi_extra=_INFER_BODY,
-)
 async def model_infer(
     request: Request,
     state: StateDep,
@@ -99,7 +111,38 @@ async def model_infer(
     timings: TimingsDep,
     name: str,
     timeout_header: TimeoutHeader = None,
-    version: str = "",
+) -> Response:
+    return await _infer(request, state, batcher, manifest, timings, name, "", timeout_header)
+
+
+@router.post(
+    f"{_VERSIONED}/infer",
+    summary="Inference, for a version",
+    responses=INFERENCE_ERROR_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+async def model_version_infer(
+    request: Request,
+    state: StateDep,
+    batcher: BatcherDep,
+    manifest: ManifestDep,
+    timings: TimingsDep,
+    name: str,
+    version: str,
+    timeout_header: TimeoutHeader = None,
+) -> Response:
+    return await _infer(request, state, batcher, manifest, timings, name, version, timeout_header)
+
+
+async def _infer(
+    request: Request,
+    state: ServiceState,
+    batcher: Batcher,
+    manifest: Manifest,
+    timings: RequestTimings,
+    name: str,
+    version: str,
+    timeout_ms: int | None,
 ) -> Response:
     started = time.monotonic()
     check_model(manifest, name, version)
@@ -107,7 +150,7 @@ async def model_infer(
     header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
     parsed = await off_loop(state, parse_request, header, binary, name, version)
     del header, binary
-    deadline = effective_deadline(state, started, timeout_header)
+    deadline = effective_deadline(state, started, timeout_ms)
     outputs = await infer.run(state, batcher, manifest, parsed, timings, deadline)
     body, header_length = await off_loop(state, response_body, parsed, outputs)
     if header_length is None:
