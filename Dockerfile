@@ -102,7 +102,7 @@ FROM python:3.11-slim AS cpu-runtime
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
-    SWIN_HOST=0.0.0.0 SWIN_PORT=8000 \
+    SWIN_HOST=0.0.0.0 SWIN_PORT=8000 SWIN_GRPC_PORT=8001 \
     SWIN_MODEL_PATH=/models/swin_tiny_patch4_window7_224.onnx
 WORKDIR /app
 
@@ -119,7 +119,8 @@ COPY --from=wheel /build/dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
 
 USER 10001:10001
-EXPOSE 8000
+# The API (HTTP, with the Open Inference Protocol under /v2) and the protocol's gRPC endpoint.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SWIN_PORT', '8000'), timeout=4)"]
 # Exec form: the server is PID 1 and receives SIGTERM directly, so it can drain.
@@ -141,7 +142,7 @@ FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 AS gpu-runtime
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
-    SWIN_HOST=0.0.0.0 SWIN_PORT=8000 SWIN_PROVIDERS=auto \
+    SWIN_HOST=0.0.0.0 SWIN_PORT=8000 SWIN_GRPC_PORT=8001 SWIN_PROVIDERS=auto \
     SWIN_MODEL_PATH=/models/swin_tiny_patch4_window7_224.onnx
 WORKDIR /app
 
@@ -163,7 +164,8 @@ COPY --from=wheel /build/dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
 
 USER 10001:10001
-EXPOSE 8000
+# The API (HTTP, with the Open Inference Protocol under /v2) and the protocol's gRPC endpoint.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SWIN_PORT', '8000'), timeout=4)"]
 CMD ["python", "-m", "service"]

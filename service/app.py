@@ -103,15 +103,16 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
 
 
 async def _start_grpc(state: ServiceState) -> GrpcServer | None:
-    """The gRPC endpoint, when SWIN_GRPC_PORT is set: it stops taking calls when a drain begins."""
+    """The gRPC endpoint, when SWIN_GRPC_PORT is set: it refuses new inference calls once a drain
+    begins, and stops at the lifespan's end."""
     if not state.settings.grpc_port:
         return None
     server = GrpcServer(state)
     await server.start()
     lifecycle = state.lifecycle
-    lifecycle.on_drain(lambda: server.begin_stop(lifecycle.drain_time_left()))
+    lifecycle.on_drain(server.begin_drain)
     if lifecycle.draining:  # the drain began while the model loaded
-        server.begin_stop(lifecycle.drain_time_left())
+        server.begin_drain()
     state.grpc_port = server.port
     return server
 

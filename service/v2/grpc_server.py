@@ -1,17 +1,21 @@
 """The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) on SWIN_GRPC_PORT.
 
 It runs on the API's event loop, beside uvicorn, and shares its batcher, request slots,
-deadlines and metrics. Each answer is a gRPC status mapped from the API's error table. On a
-drain it stops taking new calls at once (they get UNAVAILABLE) and lets those in progress finish
-within the drain budget, before the batcher itself drains.
+deadlines and metrics. Each answer is a gRPC status mapped from the API's error table.
+
+On a drain, new inference calls are answered UNAVAILABLE at once (clients keep one HTTP/2
+connection for ever, so closing the listener alone would not turn them away), while the calls in
+progress finish; once they have (or the drain budget is spent) the server stops, before the
+batcher itself drains. Probes and metadata keep answering until then: ServerReady says false.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -28,6 +32,7 @@ from service.v2.tensors import invalid
 
 log = logging.getLogger(__name__)
 
+_SEND_GRACE_S = 1.0
 TIMEOUT_METADATA = "x-request-timeout-ms"  # as the HTTP header: may only shorten the deadline
 
 # A gRPC status for each HTTP status of the error table.
@@ -131,7 +136,10 @@ class GrpcServer:
         self.state = state
         self.port: int | None = None  # bound port, once started
         self._server: grpc.aio.Server | None = None
-        self._stopping: asyncio.Task[None] | None = None
+        self._draining = False
+        self._inferring = 0  # ModelInfer calls in progress
+        self._idle = asyncio.Event()  # set while none is
+        self._idle.set()
 
     async def start(self) -> None:
         """Bind SWIN_GRPC_PORT on SWIN_HOST and serve; raises GrpcStartError when it cannot."""
@@ -156,15 +164,24 @@ class GrpcServer:
         self._server = server
         log.info("gRPC (Open Inference Protocol) listening on %s", address)
 
-    def begin_stop(self, grace_s: float) -> None:
-        """Refuse new calls now; those in progress get ``grace_s`` to finish."""
-        if self._server is not None and self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._server.stop(max(0.0, grace_s)))
+    def begin_drain(self) -> None:
+        """Refuse new inference calls from now on; those in progress carry on."""
+        self._draining = True
 
     async def stop(self, grace_s: float) -> None:
-        self.begin_stop(grace_s)
-        if self._stopping is not None:
-            await self._stopping
+        """Let the inference calls in progress finish, for at most ``grace_s``, then stop."""
+        self.begin_drain()
+        if self._server is None:
+            return
+        deadline = time.monotonic() + max(0.0, grace_s)
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, grace_s))
+        except TimeoutError:
+            log.error("gRPC: %d calls unfinished when the drain budget ran out", self._inferring)
+        # The handlers have returned, but their answers may still be on their way out: a short
+        # grace lets grpc send them before it cancels what is left.
+        await self._server.stop(min(_SEND_GRACE_S, max(0.0, deadline - time.monotonic())))
+        self._server = None
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         service = InferenceService(self.state)
@@ -181,21 +198,14 @@ class GrpcServer:
         """``handler`` with its request parsed, its answer built, its errors mapped to statuses,
         and the call counted and timed; inference also takes one of the shared request slots."""
         parse, build = messages.request_type(method).FromString, messages.response_type(method)
-        metrics, slots = self.state.metrics, self.state.slots
-        takes_slot = method == "ModelInfer"
+        metrics = self.state.metrics
+        infers = method == "ModelInfer"
 
         async def observed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.OK
-            has_slot = False
             try:
-                if takes_slot:
-                    has_slot = slots.try_take()
-                    if not has_slot:
-                        raise ApiError(
-                            ErrorCode.OVERLOADED,
-                            f"server overloaded: {slots.in_use} requests in progress",
-                        )
-                result = await handler(_parse(parse, raw), context)
+                with self._admitted() if infers else contextlib.nullcontext():
+                    result = await handler(_parse(parse, raw), context)
                 return build(**result) if isinstance(result, dict) else result
             except ApiError as exc:
                 metrics.rejected(exc.code)
@@ -210,12 +220,33 @@ class GrpcServer:
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, "internal server error")
             finally:
-                if has_slot:
-                    slots.give_back()
                 metrics.grpc_requests.labels(method=method, code=code.name).inc()
                 metrics.grpc_latency.labels(method=method).observe(time.perf_counter() - started)
 
         return observed
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """An inference call's admission: refused while draining or when every request slot
+        is taken; counted while in progress, so that the drain can wait for it."""
+        self._inferring += 1
+        self._idle.clear()
+        try:
+            if self._draining:
+                raise unavailable(self.state.lifecycle)
+            slots = self.state.slots
+            if not slots.try_take():
+                raise ApiError(
+                    ErrorCode.OVERLOADED, f"server overloaded: {slots.in_use} requests in progress"
+                )
+            try:
+                yield
+            finally:
+                slots.give_back()
+        finally:
+            self._inferring -= 1
+            if not self._inferring:
+                self._idle.set()
 
 
 class GrpcStartError(RuntimeError):

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from tests.deploy.conftest import merge
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"
@@ -258,10 +261,14 @@ def test_runtime_cmd_is_exec_form_so_sigterm_reaches_the_server(stages, stage):
 
 
 @pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
-def test_runtime_listens_on_all_interfaces_port_8000(stages, stage):
-    assert built(stages, stage).args("EXPOSE") == ["8000"]
-    env = " ".join(built(stages, stage).args("ENV")).split()
-    assert "SWIN_HOST=0.0.0.0" in env and "SWIN_PORT=8000" in env
+def test_runtime_listens_on_all_interfaces_http_8000_and_grpc_8001(stages, stage, settings_cls):
+    env = env_of(built(stages, stage))
+    assert env["SWIN_HOST"] == "0.0.0.0"
+    assert env["SWIN_PORT"] == "8000" and env["SWIN_GRPC_PORT"] == "8001"
+    # The image's ports are the ones it declares, and the settings accept them together.
+    (exposed,) = built(stages, stage).args("EXPOSE")
+    assert sorted(exposed.split()) == sorted([env["SWIN_PORT"], env["SWIN_GRPC_PORT"]])
+    settings_cls(port=env["SWIN_PORT"], grpc_port=env["SWIN_GRPC_PORT"])
 
 
 @pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)
@@ -348,6 +355,36 @@ def test_compose_builds_the_gpu_target_and_publishes_port_8000(compose):
     svc = compose["services"][SERVICE]
     assert svc["build"]["target"] == "gpu"
     assert any(str(p).split(":")[-1] == "8000" for p in svc["ports"])
+
+
+def published_container_ports(service: dict[str, Any]) -> set[str]:
+    """The container ports a compose service publishes on the host (short port syntax)."""
+    return {str(p).split(":")[-1].split("/")[0] for p in service.get("ports", [])}
+
+
+def test_compose_serves_grpc_inside_its_network_and_publishes_only_http(compose, compose_cpu):
+    for merged in (compose, compose_cpu):
+        svc = merged["services"][SERVICE]
+        env = svc["environment"]
+        assert [str(p) for p in svc["expose"]] == [env["SWIN_GRPC_PORT"]]
+        # The podman smoke run (shared/tools/container-smoke) curls /readyz on every published
+        # port; a gRPC port answers no HTTP/1.1, so only the HTTP port is published by default.
+        assert published_container_ports(svc) == {env["SWIN_PORT"]}
+
+
+def test_the_documented_grpc_override_publishes_grpc_beside_http(compose, compose_cpu):
+    """docs/deployment.md#grpc: its override, merged after the compose files, publishes both."""
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    (snippet,) = [
+        body
+        for body in re.findall(r"^```yaml\n(.*?)^```", page, re.S | re.M)
+        if "docker-compose.override.yml" in body
+    ]
+    override = yaml.safe_load(snippet)
+    for base in (compose, compose_cpu):
+        svc = interpolate(merge(base, override), {})["services"][SERVICE]
+        env = svc["environment"]
+        assert published_container_ports(svc) == {env["SWIN_PORT"], env["SWIN_GRPC_PORT"]}
 
 
 def test_compose_reserves_nvidia_gpus(compose):

@@ -1,5 +1,5 @@
 """The README stays short and every page it leads to is reachable: links resolve, files exist,
-the error table is the code's, and the README's client imports only what the service installs."""
+the error table is the code's, and the README's clients import only what they say they need."""
 
 from __future__ import annotations
 
@@ -99,10 +99,10 @@ def test_every_file_the_readme_examples_use_exists():
     assert not missing, f"the README's examples use files that are not in the repository: {missing}"
 
 
-def test_the_readme_client_needs_only_the_standard_library_and_numpy():
-    (client,) = _code_blocks(README.read_text(encoding="utf-8"), "python")
-    tree = ast.parse(client)  # it is valid Python
-    modules = {
+def imported_modules(code: str) -> set[str]:
+    """The top-level modules ``code`` imports; parsing it also proves it is valid Python."""
+    tree = ast.parse(code)
+    return {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
         if isinstance(node, ast.Import)
@@ -112,7 +112,25 @@ def test_the_readme_client_needs_only_the_standard_library_and_numpy():
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module
     }
+
+
+def readme_python(uses_tritonclient: bool) -> str:
+    """The README's Python example with (the Open Inference Protocol's) or without
+    (the plain client's) Triton's client; there is one of each."""
+    blocks = _code_blocks(README.read_text(encoding="utf-8"), "python")
+    (block,) = [b for b in blocks if ("tritonclient" in b) is uses_tritonclient]
+    return block
+
+
+def test_the_readme_client_needs_only_the_standard_library_and_numpy():
+    modules = imported_modules(readme_python(uses_tritonclient=False))
     assert modules - set(sys.stdlib_module_names) == {"numpy"}
+
+
+def test_the_readme_v2_example_needs_only_numpy_and_tritonclient():
+    """What `pip install "tritonclient[http,grpc]"` (which brings numpy) provides."""
+    modules = imported_modules(readme_python(uses_tritonclient=True))
+    assert modules - set(sys.stdlib_module_names) == {"numpy", "tritonclient"}
 
 
 def test_the_error_table_lists_every_error_code_with_its_status():

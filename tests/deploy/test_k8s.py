@@ -318,19 +318,30 @@ def test_replicas_spread_across_nodes_and_a_pdb_keeps_all_but_one(rendered, over
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_service_names_the_http_and_metrics_ports_of_the_pod(rendered, overlay):
+def test_the_service_names_the_http_metrics_and_grpc_ports_of_the_pod(rendered, overlay):
     objects = rendered[overlay]
     service = one(objects, "Service")
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     ports = {p["name"]: p for p in service["spec"]["ports"]}
-    assert set(ports) == {"http", "metrics"}
-    container_ports = {p["name"] for p in container(objects)["ports"]}
+    assert set(ports) == {"http", "metrics", "grpc"}
+    # Each named container port is the one the server listens on, by its settings.
+    values = env(objects)
+    container_ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert container_ports == {
+        "http": int(values["SWIN_PORT"]),
+        "grpc": int(values["SWIN_GRPC_PORT"]),
+    }
     # /metrics is served on the HTTP port: both names lead there.
-    assert {p["targetPort"] for p in ports.values()} == {"http"} <= container_ports
+    assert ports["http"]["targetPort"] == ports["metrics"]["targetPort"] == "http"
+    assert ports["grpc"]["targetPort"] == "grpc"
+    # gRPC is HTTP/2 without TLS: the value gateways and meshes read to route calls, not
+    # connections (kube-proxy balances connections, which gRPC keeps open).
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     policy = one(objects, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
-    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["http"]
+    admitted = [p["port"] for rule in policy["ingress"] for p in rule["ports"]]
+    assert sorted(admitted) == ["grpc", "http"]
 
 
 # ---- autoscaling: the HPA reads what the adapter rule serves -------------------------------------
@@ -409,6 +420,134 @@ def test_the_gpu_hpa_target_is_below_one_full_batch_waiting(rendered):
     _, target = hpa_metric(rendered["gpu"])
     batch = int(env(rendered["gpu"])["SWIN_MAX_BATCH_SIZE"])
     assert 0 < quantity(target["averageValue"]) < batch
+
+
+# ---- KServe: the InferenceService ---------------------------------------------------------------
+
+KSERVE = K8S / "kserve" / "inferenceservice.yaml"
+# The fields KServe adds to a predictor's PodSpec (ComponentExtensionSpec, serving.kserve.io/v1beta1).
+KSERVE_COMPONENT_FIELDS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+}
+
+
+@pytest.fixture(scope="module")
+def inference_service() -> dict[str, Any]:
+    return yaml.safe_load(KSERVE.read_text())
+
+
+def predictor(isvc: dict[str, Any]) -> dict[str, Any]:
+    (c,) = isvc["spec"]["predictor"]["containers"]
+    return c
+
+
+def predictor_pod(isvc: dict[str, Any]) -> dict[str, Any]:
+    """The pod KServe makes of the predictor: its PodSpec fields, less KServe's own."""
+    spec = {k: v for k, v in isvc["spec"]["predictor"].items() if k not in KSERVE_COMPONENT_FIELDS}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": NAME}, "spec": spec}
+
+
+def test_the_inference_service_is_a_custom_predictor_that_speaks_v2(inference_service):
+    assert inference_service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert inference_service["kind"] == "InferenceService"
+    # A custom predictor is a PodSpec plus KServe's component fields, nothing else: in
+    # particular no `protocolVersion`, which only a framework or `model` predictor has.
+    assert set(inference_service["spec"]) == {"predictor"}
+    assert set(inference_service["spec"]["predictor"]) <= KSERVE_COMPONENT_FIELDS | {
+        "containers",
+        "volumes",
+    }
+    c = predictor(inference_service)
+    assert c["name"] == "kserve-container"  # the container KServe takes as the model server
+    assert {e["name"]: e["value"] for e in c["env"]}["PROTOCOL"] == "v2"
+
+
+def test_the_predictor_validates_strictly_as_a_pod(inference_service):
+    import kubernetes_validate
+
+    pod = predictor_pod(inference_service)
+    for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+        try:
+            kubernetes_validate.validate(pod, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"the predictor is no valid pod for Kubernetes {version}: {exc}")
+
+
+def test_the_predictor_exposes_the_images_http_port_and_probes_v2_readiness(
+    inference_service, stages, settings_cls
+):
+    from service.app import create_app
+    from tests.deploy.test_docker_files import built, env_of
+
+    c = predictor(inference_service)
+    image_env = env_of(built(stages, "cpu"))
+    # KServe routes to one port of the container: the HTTP one, where the image listens.
+    (port,) = c["ports"]
+    assert port["containerPort"] == int(image_env["SWIN_PORT"])
+    probe = c["readinessProbe"]["httpGet"]
+    assert probe["port"] == port["containerPort"]
+    assert probe["path"] == "/v2/health/ready"
+    assert probe["path"] in create_app(settings_cls(grpc_port=0)).openapi()["paths"]
+    # Every other variable is a setting the server accepts.
+    values = {e["name"]: e["value"] for e in c["env"] if e["name"] != "PROTOCOL"}
+    fields = {f"SWIN_{name.upper()}" for name in settings_cls.model_fields}
+    assert set(values) <= fields, f"not a setting: {set(values) - fields}"
+    settings_cls(**{k.removeprefix("SWIN_").lower(): v for k, v in values.items()})
+
+
+def test_the_predictor_runs_as_the_base_does(inference_service, rendered):
+    """The same hardening, resources and threads as the CPU replica of the base."""
+    c, base = predictor(inference_service), container(rendered["cpu"])
+    assert c["image"].endswith(f"/{NAME}:cpu")  # the image the base's cpu overlay runs
+    assert c["securityContext"].items() <= base["securityContext"].items()
+    assert c["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["resources"] == base["resources"]
+    values = {e["name"]: e["value"] for e in c["env"]}
+    base_values = env(rendered["cpu"])
+    for knob in (
+        "SWIN_PARALLEL_BATCHES",
+        "SWIN_INTRA_OP_THREADS",
+        "SWIN_DECODE_THREADS",
+        "SWIN_DRAIN_TIMEOUT_S",
+    ):
+        assert values[knob] == base_values[knob], knob
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in inference_service["spec"]["predictor"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def within(part: Any, whole: Any) -> bool:
+    """Whether ``part`` is ``whole`` with some keys and list items left out."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(
+            k in whole and within(v, whole[k]) for k, v in part.items()
+        )
+    if isinstance(part, list):
+        return isinstance(whole, list) and all(any(within(p, w) for w in whole) for p in part)
+    return part == whole
+
+
+def test_the_readmes_inference_service_is_the_manifest_shortened(inference_service):
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [
+        b
+        for b in re.findall(r"^```yaml\n(.*?)^```", readme, re.S | re.M)
+        if "InferenceService" in b
+    ]
+    shown = yaml.safe_load(block)
+    assert within(shown, inference_service)
 
 
 # ---- the security scanner --------------------------------------------------------------------------
