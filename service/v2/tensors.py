@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from service.errors import ApiError, ErrorCode
 FP32 = "FP32"
 BYTES = "BYTES"
 _LENGTH = struct.Struct("<I")
+MAX_ELEMENTS = 2**63 - 1  # the protocol's shapes are int64: no tensor holds more elements
 
 
 def invalid(message: str) -> ApiError:
@@ -77,15 +77,24 @@ class InferenceRequest:
 
 
 def element_count(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)  # exact: a hostile shape must not overflow into a small count
+    """The product of ``shape``: exact up to MAX_ELEMENTS, MAX_ELEMENTS + 1 above it. Capped as it
+    goes, so that a hostile shape can neither overflow into a small count nor cost big-integer
+    arithmetic (nor make a number too long to print in the error message)."""
+    count = 1
+    for d in shape:
+        count = min(count * d, MAX_ELEMENTS + 1)
+    return count
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A shape as the protocol allows it: a list of non-negative integers."""
+    """A shape as the protocol allows it: a list of non-negative integers, of at most
+    MAX_ELEMENTS elements."""
     if not isinstance(shape, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise invalid(f"input {name!r}: shape must be a list of non-negative integers")
+    if element_count(shape) > MAX_ELEMENTS:
+        raise invalid(f"input {name!r}: shape holds more than {MAX_ELEMENTS} elements")
     return tuple(shape)
 
 
@@ -123,12 +132,18 @@ def fp32_from_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
 def fp32_from_json(name: str, data: Any, count: int) -> np.ndarray:
     """JSON numbers, flat or nested row-major, as a flat float32 array of ``count``."""
     try:
-        values = np.asarray(data, dtype=np.float64).reshape(-1)
-    except (ValueError, TypeError) as exc:
+        values = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged, or nested too deeply
         raise invalid(f"input {name!r}: FP32 data must be numbers (flat or nested lists)") from exc
+    # Not a cast to float: that would take strings ("1.5"), null (NaN) and true as numbers, and
+    # raise OverflowError on an integer too large for a float. Those come out as other kinds.
+    if values.dtype.kind not in "iuf":
+        raise invalid(f"input {name!r}: FP32 data must be numbers (flat or nested lists)")
+    values = values.reshape(-1)
     if values.size != count:
         raise invalid(f"input {name!r}: shape holds {count} elements, the data {values.size}")
-    return values.astype(np.float32)
+    with np.errstate(over="ignore"):  # past float32's range is inf, which infer refuses
+        return values.astype(np.float32)
 
 
 def bytes_from_json(name: str, data: Any, count: int) -> list[bytes]:

@@ -1,4 +1,5 @@
-"""Fuzzing the real server process: schemathesis over its OpenAPI schema, hypothesis over image bytes.
+"""Fuzzing the real server process: schemathesis over its OpenAPI schema, hypothesis over image
+bytes and over Open Inference Protocol (v2) requests.
 
 Bounded: a fixed number of examples per operation, and derandomised so that CI is repeatable (a
 failure found once is found again). Run with ``--hypothesis-seed`` unset locally to explore more.
@@ -6,15 +7,22 @@ failure found once is found again). Run with ``--hypothesis-seed`` unset locally
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import struct
+
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from schemathesis.specs.openapi.checks import status_code_conformance
 
 EXAMPLES_PER_OPERATION = 40
 RANDOM_IMAGES = 200
+V2_REQUESTS = 200
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +43,11 @@ def no_5xx_but_a_declared_503(ctx, response, case) -> None:
     assert status < 500 or status == 503, f"{status}: {response.text[:300]}"
     if status == 503:
         assert "retry-after" in {k.lower() for k in response.headers}, "503 without Retry-After"
-        code = response.json()["error"]["code"]
-        assert code in FUZZ_503_CODES, f"503 {code}: {response.text[:300]}"
+        error = response.json()["error"]
+        if case.path.startswith("/v2"):  # the protocol's shape has only the message
+            assert error.startswith("request deadline exceeded"), f"503: {response.text[:300]}"
+        else:
+            assert error["code"] in FUZZ_503_CODES, f"503: {response.text[:300]}"
 
 
 def test_no_operation_answers_5xx_or_an_undeclared_status(live):
@@ -100,3 +111,121 @@ def test_random_bytes_as_an_image_are_a_4xx_never_a_5xx(live, prefix, tail, raw)
             "image_too_large",
             "unsupported_media_type",
         }
+
+
+# -- Open Inference Protocol (v2) requests -----------------------------------------------------
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 20), (90, 10, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+# Image files for BYTES tensors: one good (so that valid requests are reachable), the rest not.
+_BLOBS = st.sampled_from([_jpeg(), b"", b"\xff\xd8\xff\xe0", b"GIF89a", b"\x00" * 16])
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+_HOSTILE_SHAPES = st.one_of(
+    st.lists(st.integers(-2, 4) | st.integers(0, 2**64) | st.just(3) | st.just(64), max_size=5),
+    _ANY_JSON,
+)
+_PARAM_VALUES = st.integers(-2, 20) | _ANY_JSON
+_OUTPUTS = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.sampled_from(["logits", "embedding", "stage4", "other"])},
+        optional={
+            "parameters": st.dictionaries(
+                st.sampled_from(["binary_data", "classification"]), _PARAM_VALUES, max_size=2
+            )
+        },
+    ),
+    max_size=3,
+)
+
+
+def _length_prefixed(blobs: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+
+
+@st.composite
+def _v2_bodies(draw, size: int) -> tuple[dict, bytes]:
+    """A request the way clients build one (``size``: the model's input size), then maybe
+    broken: a field replaced, the binary section cut short or padded."""
+    if draw(st.booleans()):
+        images = draw(st.lists(_BLOBS, max_size=3))
+        spec: dict = {"name": "image", "datatype": "BYTES", "shape": [len(images)]}
+        section = _length_prefixed(images)
+        json_data = [base64.b64encode(b).decode() for b in images]
+    else:
+        n = draw(st.integers(0, 2))
+        value = draw(st.sampled_from([0.5, -1.0, float("nan"), float("inf"), 3.4e38]))
+        pixels = struct.pack("<f", value) * (n * 3 * size * size)
+        spec = {"name": "pixel_values", "datatype": "FP32", "shape": [n, 3, size, size]}
+        section, json_data = pixels, [value] * (len(pixels) // 4)
+    binary = b""
+    if draw(st.booleans()):
+        spec["parameters"] = {"binary_data_size": len(section)}
+        binary = section
+    else:
+        spec["data"] = json_data
+    for key, value in draw(
+        st.dictionaries(
+            st.sampled_from(["name", "datatype", "shape", "data", "parameters"]),
+            st.one_of(_HOSTILE_SHAPES, _ANY_JSON, st.sampled_from(["image", "FP32", "BYTES"])),
+            max_size=1,
+        )
+    ).items():
+        spec[key] = value
+    doc: dict = {"inputs": [spec]}
+    if draw(st.booleans()):
+        doc["outputs"] = draw(_OUTPUTS)
+    if draw(st.booleans()):
+        doc["parameters"] = {"binary_data_output": draw(st.booleans() | _ANY_JSON)}
+    cut = draw(st.sampled_from(["keep", "keep", "keep", "short", "long"]))
+    if cut == "short":
+        binary = binary[: draw(st.integers(0, max(0, len(binary) - 1)))]
+    elif cut == "long":
+        binary += draw(st.binary(min_size=1, max_size=16))
+    return doc, binary
+
+
+@pytest.fixture(scope="module")
+def v2_model(live) -> dict:
+    info = httpx.get(f"{live.base}/v1/models", timeout=10).json()
+    return {"url": f"{live.base}/v2/models/{info['name']}/infer", "size": info["input_size"]}
+
+
+@settings(
+    max_examples=V2_REQUESTS,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+@given(data=st.data())
+def test_malformed_v2_requests_are_a_4xx_in_the_v2_shape_never_a_5xx(v2_model, data):
+    doc, binary = data.draw(
+        _v2_bodies(v2_model["size"]) | st.tuples(_ANY_JSON, st.binary(max_size=64))
+    )
+    header = json.dumps(doc).encode()
+    headers = {"Content-Type": "application/json"}
+    # The JSON header's length: the truth when there is a binary section; sometimes a lie.
+    length = data.draw(
+        st.sampled_from(["truth", "truth", "truth", "none"])
+        | st.integers(-5, len(header) + len(binary) + 5).map(str)
+        | st.from_regex(r"[!-~]{1,5}", fullmatch=True)  # any text a header value may be
+    )
+    if length == "truth" and binary:
+        headers["Inference-Header-Content-Length"] = str(len(header))
+    elif length not in ("truth", "none"):
+        headers["Inference-Header-Content-Length"] = length
+    resp = httpx.post(v2_model["url"], content=header + binary, headers=headers, timeout=10)
+    assert resp.status_code in (200, 400, 413, 415), (resp.status_code, resp.text[:300])
+    if resp.status_code != 200:
+        body = resp.json()
+        assert set(body) == {"error"} and isinstance(body["error"], str), body
