@@ -18,6 +18,7 @@ from service.v2.tensors import (
     InputTensor,
     OutputTensor,
     RequestedOutput,
+    check_bytes_count,
     check_shape,
     deserialize_bytes,
     element_count,
@@ -53,6 +54,7 @@ def _input(tensor: Any, raw: bytes | None) -> InputTensor:
     if datatype == FP32:
         values = list(tensor.contents.fp32_contents)
         return InputTensor(name, datatype, shape, fp32_from_json(name, values, count))
+    check_bytes_count(name, count)
     elements = list(tensor.contents.bytes_contents)
     if len(elements) != count:
         raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(elements)}")

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from service.deps import unavailable
 from service.errors import ApiError, ErrorCode
-from service.inference import effective_deadline, refuse_if_full
+from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.state import RequestTimings, ServiceState
 from service.v2 import infer, messages
 from service.v2.grpc_codec import infer_response, metadata_response, parse_request
@@ -91,7 +91,7 @@ class InferenceService:
         manifest = model.engine.manifest
         check_model(manifest, request.model_name, request.model_version)
         refuse_if_full(model.batcher)
-        parsed = parse_request(request)
+        parsed = await off_loop(state, parse_request, request)  # up to a whole message
         deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
         timings = RequestTimings()
         try:

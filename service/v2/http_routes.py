@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 
 from service.batcher import Batcher
 from service.contract import Manifest
 from service.deps import BatcherDep, ManifestDep, StateDep, TimingsDep, unavailable
-from service.errors import INFERENCE_ERROR_RESPONSES
 from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.routes import TimeoutHeader
 from service.state import RequestTimings, ServiceState
@@ -30,6 +30,41 @@ from service.v2.http_codec import (
 from service.v2.model import check_model, model_metadata, server_metadata
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
+
+
+class V2Error(BaseModel):
+    """Body of every error on /v2: the protocol's error object."""
+
+    error: str
+
+
+_ERROR_CAUSES = {
+    400: "A malformed request or tensor, or an image that cannot be decoded",
+    404: "Unknown model or version",
+    408: "Body not received within SWIN_BODY_TIMEOUT_S",
+    413: "Body over SWIN_MAX_UPLOAD_BYTES, or an image over SWIN_MAX_IMAGE_PIXELS",
+    415: "An image format that is not accepted",
+    422: "A bad X-Request-Timeout-Ms header",
+    500: "The model run failed (only this batch)",
+    503: "Overloaded, deadline passed while queued, not ready or draining; retry later",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route can give, for OpenAPI (and so for schemathesis)."""
+    return {
+        status: {
+            "model": V2Error,
+            "description": _ERROR_CAUSES[status],
+            **({"headers": _RETRY_AFTER} if status == 503 else {}),
+        }
+        for status in statuses
+    }
+
+
+_MODEL_ERRORS = _errors(404, 503)
+_INFER_ERRORS = _errors(400, 404, 408, 413, 415, 422, 500, 503)
 
 _MODEL = "/models/{name}"
 _VERSIONED = "/models/{name}/versions/{version}"
@@ -57,31 +92,39 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Readiness: loaded, warmed up and not draining (503 if not)")
+@router.get(
+    "/health/ready",
+    summary="Readiness: loaded, warmed up and not draining (503 if not)",
+    responses=_errors(503),
+)
 async def ready(state: StateDep) -> dict[str, bool]:
     if not state.lifecycle.ready:
         raise unavailable(state.lifecycle)
     return {"ready": True}
 
 
-@router.get(_MODEL, summary="Model metadata: its inputs and outputs")
+@router.get(_MODEL, summary="Model metadata: its inputs and outputs", responses=_MODEL_ERRORS)
 async def model(manifest: ManifestDep, name: str) -> dict[str, Any]:
     check_model(manifest, name)
     return model_metadata(manifest)
 
 
-@router.get(_VERSIONED, summary="Model metadata, for a version")
+@router.get(_VERSIONED, summary="Model metadata, for a version", responses=_MODEL_ERRORS)
 async def model_version(manifest: ManifestDep, name: str, version: str) -> dict[str, Any]:
     check_model(manifest, name, version)
     return model_metadata(manifest)
 
 
-@router.get(f"{_MODEL}/ready", summary="Model readiness (503 while not ready)")
+@router.get(
+    f"{_MODEL}/ready", summary="Model readiness (503 while not ready)", responses=_MODEL_ERRORS
+)
 async def model_ready(state: StateDep, manifest: ManifestDep, name: str) -> dict[str, Any]:
     return _model_ready(state, manifest, name, "")
 
 
-@router.get(f"{_VERSIONED}/ready", summary="Model readiness, for a version")
+@router.get(
+    f"{_VERSIONED}/ready", summary="Model readiness, for a version", responses=_MODEL_ERRORS
+)
 async def model_version_ready(
     state: StateDep, manifest: ManifestDep, name: str, version: str
 ) -> dict[str, Any]:
@@ -100,7 +143,7 @@ def _model_ready(
 @router.post(
     f"{_MODEL}/infer",
     summary="Inference: BYTES images or FP32 pixel_values in, any outputs back",
-    responses=INFERENCE_ERROR_RESPONSES,
+    responses=_INFER_ERRORS,
     openapi_extra=_INFER_BODY,
 )
 async def model_infer(
@@ -118,7 +161,7 @@ async def model_infer(
 @router.post(
     f"{_VERSIONED}/infer",
     summary="Inference, for a version",
-    responses=INFERENCE_ERROR_RESPONSES,
+    responses=_INFER_ERRORS,
     openapi_extra=_INFER_BODY,
 )
 async def model_version_infer(

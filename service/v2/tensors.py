@@ -21,6 +21,9 @@ FP32 = "FP32"
 BYTES = "BYTES"
 _LENGTH = struct.Struct("<I")
 MAX_ELEMENTS = 2**63 - 1  # the protocol's shapes are int64: no tensor holds more elements
+# A BYTES element is one image, and no request may carry more than SWIN_MAX_IMAGES_PER_REQUEST
+# allows at most: a larger count is refused before a single element is read.
+MAX_BYTES_ELEMENTS = 1000
 
 
 def invalid(message: str) -> ApiError:
@@ -102,8 +105,17 @@ def serialize_bytes(elements: list[bytes]) -> bytes:
     return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
 
 
+def check_bytes_count(name: str, count: int) -> None:
+    if count > MAX_BYTES_ELEMENTS:
+        raise invalid(
+            f"input {name!r}: {count} BYTES elements; a request carries at most "
+            f"{MAX_BYTES_ELEMENTS} images"
+        )
+
+
 def deserialize_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
     """``count`` length-prefixed elements filling ``raw`` exactly."""
+    check_bytes_count(name, count)
     elements, offset, view = [], 0, memoryview(raw)
     while offset < len(raw):
         if offset + _LENGTH.size > len(raw):
@@ -148,6 +160,7 @@ def fp32_from_json(name: str, data: Any, count: int) -> np.ndarray:
 
 def bytes_from_json(name: str, data: Any, count: int) -> list[bytes]:
     """JSON strings, each one base64-encoded file, flat or nested."""
+    check_bytes_count(name, count)
     flat = list(_flatten(data))
     if len(flat) != count:
         raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(flat)}")

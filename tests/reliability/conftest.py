@@ -88,6 +88,7 @@ def server_env(model_path: Path, port: int, **settings: Any) -> dict[str, str]:
         "log_level": "warning",
         "intra_op_threads": 1,
         "decode_threads": 2,
+        "grpc_port": 0,  # a test that wants gRPC passes a free port
     }
     base.update(settings)
     for key, value in base.items():

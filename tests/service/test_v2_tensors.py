@@ -16,7 +16,7 @@ import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from service.errors import ApiError, ErrorCode
-from service.v2 import grpc_codec, http_codec, infer, messages
+from service.v2 import grpc_codec, http_codec, infer, messages, tensors
 from service.v2.tensors import (
     BYTES,
     FP32,
@@ -536,3 +536,12 @@ def test_outputs_that_do_not_fit_the_model(manifest, outputs, match):
 def test_classification_of_every_class_is_allowed(manifest):
     wanted = [RequestedOutput("logits", classification=10), RequestedOutput("stage4")]
     assert infer.check_outputs(request_with(images(1), outputs=wanted), manifest) == wanted
+
+
+def test_the_bytes_element_cap_is_the_most_images_any_configuration_allows():
+    from service.settings import Settings
+
+    field = Settings.model_fields["max_images_per_request"]
+    assert next(m.le for m in field.metadata if hasattr(m, "le")) == tensors.MAX_BYTES_ELEMENTS
+    with pytest.raises(ApiError, match="at most 1000 images"):
+        tensors.deserialize_bytes("image", b"", tensors.MAX_BYTES_ELEMENTS + 1)
