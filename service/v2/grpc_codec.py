@@ -74,10 +74,14 @@ def _requested_output(output: Any) -> RequestedOutput:
     return RequestedOutput(output.name, classification=k)
 
 
-def infer_response(request: InferenceRequest, outputs: list[OutputTensor]) -> Any:
+def infer_response(
+    request: InferenceRequest, outputs: list[OutputTensor], warning: str | None = None
+) -> Any:
     response = messages.ModelInferResponse(
         model_name=request.model_name, model_version=VERSION, id=request.id
     )
+    if warning:  # random weights, say: as the HTTP answer's parameters carry it
+        response.parameters["warning"].string_param = warning
     for output in outputs:
         response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         response.raw_output_contents.append(output.to_bytes())

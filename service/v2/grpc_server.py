@@ -27,7 +27,7 @@ from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.state import RequestTimings, ServiceState
 from service.v2 import infer, messages
 from service.v2.grpc_codec import infer_response, metadata_response, parse_request
-from service.v2.model import check_model, server_metadata
+from service.v2.model import check_model, server_metadata, warning
 from service.v2.tensors import invalid
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class InferenceService:
         finally:
             total = time.monotonic() - started
             context.set_trailing_metadata((("server-timing", timings.header(total)),))
-        return infer_response(parsed, outputs)
+        return infer_response(parsed, outputs, warning(manifest))
 
     def _model(self):
         model = self.state.lifecycle.model

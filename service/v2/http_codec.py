@@ -161,9 +161,10 @@ def _requested_output(spec: Any, binary_default: bool) -> RequestedOutput:
 
 
 def response_body(
-    request: InferenceRequest, outputs: list[OutputTensor]
+    request: InferenceRequest, outputs: list[OutputTensor], warning: str | None = None
 ) -> tuple[bytes, int | None]:
-    """The response body, and its JSON header's length when a binary section follows."""
+    """The response body, and its JSON header's length when a binary section follows.
+    ``warning`` (random weights, say) goes in the response's parameters."""
     entries, sections = [], []
     for output in outputs:
         entry: dict[str, Any] = {
@@ -181,6 +182,8 @@ def response_body(
     doc: dict[str, Any] = {"model_name": request.model_name, "model_version": VERSION}
     if request.id:
         doc["id"] = request.id
+    if warning:
+        doc["parameters"] = {"warning": warning}
     doc["outputs"] = entries
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not sections:

@@ -27,7 +27,7 @@ from service.v2.http_codec import (
     response_body,
     split_body,
 )
-from service.v2.model import check_model, model_metadata, server_metadata
+from service.v2.model import check_model, model_metadata, server_metadata, warning
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
 
@@ -195,7 +195,7 @@ async def _infer(
     del header, binary
     deadline = effective_deadline(state, started, timeout_ms)
     outputs = await infer.run(state, batcher, manifest, parsed, timings, deadline)
-    body, header_length = await off_loop(state, response_body, parsed, outputs)
+    body, header_length = await off_loop(state, response_body, parsed, outputs, warning(manifest))
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(header_length)})

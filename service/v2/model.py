@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from service.contract import Manifest
+from service.contract import RANDOM_WEIGHTS_WARNING, Manifest
 from service.errors import ApiError, ErrorCode
 from service.v2.tensors import BYTES, FP32
 
@@ -19,6 +19,11 @@ PLATFORM = "onnxruntime_onnx"
 IMAGE_INPUT = "image"  # BYTES: each element one encoded image file
 PIXELS_INPUT = "pixel_values"  # FP32 [N, 3, S, S], preprocessed as the manifest says
 CLASSIFIABLE_OUTPUT = "logits"
+
+
+def warning(manifest: Manifest) -> str | None:
+    """What every answer of this model says about it: that its weights are random, if so."""
+    return RANDOM_WEIGHTS_WARNING if manifest.weights.random else None
 
 
 def server_version() -> str:

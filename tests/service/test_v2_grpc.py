@@ -21,8 +21,10 @@ from PIL import Image
 from tritonclient.grpc import service_pb2 as triton_pb2
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
+from service.contract import RANDOM_WEIGHTS_WARNING
 from service.preprocess import decode_image
 from service.v2 import messages
+from tests.service.conftest import tiny_manifest
 from tests.support import free_port, metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
@@ -177,6 +179,19 @@ async def test_every_rpc_with_our_own_messages(grpc_serving, make_engine, pngs, 
     timing = trailing["server-timing"]
     assert "total;dur=" in timing and 'batch;desc="2"' in timing
     assert engine.calls == [2]
+
+
+@pytest.mark.parametrize("random_weights", [True, False])
+async def test_random_weights_are_announced_in_every_answer(
+    grpc_serving, make_engine, pngs, random_weights
+):
+    engine = make_engine(manifest=tiny_manifest(random_weights=random_weights))
+    async with grpc_serving(engine) as served:
+        response = await served.stub("ModelInfer")(image_request(pngs(1)))
+    warning = (
+        response.parameters["warning"].string_param if "warning" in response.parameters else None
+    )
+    assert warning == (RANDOM_WEIGHTS_WARNING if random_weights else None)
 
 
 async def test_typed_contents_fp32_and_bytes(grpc_serving, make_engine, pngs, manifest):

@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 from tritonclient.utils import deserialize_bytes_tensor
 
+from service.contract import RANDOM_WEIGHTS_WARNING
 from service.preprocess import decode_image
+from tests.service.conftest import tiny_manifest
 from tests.support import metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
@@ -207,6 +209,18 @@ async def test_json_inference_returns_every_output_as_the_engine_computes_it(
     assert engine.calls == [3]
     timing = resp.headers["Server-Timing"]
     assert "total;dur=" in timing and "decode;dur=" in timing and 'batch;desc="3"' in timing
+
+
+@pytest.mark.parametrize("random_weights", [True, False])
+async def test_random_weights_are_announced_in_every_answer(
+    make_app, make_engine, serve, png, random_weights
+):
+    engine = make_engine(manifest=tiny_manifest(random_weights=random_weights))
+    async with serve(make_app(engine)) as client:
+        resp = await client.post(INFER, json={"inputs": [images_input([png()])]})
+    assert resp.status_code == 200
+    parameters = resp.json().get("parameters", {})
+    assert parameters == ({"warning": RANDOM_WEIGHTS_WARNING} if random_weights else {})
 
 
 async def test_no_id_in_the_request_none_in_the_answer(make_app, serve, png):
