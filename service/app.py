@@ -95,7 +95,7 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
             yield
         finally:
             if grpc_server is not None:  # its calls finish before the batcher drains
-                await grpc_server.stop(state.lifecycle.drain_time_left())
+                await grpc_server.stop()
             await state.lifecycle.stop()
             state.decode_executor.shutdown(wait=False, cancel_futures=True)
 

@@ -55,10 +55,10 @@ def _input(tensor: Any, raw: bytes | None) -> InputTensor:
         values = list(tensor.contents.fp32_contents)
         return InputTensor(name, datatype, shape, fp32_from_json(name, values, count))
     check_bytes_count(name, count)
-    elements = list(tensor.contents.bytes_contents)
-    if len(elements) != count:
-        raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(elements)}")
-    return InputTensor(name, datatype, shape, elements)
+    contents = tensor.contents.bytes_contents
+    if len(contents) != count:
+        raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(contents)}")
+    return InputTensor(name, datatype, shape, list(contents))
 
 
 def _requested_output(output: Any) -> RequestedOutput:

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from service.deps import unavailable
 from service.errors import ApiError, ErrorCode
 from service.inference import effective_deadline, off_loop, refuse_if_full
+from service.lifecycle import DRAIN_ANSWER_MARGIN_S
 from service.state import RequestTimings, ServiceState
 from service.v2 import infer, messages
 from service.v2.grpc_codec import infer_response, metadata_response, parse_request
@@ -58,8 +59,7 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class InferenceService:
-    """The six RPCs, named as the protocol names them. Each parses its own request bytes, so that a malformed message is the
-    client's INVALID_ARGUMENT rather than gRPC's INTERNAL deserialisation failure."""
+    """The six RPCs, named as the protocol names them, on parsed requests."""
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
@@ -91,7 +91,7 @@ class InferenceService:
         manifest = model.engine.manifest
         check_model(manifest, request.model_name, request.model_version)
         refuse_if_full(model.batcher)
-        parsed = await off_loop(state, parse_request, request)  # up to a whole message
+        parsed = await off_loop(state, parse_request, request)
         deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
         timings = RequestTimings()
         try:
@@ -99,7 +99,7 @@ class InferenceService:
         finally:
             total = time.monotonic() - started
             context.set_trailing_metadata((("server-timing", timings.header(total)),))
-        return infer_response(parsed, outputs, warning(manifest))
+        return await off_loop(state, infer_response, parsed, outputs, warning(manifest))
 
     def _model(self):
         model = self.state.lifecycle.model
@@ -140,6 +140,7 @@ class GrpcServer:
         self._inferring = 0  # ModelInfer calls in progress
         self._idle = asyncio.Event()  # set while none is
         self._idle.set()
+        self._stopping: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Bind SWIN_GRPC_PORT on SWIN_HOST and serve; raises GrpcStartError when it cannot."""
@@ -149,6 +150,10 @@ class GrpcServer:
                 # Fail when the port is taken, rather than share it with another process.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", settings.max_upload_bytes),
+                # Keep HTTP/2 flow-control windows at their defaults, rather than grown to the
+                # link's bandwidth-delay product: a call not admitted yet then buffers kilobytes
+                # of its message, not megabytes.
+                ("grpc.http2.bdp_probe", 0),
             ],
             maximum_concurrent_rpcs=settings.max_connections,
         )
@@ -165,30 +170,35 @@ class GrpcServer:
         log.info("gRPC (Open Inference Protocol) listening on %s", address)
 
     def begin_drain(self) -> None:
-        """Refuse new inference calls from now on; those in progress carry on."""
+        """Refuse new inference calls from now on; stop once those in progress have finished,
+        within what is left of the drain budget."""
         self._draining = True
+        if self._server is not None and self._stopping is None:
+            grace_s = self.state.lifecycle.drain_time_left() - DRAIN_ANSWER_MARGIN_S
+            self._stopping = asyncio.ensure_future(self._stop_when_idle(self._server, grace_s))
 
-    async def stop(self, grace_s: float) -> None:
-        """Let the inference calls in progress finish, for at most ``grace_s``, then stop."""
+    async def stop(self) -> None:
+        """Drain (if not begun yet) and wait until the server has stopped."""
         self.begin_drain()
-        if self._server is None:
-            return
+        if self._stopping is not None:
+            await self._stopping
+
+    async def _stop_when_idle(self, server: grpc.aio.Server, grace_s: float) -> None:
         deadline = time.monotonic() + max(0.0, grace_s)
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, grace_s))
         except TimeoutError:
             log.error("gRPC: %d calls unfinished when the drain budget ran out", self._inferring)
-        # The handlers have returned, but their answers may still be on their way out: a short
-        # grace lets grpc send them before it cancels what is left.
-        await self._server.stop(min(_SEND_GRACE_S, max(0.0, deadline - time.monotonic())))
-        self._server = None
+        # Stopping sends GOAWAY: clients take their next calls to another replica. The handlers
+        # have returned, but their answers may still be on their way out: a short grace lets
+        # grpc send them before it cancels what is left.
+        await server.stop(min(_SEND_GRACE_S, max(0.0, deadline - time.monotonic())))
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         service = InferenceService(self.state)
         handlers = {
-            method: grpc.unary_unary_rpc_method_handler(
-                self._observed(method, getattr(service, method)),
-                response_serializer=_serialize,
+            method: _method_handler(method)(
+                self._observed(method, getattr(service, method)), response_serializer=_serialize
             )
             for method in messages.METHODS
         }
@@ -198,22 +208,27 @@ class GrpcServer:
         """``handler`` with its request parsed, its answer built, its errors mapped to statuses,
         and the call counted and timed; inference also takes one of the shared request slots."""
         parse, build = messages.request_type(method).FromString, messages.response_type(method)
-        metrics = self.state.metrics
+        state, metrics = self.state, self.state.metrics
         infers = method == "ModelInfer"
 
-        async def observed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                with self._admitted() if infers else contextlib.nullcontext():
-                    result = await handler(_parse(parse, raw), context)
+                if not infers:
+                    result = await handler(_parse(parse, request), context)
+                else:  # admitted before its message is read, then parsed off the loop
+                    with self._admitted():
+                        raw = await context.read()
+                        message = await off_loop(state, _parse, parse, raw)
+                        result = await handler(message, context)
                 return build(**result) if isinstance(result, dict) else result
             except ApiError as exc:
                 metrics.rejected(exc.code)
                 code = status_code(exc.code)
-                await context.abort(code, exc.message)
+                await context.abort(code, exc.message[:1000])  # metadata has a size limit
             except asyncio.CancelledError:
-                metrics.rejected(ErrorCode.CLIENT_DISCONNECTED)
-                code = grpc.StatusCode.CANCELLED
+                reason, code = _cancelled(context)
+                metrics.rejected(reason)
                 raise
             except Exception:
                 log.exception("unhandled error in gRPC %s", method)
@@ -249,11 +264,30 @@ class GrpcServer:
                 self._idle.set()
 
 
+def _method_handler(method: str) -> Callable[..., grpc.RpcMethodHandler]:
+    """ModelInfer is a client stream of one message on our side (the same on the wire as a
+    unary call): its request slot is taken before gRPC reads the message, so a flood of large
+    calls is refused without holding their bytes."""
+    if method == "ModelInfer":
+        return grpc.stream_unary_rpc_method_handler
+    return grpc.unary_unary_rpc_method_handler
+
+
+def _cancelled(context: grpc.aio.ServicerContext) -> tuple[ErrorCode, grpc.StatusCode]:
+    """Why a call ended before its answer: its deadline passed, or its client went away."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return ErrorCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED
+    return ErrorCode.CLIENT_DISCONNECTED, grpc.StatusCode.CANCELLED
+
+
 class GrpcStartError(RuntimeError):
     """The gRPC port cannot be bound."""
 
 
-def _parse(parse: Callable[[bytes], Any], raw: bytes) -> Any:
+def _parse(parse: Callable[[bytes], Any], raw: Any) -> Any:
+    if not isinstance(raw, bytes):  # grpc.aio.EOF: the client sent no message
+        raise invalid("the call carries no request message")
     try:
         return parse(raw)
     except DecodeError as exc:

@@ -9,6 +9,7 @@ with the request parameter ``binary_data_output``) come back the same way.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from service.v2.model import VERSION
@@ -36,10 +37,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON header, binary section) of a request body."""
     if header_length is None:
         return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+    # Plain ASCII digits: int() would also take "1_0" or other scripts' digits.
+    n = int(header_length) if re.fullmatch(r"[0-9]{1,12}", header_length) else -1
     if not 0 <= n <= len(body):
         raise invalid(
             f"{HEADER_LENGTH} must be between 0 and the body's {len(body)} bytes, "
@@ -57,11 +56,11 @@ def parse_request(header: bytes, binary: bytes, model: str, version: str) -> Inf
     reader = _BinaryReader(binary)
     tensors = [_input(spec, reader) for spec in inputs]
     reader.check_consumed()
-    request_id = doc.get("id", "")
+    request_id = _optional(doc, "id", "")
     if not isinstance(request_id, str):
         raise invalid("'id' must be a string")
     binary_default = _bool_param(_params(doc, "request"), "binary_data_output")
-    outputs = doc.get("outputs", [])
+    outputs = _optional(doc, "outputs", [])
     if not isinstance(outputs, list):
         raise invalid("'outputs' must be a list")
     wanted = [_requested_output(spec, binary_default) for spec in outputs]
@@ -72,14 +71,23 @@ def _json_object(header: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise invalid(f"the request is not valid JSON: {str(exc)[:200]}") from exc
+        raise invalid(
+            f"the request is not valid JSON ({str(exc)[:200]}); binary tensor data needs the "
+            f"{HEADER_LENGTH} header"
+        ) from exc
     if not isinstance(doc, dict):
         raise invalid("the request must be a JSON object")
     return doc
 
 
+def _optional(spec: dict[str, Any], key: str, default: Any) -> Any:
+    """An optional field: null counts as absent, as clients with optional fields send it."""
+    value = spec.get(key)
+    return default if value is None else value
+
+
 def _params(spec: dict[str, Any], what: str) -> dict[str, Any]:
-    params = spec.get("parameters", {})
+    params = _optional(spec, "parameters", {})
     if not isinstance(params, dict):
         raise invalid(f"{what} 'parameters' must be an object")
     return params

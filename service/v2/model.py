@@ -41,12 +41,13 @@ def check_model(manifest: Manifest, name: str, version: str = "") -> None:
     """404 unless ``name`` (and ``version``, when given) is the served model."""
     if name != manifest.name:
         raise ApiError(
-            ErrorCode.NOT_FOUND, f"unknown model {name!r}; this server serves {manifest.name!r}"
+            ErrorCode.NOT_FOUND,
+            f"unknown model {name[:200]!r}; this server serves {manifest.name!r}",
         )
     if version not in ("", VERSION):
         raise ApiError(
             ErrorCode.NOT_FOUND,
-            f"model {name!r} has no version {version!r}; its versions: [{VERSION!r}]",
+            f"model {name!r} has no version {version[:200]!r}; its versions: [{VERSION!r}]",
         )
 
 

@@ -118,6 +118,8 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
     check_bytes_count(name, count)
     elements, offset, view = [], 0, memoryview(raw)
     while offset < len(raw):
+        if len(elements) == count:  # more data than the shape holds: stop reading it
+            raise invalid(f"input {name!r}: the data holds more than the shape's {count} elements")
         if offset + _LENGTH.size > len(raw):
             raise invalid(f"input {name!r}: binary BYTES data ends inside an element's length")
         (size,) = _LENGTH.unpack_from(view, offset)

@@ -586,3 +586,77 @@ async def test_calls_are_counted_by_method_and_code(grpc_serving, png):
     assert metric(samples, "swin_rejections_total", reason="invalid_image") == 1
     assert metric(samples, "swin_rejections_total", reason="not_found") == 1
     assert "secret" not in text
+
+
+async def test_a_long_model_name_is_not_found_with_a_message_that_fits_in_metadata(grpc_serving):
+    async with grpc_serving() as served:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.call("ModelMetadata", name="m" * 1_000_000)
+    assert caught.value.code() is Code.NOT_FOUND
+    assert len(caught.value.details()) < 1000
+
+
+async def test_a_call_whose_client_deadline_passes_is_counted_deadline_exceeded(
+    grpc_serving, gated_engine, pngs
+):
+    engine, release = gated_engine
+    async with grpc_serving(engine) as served:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.stub("ModelInfer")(image_request(pngs(1)), timeout=0.3)
+        await until(
+            lambda: (
+                metric(
+                    served.metrics(),
+                    "swin_grpc_requests_total",
+                    method="ModelInfer",
+                    code="DEADLINE_EXCEEDED",
+                )
+                == 1
+            )
+        )
+        samples = served.metrics()
+        release.set()
+    assert caught.value.code() is Code.DEADLINE_EXCEEDED
+    assert metric(samples, "swin_rejections_total", reason="deadline_exceeded") == 1
+    assert metric(samples, "swin_rejections_total", reason="client_disconnected") == 0
+
+
+class _Refusing:
+    """A ServicerContext that records what the handler does with it."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.aborted: tuple | None = None
+
+    async def read(self) -> bytes:
+        self.reads += 1
+        return b""
+
+    async def abort(self, code, details) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+    def time_remaining(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("why", ["draining", "no free request slot"])
+async def test_an_inference_call_is_refused_before_its_message_is_read(make_app, serve, why):
+    """ModelInfer takes its slot first: a flood of large calls is refused without holding
+    their bytes (gRPC reads a unary call's whole message before its handler runs)."""
+    from service.v2.grpc_server import GrpcServer
+
+    app = make_app(max_concurrent_requests=1)
+    async with serve(app):
+        state = app.state.service
+        server = GrpcServer(state)
+        observed = server._observed("ModelInfer", lambda message, context: None)
+        if why == "draining":
+            server._draining = True
+        else:
+            assert state.slots.try_take()
+        context = _Refusing()
+        with pytest.raises(grpc.aio.AbortError):
+            await observed(None, context)
+    assert context.reads == 0
+    assert context.aborted[0] is Code.UNAVAILABLE

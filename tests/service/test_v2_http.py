@@ -604,3 +604,23 @@ async def test_malformed_requests_are_4xx_in_the_v2_shape(make_app, make_engine,
     assert_v2_error(resp, status)
     assert after.status_code == 200
     assert engine.calls == [1]  # only the good request reached the engine
+
+
+async def test_null_stands_for_an_absent_optional_field(make_app, serve, png):
+    doc = {"id": None, "parameters": None, "outputs": None, "inputs": [images_input([png()])]}
+    doc["inputs"][0]["parameters"] = None
+    async with serve(make_app()) as client:
+        resp = await client.post(INFER, json=doc)
+    assert resp.status_code == 200, resp.text
+    assert "id" not in resp.json() and len(resp.json()["outputs"]) == len(OUTPUTS)
+
+
+@pytest.mark.parametrize("length", ["1_0", "+10", "10 0", "0x10"])
+async def test_the_header_length_is_plain_digits(make_app, serve, length):
+    async with serve(make_app()) as client:
+        resp = await client.post(
+            INFER,
+            content=b'{"inputs": []}' + b"x" * 20,
+            headers={"Inference-Header-Content-Length": length},
+        )
+    assert_v2_error(resp, 400)
