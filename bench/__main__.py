@@ -1,6 +1,7 @@
-"""``python -m bench [all|engine|service|profile|report] [--quick]``: the benchmark suite.
+"""``python -m bench [all|engine|service|protocols|profile|report] [--quick]``: the benchmark suite.
 
-``all`` (the default, what ``make bench`` runs) = engine + service + profile, then the report:
+``all`` (the default, what ``make bench`` runs) = engine + service + protocols (``/classify``
+against the Open Inference Protocol's v2 infer, same server and image) + profile, then the report:
 ``bench/results/results.json`` (raw figures), ``results.md`` (tables), two PNG plots, and the
 section of the benchmarks page (docs/benchmarks.md) between the bench markers. ``--quick`` is a
 smoke run of the whole pipeline in a few minutes; it writes to ``bench/results/raw/quick/`` and
@@ -39,6 +40,7 @@ FULL = {
     "duration_s": 15.0,
     "warmup_s": 8.0,
     "service_reps": 2,
+    "protocol_rounds": 6,
     "profile_s": 12.0,
 }
 QUICK = {
@@ -50,6 +52,7 @@ QUICK = {
     "duration_s": 4.0,
     "warmup_s": 3.0,
     "service_reps": 1,
+    "protocol_rounds": 2,
     "profile_s": 0.0,
 }
 
@@ -206,6 +209,33 @@ def run_service(
     }
 
 
+def run_protocols(cfg, models, server_cpus, loadgen_cpus, pinning, env) -> dict[str, Any]:
+    from bench import protocols, service
+    from bench.loadgen import wrk_path
+
+    server = service.service_server(models.fp32, server_cpus, env)
+    by_name = protocols.routes(SAMPLE_IMAGE.read_bytes(), models.manifest().name)
+    progress(
+        f"protocols: {' vs '.join(by_name)} at c={protocols.CONNECTIONS}, "
+        f"{cfg['protocol_rounds']} rounds of {cfg['duration_s']:g} s each"
+    )
+    res = protocols.run_protocols_benchmark(
+        server,
+        by_name,
+        rounds=cfg["protocol_rounds"],
+        duration_s=cfg["duration_s"],
+        warmup_s=cfg["warmup_s"],
+        loadgen_cpus=loadgen_cpus,
+    )
+    return {
+        "pinning": pinning,
+        "loadgen": f"{wrk_path()} -t1 (closed loop, prebuilt body, Lua done() percentiles)",
+        "body": f"{SAMPLE_IMAGE.name}, {SAMPLE_IMAGE.stat().st_size} bytes",
+        "server": server.label,
+        **res,
+    }
+
+
 def run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env) -> dict[str, Any]:
     import tempfile
 
@@ -250,7 +280,10 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["all", "engine", "service", "profile", "report"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "engine", "service", "protocols", "profile", "report"],
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few minutes")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -270,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME:SWIN_X=V,...",
         help="also load a service with these settings, interleaved (repeatable)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="protocols: interleaved rounds (0: the mode's, 6 full, 2 quick)",
     )
     parser.add_argument(
         "--no-page", action="store_true", help=f"do not regenerate {report.BENCH_PAGE}'s section"
@@ -300,9 +339,11 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, An
         results["service"] = run_service(
             cfg, models, server_cpus, loadgen_cpus, pinning, env, also, threads
         )
+    if args.what in ("all", "protocols"):
+        results["protocols"] = run_protocols(cfg, models, server_cpus, loadgen_cpus, pinning, env)
     if args.what == "profile" or (args.what == "all" and not args.quick):
         results["profile"] = run_profile(cfg, models, threads, server_cpus, loadgen_cpus, env)
-    results["meta"] = {
+    meta = {
         "started": started_at,
         "mode": "quick" if args.quick else "full",
         "what": args.what,
@@ -310,6 +351,13 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, An
         "machine": machine,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
     }
+    if args.what == "protocols":
+        # A section of its own, with its own run description: the page's run line and the
+        # engine and service tables it describes stay as they were measured.
+        results["protocols"]["meta"] = meta
+        results.setdefault("meta", meta)
+    else:
+        results["meta"] = meta
 
 
 def write_report(results: dict[str, Any], out_dir: Path, *, page: bool) -> None:
@@ -336,6 +384,10 @@ def write_report(results: dict[str, Any], out_dir: Path, *, page: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.rounds < 0:
+        raise SystemExit(f"--rounds wants a positive number, got {args.rounds}")
+    if args.rounds:
+        cfg = {**cfg, "protocol_rounds": args.rounds}
     out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"

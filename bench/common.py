@@ -74,6 +74,21 @@ def cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def machine_cpu_seconds(stat: str | None = None) -> tuple[float, float] | None:
+    """(busy, stolen) CPU seconds of the whole machine since boot, from /proc/stat's ``cpu`` line.
+
+    Busy is user + nice + system + irq + softirq (guest time is inside user); stolen is what the
+    hypervisor gave to other guests. None where there is no /proc/stat.
+    """
+    try:
+        text = stat if stat is not None else Path("/proc/stat").read_text()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, text.split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = ""
     try:

@@ -1,9 +1,10 @@
 """The load generator: wrk (C, epoll, closed loop), driven by a Lua script.
 
-The script POSTs one JPEG as the raw body (``Content-Type: image/jpeg``) on every request and,
-in ``done()``, prints one ``BENCH_JSON {...}`` line with the counts and latency percentiles
-(microseconds), which :func:`parse_wrk_output` reads back. wrk counts every status >= 400 as
-``errors.status``; connect/read/write/timeout errors are counted separately.
+The script POSTs one prebuilt body on every request (by default a JPEG as the raw body,
+``Content-Type: image/jpeg``) and, in ``done()``, prints one ``BENCH_JSON {...}`` line with the
+counts and latency percentiles (microseconds), which :func:`parse_wrk_output` reads back. wrk
+counts every status >= 400 as ``errors.status``; connect/read/write/timeout errors are counted
+separately; the script itself counts every answer that is not a 200 (``non_200``).
 """
 
 from __future__ import annotations
@@ -23,16 +24,31 @@ local f = assert(io.open(%(path)s, "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
-wrk.headers["Content-Type"] = "image/jpeg"
+%(headers)s
+
+-- wrk's errors.status misses 1xx and 3xx answers; count every answer that is not a 200, per
+-- thread (each has a Lua state of its own; done() runs in the main one, which setup() fed).
+non_200 = 0
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function response(status, headers, body)
+  if status ~= 200 then non_200 = non_200 + 1 end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  local not_ok = 0
+  for _, t in ipairs(threads) do not_ok = not_ok + t:get("non_200") end
   io.write(string.format(
-    '%(marker)s{"requests":%%d,"duration_us":%%d,"bytes":%%d,' ..
+    '%(marker)s{"requests":%%d,"duration_us":%%d,"bytes":%%d,"non_200":%%d,' ..
     '"errors_connect":%%d,"errors_read":%%d,"errors_write":%%d,"errors_status":%%d,' ..
     '"errors_timeout":%%d,"lat_mean_us":%%.1f,"lat_max_us":%%d,"lat_p50_us":%%d,' ..
     '"lat_p90_us":%%d,"lat_p95_us":%%d,"lat_p99_us":%%d}\n',
-    summary.requests, summary.duration, summary.bytes,
+    summary.requests, summary.duration, summary.bytes, not_ok,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
     latency:percentile(95), latency:percentile(99)))
@@ -54,9 +70,23 @@ def wrk_path() -> str:
     return path
 
 
-def lua_script(body_path: Path) -> str:
-    """The wrk script for a raw-body POST of ``body_path``; the path is a Lua string literal."""
-    return _LUA % {"path": json.dumps(str(body_path)), "marker": MARKER}
+RAW_JPEG = {"Content-Type": "image/jpeg"}
+
+
+def lua_script(body_path: Path, headers: dict[str, str] | None = None) -> str:
+    """The wrk script that POSTs the bytes of ``body_path`` with ``headers`` (default: a raw JPEG).
+
+    The path, header names and values become Lua string literals (JSON's quoting is Lua's for
+    ASCII).
+    """
+    lines = [
+        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or RAW_JPEG).items()
+    ]
+    return _LUA % {
+        "path": json.dumps(str(body_path)),
+        "headers": "\n".join(lines),
+        "marker": MARKER,
+    }
 
 
 def parse_wrk_output(text: str) -> dict[str, Any]:
@@ -84,6 +114,8 @@ def parse_wrk_output(text: str) -> dict[str, Any]:
         "max_ms": raw["lat_max_us"] / 1e3,
         "errors": errors,
         "non_2xx": errors["status"],
+        # Counted by the script; None from a script that does not count them.
+        "non_200": raw.get("non_200"),
         "error_count": sum(errors.values()),
     }
 
@@ -108,7 +140,9 @@ def run_wrk(
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise LoadGenError(f"wrk exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        raise LoadGenError(
+            f"wrk exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
     result = parse_wrk_output(proc.stdout)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["loadgen_cpu_share"] = round(cpu / wall, 4) if wall > 0 else 0.0  # of one core

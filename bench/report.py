@@ -83,6 +83,7 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _service_vs_engine(results),
         _service_vs_peer(results),
         _c1_latency(results),
+        _v2_vs_classify(results),
     ]
 
 
@@ -215,6 +216,28 @@ def _c1_latency(results: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _v2_vs_classify(results: dict[str, Any]) -> dict[str, Any]:
+    prot = results.get("protocols") or {}
+    name = "v2 infer (binary BYTES image, classification 5) / /classify (raw JPEG, top_k 5) req/s at c=16"
+    if prot.get("ratio") is None:
+        return _target("v2_vs_classify", name, None, 0.95, "")
+    paths = prot["paths"]
+    unclean, same = prot.get("unclean_runs", 0), prot.get("answers", {}).get("same_top", False)
+    problems = [f"{unclean} run(s) with a non-200 or socket error: INVALID"] if unclean else []
+    problems += [] if same else ["the two paths' top 5 differ: INVALID"]
+    return _target(
+        "v2_vs_classify",
+        name,
+        prot["ratio"],
+        0.95,
+        f"median of {len(prot['ratio_all_rounds'])} per-round ratios; medians "
+        f"{paths['v2_binary']['throughput_rps']:.2f} vs {paths['classify']['throughput_rps']:.2f} "
+        f"req/s; p99 {paths['v2_binary']['p99_ms']:.0f} vs {paths['classify']['p99_ms']:.0f} ms"
+        + "".join(f"; {p}" for p in problems),
+        extra_ok=not problems,
+    )
+
+
 def engine_table(results: dict[str, Any]) -> str:
     runtimes = results.get("engine", {}).get("runtimes", {})
     if not runtimes:
@@ -278,6 +301,68 @@ def breakdown_table(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def protocols_section(results: dict[str, Any]) -> str:
+    prot = results.get("protocols") or {}
+    if not prot.get("rounds"):
+        return ""
+    meta = prot.get("meta") or results.get("meta", {})
+    machine = meta.get("machine", {})
+    config = meta.get("config", {})
+    out = [
+        "\n### Open Inference Protocol (v2) vs /classify (same server, same JPEG, interleaved)\n\n",
+        f"Run {meta.get('started', '?')} ({meta.get('mode', '?')} mode), {machine.get('cpus', '?')} "
+        f"CPUs ({machine.get('cpu_model', '?')}), load average at start "
+        f"{machine.get('loadavg_at_start', '?')}. One `python -m service` (ORT fp32, defaults), "
+        f"{prot.get('body', '?')}, wrk with {prot.get('connections')} closed-loop clients, "
+        f"{len(prot['rounds'])} rounds of {config.get('duration_s', '?')} s per path after a "
+        "warm-up of each; each round loads both paths back to back, which one goes first "
+        "alternating. Figures per path are medians over the rounds; the ratio is the median of "
+        "the per-round ratios. `python -m bench protocols` reruns this comparison alone.\n\n",
+        "| path | request | req/s | p50 ms | p99 ms | server CPU s/req | mean batch |\n",
+        "|---|---|---:|---:|---:|---:|---:|\n",
+    ]
+    for name, v in prot["paths"].items():
+        route = prot.get("routes", {}).get(name, {})
+        out.append(
+            f"| {name} | `{route.get('path', '?')}`: {route.get('label', '')} | "
+            f"{v['throughput_rps']:.2f} | {v['p50_ms']:.0f} | {v['p99_ms']:.0f} | "
+            f"{_num(v.get('server_cpu_s_per_request'), 3)} | {_num(v.get('mean_batch_size'), 2)} |\n"
+        )
+    out += [
+        "\n| round | first | classify req/s | v2_binary req/s | v2 / classify "
+        "| other processes, cores (classify / v2) | non-200 + socket errors |\n",
+        "|---:|---|---:|---:|---:|---:|---:|\n",
+    ]
+    for r in prot["rounds"]:
+        runs = r["runs"]
+        errors = sum(_failed(v) for v in runs.values())
+        out.append(
+            f"| {r['round']} | {r['order'][0]} | {runs['classify']['throughput_rps']:.2f} | "
+            f"{runs['v2_binary']['throughput_rps']:.2f} | {_num(r['ratio'], 3)} | "
+            f"{_num(runs['classify'].get('others_cores'), 2)} / "
+            f"{_num(runs['v2_binary'].get('others_cores'), 2)} | {errors} |\n"
+        )
+    top = prot.get("answers", {}).get("top", {})
+    out.append(
+        f"\nv2 / classify throughput: **{prot['ratio']:.3f}** (median of "
+        f"{', '.join(f'{x:.3f}' for x in prot['ratio_all_rounds'])}). Checked before the load: "
+        f"both paths answer 200 with the top 5 {top.get('classify')} (classify) and "
+        f"{top.get('v2_binary')} (v2).\n"
+    )
+    return "".join(out)
+
+
+def _failed(run: dict[str, Any]) -> int:
+    """Requests without a 200: socket errors plus non-200 answers (wrk's >= 400 count if the
+    script did not count them)."""
+    non_200 = run["non_2xx"] if run.get("non_200") is None else run["non_200"]
+    return run["error_count"] - run["non_2xx"] + non_200
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def targets_table(targets: list[dict[str, Any]]) -> str:
     out = ["| target | measured | needed | result | detail |", "|---|---:|---:|---|---|"]
     for t in targets:
@@ -299,13 +384,14 @@ def render_markdown(results: dict[str, Any], *, image_prefix: str = "", notes: s
     machine = meta.get("machine", {})
     parts = [
         "`make bench` (`python -m bench`; `python -m bench --quick` is a smoke run of a few "
-        "minutes) benchmarks the engines and the HTTP service against a naive FastAPI + PyTorch "
-        "peer, and regenerates this section from `bench/results/`.\n\n",
+        "minutes) benchmarks the engines, the HTTP service against a naive FastAPI + PyTorch "
+        "peer, and `/classify` against the Open Inference Protocol's v2 infer, and regenerates "
+        "this section from `bench/results/`.\n\n",
         f"Run {meta.get('started', '?')} ({meta.get('mode', '?')} mode, {meta.get('seconds', 0):.0f} s), "
         f"{machine.get('cpus', '?')} CPUs ({machine.get('cpu_model', '?')}), load average at start "
         f"{machine.get('loadavg_at_start', '?')}. Swin-T 224, random weights, the same in every "
-        "runtime. Every figure below is from this one run; ratios are what to compare, since the "
-        "machine is shared and absolute times drift.\n",
+        f"runtime. Every figure below is from this one run{_own_run_note(results)}; ratios are "
+        "what to compare, since the machine is shared and absolute times drift.\n",
         "\n### Targets\n\n",
         targets_table(targets),
         "\n### Engine: images/s by batch size (median of interleaved repetitions)\n\n",
@@ -314,6 +400,7 @@ def render_markdown(results: dict[str, Any], *, image_prefix: str = "", notes: s
         "\n### Service vs naive peer (same JPEG, same run, interleaved)\n\n",
         service_table(results),
         _service_notes(results),
+        protocols_section(results),
         _profile_section(results),
     ]
     if notes:
@@ -322,6 +409,14 @@ def render_markdown(results: dict[str, Any], *, image_prefix: str = "", notes: s
         f"\n![engine]({image_prefix}{ENGINE_PLOT}) ![service]({image_prefix}{SERVICE_PLOT})\n"
     )
     return "".join(parts)
+
+
+def _own_run_note(results: dict[str, Any]) -> str:
+    """Where the v2 comparison was measured in a run of its own (``python -m bench protocols``)."""
+    own = (results.get("protocols") or {}).get("meta") or {}
+    if own and own.get("started") != results.get("meta", {}).get("started"):
+        return f" but the v2 comparison, measured on {own.get('started')}"
+    return ""
 
 
 def _engine_notes(results: dict[str, Any]) -> str:

@@ -3,8 +3,9 @@
 Both servers run for the whole benchmark and are loaded in turn, interleaved at every
 concurrency level (service c=1, peer c=1, service c=4, ...), so a noisy neighbour hits both.
 Per run: throughput, p50/p95/p99, errors (wrk: non-2xx + socket errors), the server's CPU time
-per request (from /proc), and for the service the mean batch size and the per-image decode,
-queue-wait and per-batch inference times (differences of its /metrics histograms).
+per request (from /proc), the cores every other process used meanwhile (from /proc/stat: a
+run they disturbed is visible), and for the service the mean batch size and the per-image
+decode, queue-wait and per-batch inference times (differences of its /metrics histograms).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import ROOT, progress
+from bench.common import ROOT, machine_cpu_seconds, progress
 from bench.loadgen import run_wrk
 
 # The histograms whose _sum/_count differences the report needs.
@@ -180,6 +181,8 @@ def service_server(model: Path, cpus: list[int] | None, env: dict[str, str]) -> 
         "SWIN_HOST": "127.0.0.1",
         "SWIN_PORT": str(port),
         "SWIN_LOG_LEVEL": "warning",
+        # Every load here is HTTP; servers started side by side would contend for gRPC's port.
+        "SWIN_GRPC_PORT": "0",
         **env,
     }
     return Server(
@@ -220,15 +223,21 @@ def running(servers: list[Server]) -> Iterator[list[Server]]:
 
 
 def load_once(
-    server: Server, script: Path, *, connections: int, duration_s: float, loadgen_cpus
+    server: Server,
+    script: Path,
+    *,
+    connections: int,
+    duration_s: float,
+    loadgen_cpus,
+    path: str = "/classify",
 ) -> dict[str, Any]:
-    """One wrk run against ``server``, with the server-side figures of the same window."""
+    """One wrk run against ``server``'s ``path``, with the server-side figures of the same window."""
     is_service = server.name.startswith("service")
     server.wait_idle()
     before = server.metrics() if is_service else None
-    cpu0 = server.cpu_seconds()
+    cpu0, machine0, t0 = server.cpu_seconds(), machine_cpu_seconds(), time.perf_counter()
     result = run_wrk(
-        f"{server.base}/classify",
+        f"{server.base}{path}",
         script,
         connections=connections,
         duration_s=duration_s,
@@ -236,7 +245,11 @@ def load_once(
     )
     # The metrics window closes once the requests wrk left in flight are done, so their batches
     # count; the CPU time is taken at wrk's end, per request wrk saw answered.
-    cpu1 = server.cpu_seconds()
+    cpu1, machine1, wall = server.cpu_seconds(), machine_cpu_seconds(), time.perf_counter() - t0
+    if machine0 and machine1:
+        result.update(
+            others_load(machine0, machine1, cpu1 - cpu0, result["loadgen_cpu_share"], wall)
+        )
     result["drain_s"] = round(server.wait_idle(), 2)
     result["server_cpu_s_per_request"] = (
         round((cpu1 - cpu0) / result["requests"], 4) if result["requests"] else None
@@ -251,6 +264,22 @@ def load_once(
             "request_in_server": _ms(means["swin_request_duration_seconds"]["mean"]),
         }
     return result
+
+
+def others_load(
+    before: tuple[float, float],
+    after: tuple[float, float],
+    server_cpu_s: float,
+    loadgen_share: float,
+    wall_s: float,
+) -> dict[str, float]:
+    """What else the machine did during a run, in cores: every process but the server and wrk
+    (the other work on a shared machine that makes runs drift), and the hypervisor's steal."""
+    busy = after[0] - before[0]
+    return {
+        "others_cores": round(max(0.0, (busy - server_cpu_s) / wall_s - loadgen_share), 3),
+        "steal_cores": round((after[1] - before[1]) / wall_s, 3),
+    }
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -300,7 +329,7 @@ def run_service_benchmark(
                 if probe is not None and s.name == "service":
                     r["engine_probe"] = probe(c, r)
                 runs[s.name][c].append(r)
-                progress(f"rep {rep + 1}/{reps} c={c:<3} {s.name:<8} {_summary(r)}")
+                progress(f"rep {rep + 1}/{reps} c={c:<3} {s.name:<8} {summary_line(r)}")
             logs = {s.name: s.tail(1500) for s in servers}
     return {
         s.name: {
@@ -313,7 +342,7 @@ def run_service_benchmark(
     }
 
 
-def _summary(r: dict[str, Any]) -> str:
+def summary_line(r: dict[str, Any]) -> str:
     extra = f", mean batch {r['mean_batch_size']:.2f}" if r.get("mean_batch_size") else ""
     return (
         f"{r['throughput_rps']:7.2f} req/s  p50 {r['p50_ms']:8.1f} ms  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -197,7 +198,33 @@ def _results(svc16_rps=30.0, peer16_rps=10.0, svc_p99=100.0, peer_p99=200.0, svc
             "server_cpu_s_per_request": 0.1,
         }
 
+    def round_(i, classify_rps, v2_rps):
+        order = ["classify", "v2_binary"][:: 1 if i % 2 else -1]
+        runs = {
+            "classify": {**level(classify_rps, 700, 1500), "non_2xx": 0, "non_200": 0},
+            "v2_binary": {**level(v2_rps, 720, 1550), "non_2xx": 0, "non_200": 0},
+        }
+        runs["classify"]["others_cores"] = 0.25
+        return {"round": i, "order": order, "runs": runs, "ratio": v2_rps / classify_rps}
+
     return {
+        "protocols": {
+            "connections": 16,
+            "body": "flower.jpg, 32764 bytes",
+            "routes": {
+                "classify": {"path": "/classify?top_k=5", "label": "raw"},
+                "v2_binary": {"path": "/v2/models/m/infer", "label": "binary"},
+            },
+            "answers": {"top": {"classify": [1, 2], "v2_binary": [1, 2]}, "same_top": True},
+            "paths": {
+                "classify": level(10.0, 700, 1500, 3.9),
+                "v2_binary": level(9.7, 720, 1550, 3.9),
+            },
+            "ratio": 0.97,
+            "ratio_all_rounds": [0.97, 0.96, 0.98],
+            "unclean_runs": 0,
+            "rounds": [round_(1, 10.0, 9.7), round_(2, 10.0, 9.6), round_(3, 10.0, 9.8)],
+        },
         "engine": {
             "threads": 1,
             "decode_ms": 10.0,
@@ -237,13 +264,14 @@ def _by_id(results):
 
 def test_targets_are_ratios_from_the_run_with_pass_and_miss():
     t = _by_id(_results())
-    assert [x["status"] for x in t.values()] == ["PASS"] * 5
+    assert [x["status"] for x in t.values()] == ["PASS"] * 6
     assert t["ort_vs_eager"]["measured"] == 2.6  # 26 / 10 at batch 8
     assert t["int8_vs_fp32"]["measured"] == pytest.approx(40 / 26, abs=1e-3)
     assert "top-1 agreement 1.000" in t["int8_vs_fp32"]["detail"]
     assert t["service_vs_engine"]["measured"] == pytest.approx(30 / 26, abs=1e-3)  # at batch 8
     assert t["service_vs_peer"]["measured"] == 3.0
     assert t["c1_latency"]["measured"] == pytest.approx(1.2 * (50 + 10) / 60)
+    assert t["v2_vs_classify"]["measured"] == 0.97
 
 
 def test_engine_ratio_is_the_median_of_per_repetition_ratios():
@@ -287,6 +315,25 @@ def test_service_faster_than_peer_but_with_higher_p99_is_a_miss():
 
 def test_slow_p50_at_c1_is_a_miss():
     assert _by_id(_results(svc1_p50=200.0))["c1_latency"]["status"] == "MISS"
+
+
+def test_v2_costing_more_than_5_percent_throughput_is_a_miss():
+    r = _results()
+    r["protocols"]["ratio"] = 0.94
+    assert _by_id(r)["v2_vs_classify"]["status"] == "MISS"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [("unclean_runs", 1, "non-200 or socket error"), ("answers", {"same_top": False}, "differ")],
+)
+def test_v2_comparison_with_a_failed_request_or_different_answers_is_invalid(key, value, says):
+    r = _results()
+    r["protocols"][key] = value
+    target = _by_id(r)["v2_vs_classify"]
+    assert target["measured"] == 0.97  # fast enough, but not a valid measurement
+    assert target["status"] == "MISS"
+    assert "INVALID" in target["detail"] and says in target["detail"]
 
 
 def test_missing_sections_are_reported_not_run():
@@ -340,6 +387,9 @@ def test_markdown_report_holds_tables_targets_and_plot_links():
     md = render_markdown(_results(), image_prefix="bench/results/")
     assert "at batch 8, 1 thread(s) (the service's setting) | 2.60 | >= 1.3 | **PASS**" in md
     assert "| service | 16 | 30.00 |" in md
+    assert "| v2_binary | `/v2/models/m/infer`: binary | 9.70 | 720 | 1550 |" in md
+    assert "| 2 | v2_binary | 10.00 | 9.60 | 0.960 | 0.25 / - | 0 |" in md  # v2 went first
+    assert "v2 / classify throughput: **0.970** (median of 0.970, 0.960, 0.980)" in md
     assert "](bench/results/engine_throughput.png)" in md
     assert "### Analysis" not in md
     with_notes = render_markdown(_results(), notes="Why int8 wins.\n")
@@ -369,6 +419,8 @@ def test_write_json_replaces_the_file_whole_and_leaves_no_temporary_on_failure(t
 
 @pytest.mark.parametrize("inherit", [True, False])
 def test_server_sees_this_shells_settings_only_when_it_inherits_them(monkeypatch, inherit):
+    for key in [k for k in os.environ if k.startswith("SWIN_")]:  # e.g. the suite's own
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SWIN_FROM_SHELL", "1")
     show = "import os; print(sorted(k for k in os.environ if k.startswith('SWIN_')))"
     server = Server("s", "s", [sys.executable, "-c", show], {"SWIN_OWN": "1"}, port=0)
@@ -388,3 +440,13 @@ def test_soak_judges_rss_on_the_second_half_of_the_run():
     assert summary["rss_growth_second_half_mib"] == 10.0  # 320 - 310 at the 2-minute mark
     assert summary["rss_growth_after_first_minute_mib"] == 20.0
     assert summary["p99_overloaded_503_ms"] is None
+
+
+def test_a_v2_comparison_run_on_its_own_is_said_to_be_from_another_run():
+    r = _results()
+    r["meta"] = {"started": "2026-01-01 10:00 UTC", "mode": "full"}
+    assert "from this one run;" in render_markdown(r)
+    r["protocols"]["meta"] = {"started": "2026-01-02 09:00 UTC", "mode": "full", "config": {}}
+    md = render_markdown(r)
+    assert "from this one run but the v2 comparison, measured on 2026-01-02 09:00 UTC;" in md
+    assert "Run 2026-01-02 09:00 UTC (full mode)" in md  # the v2 section's own run line
