@@ -5,7 +5,6 @@ request, the shared batcher, queue and request slots, deadlines, trailing metada
 from __future__ import annotations
 
 import asyncio
-import io
 import struct
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -17,14 +16,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tritongrpc
 import tritonclient.grpc.aio as tritongrpc_aio
-from PIL import Image
 from tritonclient.grpc import service_pb2 as triton_pb2
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from service.contract import RANDOM_WEIGHTS_WARNING
 from service.preprocess import decode_image
 from service.v2 import messages
-from tests.service.conftest import tiny_manifest
+from tests.service.conftest import image_bytes, tiny_manifest
 from tests.support import free_port, metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
@@ -334,15 +332,11 @@ async def test_malformed_protobuf_is_invalid_argument(grpc_serving, method):
 
 
 def _png(size=(40, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
-    return buf.getvalue()
+    return image_bytes((10, 200, 30), size)
 
 
 def _tiff() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format="TIFF")
-    return buf.getvalue()
+    return image_bytes(size=(8, 8), fmt="TIFF")
 
 
 def _pixels(values: list, shape=(1, 3, SIZE, SIZE)) -> Any:

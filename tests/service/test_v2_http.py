@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import struct
 import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 from tritonclient.utils import deserialize_bytes_tensor
 
 from service.contract import RANDOM_WEIGHTS_WARNING
 from service.preprocess import decode_image
-from tests.service.conftest import tiny_manifest
+from tests.service.conftest import image_bytes, tiny_manifest
 from tests.support import metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
@@ -469,15 +467,11 @@ async def test_metric_labels_are_route_templates_never_the_model_name(make_app, 
 
 
 def _png(size=(40, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
-    return buf.getvalue()
+    return image_bytes((10, 200, 30), size)
 
 
 def _tiff() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format="TIFF")
-    return buf.getvalue()
+    return image_bytes(size=(8, 8), fmt="TIFF")
 
 
 def _json(doc) -> tuple[bytes, dict]:
