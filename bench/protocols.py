@@ -10,8 +10,8 @@ back), so their throughput ratio is what the protocol's own parsing and answer s
 One server, one wrk, 16 clients. Each round loads both paths back to back, and the order
 alternates between rounds (classify first, then v2 first, ...) so that a machine whose speed
 drifts during the run favours neither; the ratio is the median over rounds of each round's
-v2 / classify throughput. Before any load, one request on each path must answer 200 with the
-same top 5.
+v2 / classify throughput. Before any load, one request on each path must answer 200; whether
+both gave the same top 5 is recorded, and a run where they differ is reported INVALID.
 """
 
 from __future__ import annotations

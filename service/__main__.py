@@ -1,7 +1,8 @@
 """``python -m service`` / ``swin-serve``: run the API under uvicorn with production limits.
 
 Exit status: 0 after a clean drain (SIGTERM/SIGINT), 2 for invalid settings, 3 when the model
-cannot be loaded, 70 after a fatal device error (so the orchestrator restarts the container).
+cannot be loaded or a port cannot be bound, 70 after a fatal device error (so the orchestrator
+restarts the container).
 """
 
 from __future__ import annotations

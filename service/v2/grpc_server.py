@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -116,10 +117,7 @@ def _client_timeouts_ms(context: grpc.aio.ServicerContext) -> list[float]:
         asked.append(max(0.0, remaining) * 1e3)
     for key, value in context.invocation_metadata() or ():
         if key == TIMEOUT_METADATA:
-            try:
-                ms = int(value)
-            except ValueError:
-                ms = 0
+            ms = int(value) if re.fullmatch(r"[0-9]{1,7}", value) else 0
             if not 1 <= ms <= 600_000:
                 raise ApiError(
                     ErrorCode.VALIDATION_ERROR,
@@ -242,13 +240,18 @@ class GrpcServer:
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
-        """An inference call's admission: refused while draining or when every request slot
-        is taken; counted while in progress, so that the drain can wait for it."""
+        """An inference call's admission: refused while draining or not ready, when the queue
+        is full or every request slot is taken; counted while in progress, so that the drain
+        can wait for it."""
         self._inferring += 1
         self._idle.clear()
         try:
             if self._draining:
                 raise unavailable(self.state.lifecycle)
+            model = self.state.lifecycle.model_for_requests()
+            if model is None:
+                raise unavailable(self.state.lifecycle)
+            refuse_if_full(model.batcher)  # before the message is read: overload stays cheap
             slots = self.state.slots
             if not slots.try_take():
                 raise ApiError(

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from service.errors import ApiError, ErrorCode
 from service.v2.model import VERSION
 from service.v2.tensors import (
     BYTES,
@@ -193,7 +194,14 @@ def response_body(
     if warning:
         doc["parameters"] = {"warning": warning}
     doc["outputs"] = entries
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    try:
+        header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:  # NaN or infinity, which JSON cannot carry
+        raise ApiError(
+            ErrorCode.INFERENCE_FAILED,
+            "the model returned NaN or infinite values, which JSON cannot carry; "
+            "ask for binary output (binary_data) to receive them",
+        ) from exc
     if not sections:
         return header, None
     return header + b"".join(sections), len(header)

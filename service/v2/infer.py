@@ -10,7 +10,7 @@ import numpy as np
 
 from service.batcher import Batcher, ImageResult
 from service.contract import Manifest
-from service.inference import decode_all, submit
+from service.inference import decode_all, off_loop, submit
 from service.state import RequestTimings, ServiceState
 from service.v2.model import CLASSIFIABLE_OUTPUT, IMAGE_INPUT, PIXELS_INPUT, check_model
 from service.v2.tensors import (
@@ -110,7 +110,7 @@ async def run(
     if tensor.name == IMAGE_INPUT:
         inputs = await decode_all(state, manifest, timings, tensor.data)  # type: ignore[arg-type]
     else:
-        inputs = _pixel_rows(tensor, n, manifest.image_size)
+        inputs = await off_loop(state, _pixel_rows, tensor, n, manifest.image_size)
     results = await submit(batcher, inputs, deadline, timings)
     return [_output(o, results, manifest.labels) for o in outputs]
 

@@ -167,7 +167,7 @@ def bytes_from_json(name: str, data: Any, count: int) -> list[bytes]:
     if len(flat) != count:
         raise invalid(f"input {name!r}: shape holds {count} elements, the data {len(flat)}")
     try:
-        return [base64.b64decode(_ascii(name, s), validate=True) for s in flat]
+        return [base64.b64decode(_string(name, s), validate=True) for s in flat]
     except (binascii.Error, ValueError) as exc:
         raise invalid(
             f"input {name!r}: BYTES data in JSON must be base64 strings (an image file each), "
@@ -175,7 +175,7 @@ def bytes_from_json(name: str, data: Any, count: int) -> list[bytes]:
         ) from exc
 
 
-def _ascii(name: str, value: Any) -> str:
+def _string(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise invalid(f"input {name!r}: BYTES data in JSON must be strings")
     return value

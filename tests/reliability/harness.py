@@ -9,8 +9,6 @@ wrapping is configured by ``HARNESS_*`` variables, which production code never r
   raise an ordinary EngineError.
 - ``HARNESS_FATAL_AT``: index of the run after warm-up that raises a fatal device error (the
   message ONNX Runtime gives for a CUDA illegal address).
-
-gRPC is off unless ``SWIN_GRPC_PORT`` is set.
 """
 
 from __future__ import annotations
@@ -57,11 +55,6 @@ def _wrap(engine: OnnxEngine) -> OnnxEngine:
     engine.warmup = warmup  # type: ignore[method-assign]
     return engine
 
-
-# gRPC stays off unless the test gives a port (SWIN_GRPC_PORT): on the default, 8001, every
-# server a test run starts would contend for one port (server_env drops the suite's
-# SWIN_GRPC_PORT=0 with the rest of the inherited SWIN_* settings).
-os.environ.setdefault("SWIN_GRPC_PORT", "0")
 
 _real_load = OnnxEngine.load
 OnnxEngine.load = staticmethod(lambda settings: _wrap(_real_load(settings)))  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,24 @@ def test_cli_refuses_a_corrupt_model_file(tmp_path):
     proc = _run_main({"SWIN_MODEL_PATH": str(bad), "SWIN_PORT": "0"})
     assert proc.returncode == 3, proc.stderr
     assert "cannot load ONNX model" in proc.stderr
+
+
+def test_grpc_needs_a_port_of_its_own():
+    with pytest.raises(ValidationError, match="give gRPC its own port"):
+        Settings(port=9000, grpc_port=9000)
+    assert Settings(port=9000, grpc_port=0).grpc_port == 0  # off: no clash
+
+
+def test_cli_exits_3_with_a_clear_message_when_the_grpc_port_is_taken(tiny_model_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run_main(
+            {"SWIN_MODEL_PATH": str(tiny_model_path), "SWIN_PORT": "0", "SWIN_GRPC_PORT": str(port)}
+        )
+    assert proc.returncode == 3, proc.stderr
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in proc.stderr
 
 
 def test_auto_batch_size_is_small_on_cpu_and_large_on_cuda():

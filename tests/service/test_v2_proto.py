@@ -35,29 +35,30 @@ def test_the_committed_descriptor_is_compiled_from_the_proto(tmp_path):
 
 
 def test_messages_match_tritons_definitions_field_for_field():
-    """Every field of our messages has the number and type of Triton's own (which extends the
-    protocol), so each side parses what the other writes."""
+    """Every field of every message (nested ones too) has the number, type and message type of
+    Triton's own (which extends the protocol), so each side parses what the other writes; and
+    the service has the same methods on the same messages."""
     from tritonclient.grpc import service_pb2
 
     def fields(descriptor):
         found = {}
         for field in descriptor.fields:
-            found[field.name] = (field.number, field.type, field.is_repeated)
+            kind = field.message_type.full_name if field.message_type else None
+            found[field.name] = (field.number, field.type, field.is_repeated, kind)
         for nested in descriptor.nested_types:
-            if not nested.GetOptions().map_entry:
-                for name, spec in fields(nested).items():
-                    found[f"{nested.name}.{name}"] = spec
+            for name, spec in fields(nested).items():
+                found[f"{nested.name}.{name}"] = spec
         return found
 
-    service = messages._POOL.FindServiceByName(messages.SERVICE)
-    theirs = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    for method in service.methods:
-        their_method = theirs.methods_by_name[method.name]
-        for ours, their in (
-            (method.input_type, their_method.input_type),
-            (method.output_type, their_method.output_type),
-        ):
-            assert ours.full_name == their.full_name
-            their_fields = fields(their)
-            for name, spec in fields(ours).items():
-                assert their_fields.get(name) == spec, (ours.full_name, name)
+    ours = messages._POOL.FindFileByName("open_inference.proto")
+    theirs = service_pb2.DESCRIPTOR
+    assert ours.package == theirs.package == "inference"
+    for name, message in ours.message_types_by_name.items():
+        their_fields = fields(theirs.message_types_by_name[name])
+        for field, spec in fields(message).items():
+            assert their_fields.get(field) == spec, (name, field)
+    their_service = theirs.services_by_name["GRPCInferenceService"]
+    for method in ours.services_by_name["GRPCInferenceService"].methods:
+        their_method = their_service.methods_by_name[method.name]
+        assert method.input_type.full_name == their_method.input_type.full_name
+        assert method.output_type.full_name == their_method.output_type.full_name
