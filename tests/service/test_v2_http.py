@@ -618,3 +618,23 @@ async def test_the_header_length_is_plain_digits(make_app, serve, length):
             headers={"Inference-Header-Content-Length": length},
         )
     assert "must be between 0 and" in assert_v2_error(resp, 400)
+
+
+async def test_nan_outputs_are_a_clear_500_in_json_and_served_in_binary(
+    make_app, make_engine, serve, png
+):
+    engine = make_engine()
+    real = engine.outputs_for
+    engine.outputs_for = lambda batch: {k: np.full_like(v, np.nan) for k, v in real(batch).items()}
+    logits = {"name": "logits"}
+    async with serve(make_app(engine)) as client:
+        as_json = await client.post(
+            INFER, json={"inputs": [images_input([png()])], "outputs": [logits]}
+        )
+        binary = {**logits, "parameters": {"binary_data": True}}
+        as_binary = await client.post(
+            INFER, json={"inputs": [images_input([png()])], "outputs": [binary]}
+        )
+    assert "NaN or infinite" in assert_v2_error(as_json, 500)
+    assert as_binary.status_code == 200
+    assert np.isnan(decode_outputs(as_binary)["logits"]).all()
