@@ -1,5 +1,5 @@
 """Fuzzing the real server process: schemathesis over its OpenAPI schema, hypothesis over image
-bytes and over Open Inference Protocol (v2) requests.
+bytes and over Open Inference Protocol (v2) requests, over HTTP and gRPC.
 
 Bounded: a fixed number of examples per operation, and derandomised so that CI is repeatable (a
 failure found once is found again). Run with ``--hypothesis-seed`` unset locally to explore more.
@@ -12,6 +12,7 @@ import io
 import json
 import struct
 
+import grpc
 import httpx
 import pytest
 import schemathesis
@@ -20,9 +21,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.specs.openapi.checks import status_code_conformance
 
+from tests.support import free_port
+
 EXAMPLES_PER_OPERATION = 40
 RANDOM_IMAGES = 200
 V2_REQUESTS = 200
+GRPC_REQUESTS = 200
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +233,101 @@ def test_malformed_v2_requests_are_a_4xx_in_the_v2_shape_never_a_5xx(v2_model, d
     if resp.status_code != 200:
         body = resp.json()
         assert set(body) == {"error"} and isinstance(body["error"], str), body
+
+
+# What a malformed call may be answered over gRPC: never INTERNAL or UNKNOWN, the 5xx of gRPC.
+GRPC_CLIENT_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+@pytest.fixture(scope="module")
+def live_grpc(start_module_server):
+    port = free_port()
+    server = start_module_server(max_upload_bytes=64 * 1024, grpc_port=port)
+    info = httpx.get(f"{server.base}/v1/models", timeout=10).json()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    yield infer, info["name"], info["input_size"]
+    channel.close()
+
+
+_PARAMETERS = st.dictionaries(
+    st.sampled_from(["classification", "binary_data", "x"]),
+    st.sampled_from(
+        [
+            {"int64_param": 3},
+            {"int64_param": -1},
+            {"uint64_param": 10**12},
+            {"bool_param": True},
+            {"string_param": "5"},
+            {"double_param": 2.5},
+            {},
+        ]
+    ),
+    max_size=2,
+)
+
+
+@st.composite
+def _grpc_requests(draw, model: str, size: int):
+    """A ModelInferRequest as clients build one, with any of its parts replaced or broken."""
+    from service.v2 import messages
+
+    # Mostly a well-formed tensor, so that calls get past the model and input checks.
+    name, datatype = draw(
+        st.sampled_from([("image", "BYTES")] * 3 + [("pixel_values", "FP32")] * 2)
+        | st.tuples(
+            st.sampled_from(["image", "pixel_values", "x", ""]),
+            st.sampled_from(["BYTES", "FP32", "INT8", ""]),
+        )
+    )
+    shape = draw(
+        st.sampled_from([[1], [1], [2, 1], [1, 3, size, size], [0], [-1], [2**62], []])
+        | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5)
+    )
+    tensor = {"name": name, "datatype": datatype, "shape": shape}
+    if draw(st.booleans()):
+        tensor["contents"] = draw(
+            st.fixed_dictionaries({"bytes_contents": st.lists(_BLOBS, max_size=3)})
+            | st.fixed_dictionaries(
+                {"fp32_contents": st.lists(st.floats(width=32), max_size=3 * size * size)}
+            )
+        )
+    request = messages.ModelInferRequest(
+        model_name=draw(st.sampled_from([model] * 4 + ["", "nope"])),
+        model_version=draw(st.sampled_from(["", "", "", "1", "2"])),
+        inputs=[tensor] * draw(st.sampled_from([1, 1, 1, 0, 2])),
+        outputs=[
+            {"name": output, "parameters": draw(_PARAMETERS)}
+            for output in draw(st.lists(st.sampled_from(["logits", "stage1", "nope"]), max_size=2))
+        ],
+    )
+    raws = _BLOBS.map(lambda b: _length_prefixed([b])) | st.binary(max_size=64)
+    if "contents" not in tensor or draw(st.booleans()):
+        count = draw(st.sampled_from([len(request.inputs)] * 3 + [0, 2]))
+        request.raw_input_contents.extend(draw(st.lists(raws, min_size=count, max_size=count)))
+    data = request.SerializeToString()
+    cut = draw(st.sampled_from(["keep"] * 6 + ["short", "garbage"]))
+    if cut == "short":
+        return data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    if cut == "garbage":
+        return data + draw(st.binary(min_size=1, max_size=16))
+    return data
+
+
+@settings(
+    max_examples=GRPC_REQUESTS,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+@given(data=st.data())
+def test_malformed_grpc_inferences_are_client_errors_never_internal(live_grpc, data):
+    infer, model, size = live_grpc
+    try:
+        infer(data.draw(_grpc_requests(model, size)), timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() in GRPC_CLIENT_CODES, (exc.code(), exc.details())
