@@ -408,13 +408,13 @@ def test_v2_calls_are_counted_with_the_other_requests(clients, server, model, se
 def test_sigterm_finishes_an_in_flight_grpc_call_refuses_new_ones_and_exits_zero(
     tiny_model_path, tmp_path, images_dir, model
 ):
-    # Batches wait up to 3 s for more images: the call below stays queued that long, well past
-    # the moment the test signals.
+    # Batches wait up to 1 s (the most allowed) for more images: the call below stays queued that
+    # long, well past the moment the test signals.
     drained = start_server(
         tiny_model_path,
         tmp_path / "server.log",
         SWIN_MAX_BATCH_SIZE="32",
-        SWIN_MAX_BATCH_DELAY_MS="3000",
+        SWIN_MAX_BATCH_DELAY_MS="1000",
     )
     in_flight = grpcclient.InferenceServerClient(drained.grpc_address)
     late = V2Client("grpc", grpcclient.InferenceServerClient(drained.grpc_address))
