@@ -5,6 +5,7 @@ Times are in seconds unless a name says otherwise (``_ms``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -89,15 +90,39 @@ def machine_cpu_seconds(stat: str | None = None) -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
+# The instruction sets that change ONNX Runtime's CPU speed the most, as /proc/cpuinfo flags them,
+# with the names people know them by. Figures from machines that differ here do not compare.
+CPU_FEATURES = {
+    "avx2": "AVX2",
+    "fma": "FMA",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "amx_tile": "AMX",
+}
+
+
+def cpu_features(cpuinfo: str) -> list[str]:
+    """The CPU_FEATURES the first processor of ``cpuinfo`` (/proc/cpuinfo's text) has."""
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in cpuinfo.splitlines()
+            if line.startswith("flags")
+        ),
+        [],
+    )
+    return [name for flag, name in CPU_FEATURES.items() if flag in flags]
+
+
 def machine_info() -> dict[str, Any]:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu_model, cpuinfo = "", ""
+    with contextlib.suppress(OSError):  # not Linux: no model, no features
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
     try:
         load = os.getloadavg()
     except OSError:  # pragma: no cover
@@ -106,6 +131,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_model": cpu_model,
+        "cpu_features": cpu_features(cpuinfo),
         "cpus": len(cpus()),
         "loadavg_at_start": [round(x, 2) for x in load],
     }

@@ -22,6 +22,13 @@ ENGINE_PLOT = "engine_throughput.png"
 SERVICE_PLOT = "service_latency_throughput.png"
 
 
+def describe_cpu(machine: dict[str, Any]) -> str:
+    """The CPU model and, when the run recorded them, its vector instruction sets."""
+    model = machine.get("cpu_model", "?")
+    features = machine.get("cpu_features")
+    return f"{model}; {', '.join(features) or 'no AVX2 or newer'}" if features is not None else model
+
+
 def _img_s(results: dict[str, Any], runtime: str, batch: int) -> float | None:
     try:
         return results["engine"]["runtimes"][runtime]["batches"][str(batch)]["img_per_s"]
@@ -311,7 +318,7 @@ def protocols_section(results: dict[str, Any]) -> str:
     out = [
         "\n### Open Inference Protocol (v2) vs /classify (same server, same JPEG, interleaved)\n\n",
         f"Run {meta.get('started', '?')} ({meta.get('mode', '?')} mode), {machine.get('cpus', '?')} "
-        f"CPUs ({machine.get('cpu_model', '?')}), load average at start "
+        f"CPUs ({describe_cpu(machine)}), load average at start "
         f"{machine.get('loadavg_at_start', '?')}. One `python -m service` (ORT fp32, defaults), "
         f"{prot.get('body', '?')}, wrk with {prot.get('connections')} closed-loop clients, "
         f"{len(prot['rounds'])} rounds of {config.get('duration_s', '?')} s per path after a "
@@ -388,7 +395,7 @@ def render_markdown(results: dict[str, Any], *, image_prefix: str = "", notes: s
         "peer, and `/classify` against the Open Inference Protocol's v2 infer, and regenerates "
         "this section from `bench/results/`.\n\n",
         f"Run {meta.get('started', '?')} ({meta.get('mode', '?')} mode, {meta.get('seconds', 0):.0f} s), "
-        f"{machine.get('cpus', '?')} CPUs ({machine.get('cpu_model', '?')}), load average at start "
+        f"{machine.get('cpus', '?')} CPUs ({describe_cpu(machine)}), load average at start "
         f"{machine.get('loadavg_at_start', '?')}. Swin-T 224, random weights, the same in every "
         f"runtime. Every figure below is from this one run{_own_run_note(results)}; ratios are "
         "what to compare, since the machine is shared and absolute times drift.\n",

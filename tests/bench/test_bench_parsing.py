@@ -450,3 +450,21 @@ def test_a_v2_comparison_run_on_its_own_is_said_to_be_from_another_run():
     md = render_markdown(r)
     assert "from this one run but the v2 comparison, measured on 2026-01-02 09:00 UTC;" in md
     assert "Run 2026-01-02 09:00 UTC (full mode)" in md  # the v2 section's own run line
+
+
+def test_a_run_records_the_cpus_vector_instruction_sets():
+    from bench.common import cpu_features
+    from bench.report import describe_cpu
+
+    epyc = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n"
+    xeon = (
+        "processor\t: 0\nflags\t\t: avx2 fma avx512f avx512_vnni amx_tile\n\n"
+        "processor\t: 1\nflags\t\t: sse2\n"
+    )
+    assert cpu_features(epyc) == ["AVX2", "FMA"]
+    assert cpu_features(xeon) == ["AVX2", "FMA", "AVX-512", "AVX-512 VNNI", "AMX"]
+    assert cpu_features("") == []
+    machine = {"cpu_model": "AMD EPYC 7B13", "cpu_features": ["AVX2", "FMA"]}
+    assert describe_cpu(machine) == "AMD EPYC 7B13; AVX2, FMA"
+    assert describe_cpu({**machine, "cpu_features": []}) == "AMD EPYC 7B13; no AVX2 or newer"
+    assert describe_cpu({"cpu_model": "old run"}) == "old run"  # results from before the field
