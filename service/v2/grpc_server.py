@@ -91,7 +91,6 @@ class InferenceService:
             raise unavailable(state.lifecycle)
         manifest = model.engine.manifest
         check_model(manifest, request.model_name, request.model_version)
-        refuse_if_full(model.batcher)
         parsed = await off_loop(state, parse_request, request)
         deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
         timings = RequestTimings()

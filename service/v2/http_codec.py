@@ -48,6 +48,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
+def parse_body(
+    body: bytes, header_length: str | None, model: str, version: str
+) -> InferenceRequest:
+    """The request a whole body carries, with or without a binary section."""
+    return parse_request(*split_body(body, header_length), model, version)
+
+
 def parse_request(header: bytes, binary: bytes, model: str, version: str) -> InferenceRequest:
     """The request in ``header`` (JSON) and ``binary``; 400 for anything malformed."""
     doc = _json_object(header)

@@ -23,9 +23,8 @@ from service.v2 import infer
 from service.v2.http_codec import (
     BINARY_MEDIA_TYPE,
     HEADER_LENGTH,
-    parse_request,
+    parse_body,
     response_body,
-    split_body,
 )
 from service.v2.model import check_model, model_metadata, server_metadata, warning
 
@@ -190,9 +189,9 @@ async def _infer(
     started = time.monotonic()
     check_model(manifest, name, version)
     refuse_if_full(batcher)
-    header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-    parsed = await off_loop(state, parse_request, header, binary, name, version)
-    del header, binary
+    body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
+    parsed = await off_loop(state, parse_body, body, header_length, name, version)
+    del body
     deadline = effective_deadline(state, started, timeout_ms)
     outputs = await infer.run(state, batcher, manifest, parsed, timings, deadline)
     body, header_length = await off_loop(state, response_body, parsed, outputs, warning(manifest))

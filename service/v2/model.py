@@ -3,6 +3,7 @@ metadata, and which model a request addresses."""
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 from typing import Any
 
@@ -26,6 +27,7 @@ def warning(manifest: Manifest) -> str | None:
     return RANDOM_WEIGHTS_WARNING if manifest.weights.random else None
 
 
+@functools.cache
 def server_version() -> str:
     try:
         return metadata.version("swin-serve")

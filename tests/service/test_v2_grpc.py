@@ -79,17 +79,6 @@ def grpc_serving(make_app, serve) -> Callable[..., Any]:
     return start
 
 
-@pytest.fixture
-def gated_engine(make_engine):
-    """``(engine, release)``: a FakeEngine whose model runs all wait until ``release`` is set, so
-    that the test, not the machine's speed, decides how long the model stays busy."""
-    release = threading.Event()
-    # FakeEngine asks ``fail`` at the end of each run whether to raise: waiting there holds it.
-    engine = make_engine(fail=lambda index, batch: not release.wait(timeout=30))
-    yield engine, release
-    release.set()
-
-
 def length_prefixed(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 

@@ -99,17 +99,6 @@ def assert_v2_error(resp, status: int) -> str:
     return body["error"]
 
 
-@pytest.fixture
-def gated_engine(make_engine):
-    """``(engine, release)``: a FakeEngine whose model runs all wait until ``release`` is set, so
-    that the test, not the machine's speed, decides how long the model stays busy."""
-    release = threading.Event()
-    # FakeEngine asks ``fail`` at the end of each run whether to raise: waiting there holds it.
-    engine = make_engine(fail=lambda index, batch: not release.wait(timeout=30))
-    yield engine, release
-    release.set()
-
-
 # -- metadata and health ----------------------------------------------------------------------
 
 
