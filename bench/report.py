@@ -26,7 +26,9 @@ def describe_cpu(machine: dict[str, Any]) -> str:
     """The CPU model and, when the run recorded them, its vector instruction sets."""
     model = machine.get("cpu_model", "?")
     features = machine.get("cpu_features")
-    return f"{model}; {', '.join(features) or 'no AVX2 or newer'}" if features is not None else model
+    return (
+        f"{model}; {', '.join(features) or 'no AVX2 or newer'}" if features is not None else model
+    )
 
 
 def _img_s(results: dict[str, Any], runtime: str, batch: int) -> float | None:
