@@ -125,6 +125,8 @@ class OnnxEngine:
         options = session_options(
             intra_op_threads=settings.resolved_intra_op_threads(),
             inter_op_threads=settings.resolved_inter_op_threads(),
+            spinning=settings.resolved_intra_op_spinning(on_gpu=on_cuda),
+            memory_pattern=on_cuda,
         )
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)

@@ -22,13 +22,22 @@ def session_options(
     *,
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
+    spinning: bool = True,
+    memory_pattern: bool = False,
     level: Any = None,
     profile_prefix: str | None = None,
 ) -> Any:
     """Sequential execution, every graph optimisation (unless ``level``), errors-only logging.
 
-    A thread count of 0 leaves ONNX Runtime's own default. ORT's warnings (unused initialisers,
-    for one) are noise to an operator, hence errors only.
+    A thread count of 0 leaves ONNX Runtime's own default. ``spinning=False`` makes idle intra-op
+    threads sleep rather than spin-wait for work: a spinning thread holds a core that another
+    model run, or image decoding, needs (see Settings.intra_op_spinning). ORT's warnings
+    (unused initialisers, for one) are noise to an operator, hence errors only.
+
+    ``memory_pattern`` (ORT's default, off here) plans one block per input shape for each run;
+    on the CPU every run that overlaps another then holds a whole block of its own, which
+    raises peak memory by about the size of the weights, while the arena serves the same
+    tensors one by one at no measurable cost.
     """
     import onnxruntime as ort  # imported here so that importing the service stays light
 
@@ -37,9 +46,12 @@ def session_options(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
     )
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_mem_pattern = memory_pattern
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

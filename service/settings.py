@@ -85,16 +85,22 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=1024,
-        description="ORT intra-op threads per model run; 0 = auto (the CPUs left after one "
-        "for decoding, shared among the parallel batches; at least 1).",
+        description="ORT intra-op threads; 0 = auto (one per CPU). The parallel batches share "
+        "them: a lone batch runs on every core, batches side by side split the cores.",
     )
     parallel_batches: int = Field(
         0,
         ge=0,
         le=64,
         description="Batches that may run on the model at once; 0 = auto (on CPU one per CPU, "
-        "at most 4; on CUDA 1). On a small CPU, batches on single-threaded runs side by side "
-        "use every core, where one multi-threaded run at a time leaves cores idle.",
+        "at most 4; on CUDA 1). On CPU they share one session and its threads, so under load "
+        "every core stays busy, and the weights are held once.",
+    )
+    intra_op_spinning: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Whether ORT's idle intra-op threads spin-wait for work (on) or sleep (off); "
+        "auto = off where model runs may overlap (parallel_batches > 1), since a spinning thread "
+        "holds a core another run or the image decoder needs; on otherwise.",
     )
     inter_op_threads: int = Field(
         0,
@@ -175,12 +181,14 @@ class Settings(BaseSettings):
         return 1 if on_gpu else min(available_cpus(), 4)
 
     def resolved_intra_op_threads(self) -> int:
-        """Threads for one model run: the CPUs left after one for decoding, split among the
-        batches that run at once (single-threaded runs side by side keep a small CPU busier
-        than one multi-threaded run; see ``parallel_batches``)."""
-        if self.intra_op_threads:
-            return self.intra_op_threads
-        return max(1, round((available_cpus() - 1) / self.resolved_parallel_batches(on_gpu=False)))
+        """One thread per CPU, in the one pool that the parallel batches share: a lone batch
+        gets the whole machine, and batches side by side divide it between them."""
+        return self.intra_op_threads or available_cpus()
+
+    def resolved_intra_op_spinning(self, *, on_gpu: bool) -> bool:
+        if self.intra_op_spinning != "auto":
+            return self.intra_op_spinning == "on"
+        return self.resolved_parallel_batches(on_gpu=on_gpu) == 1
 
     def resolved_inter_op_threads(self) -> int:
         return self.inter_op_threads or 1

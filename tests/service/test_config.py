@@ -54,23 +54,36 @@ def test_request_larger_than_queue_is_a_config_error():
         Settings(queue_capacity=4, max_images_per_request=8)
 
 
-def test_auto_threads_leave_a_core_for_decoding_and_split_among_parallel_batches(monkeypatch):
+def test_auto_threads_give_every_cpu_to_one_pool_the_parallel_batches_share(monkeypatch):
     import service.settings as settings_mod
 
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 8)
     s = Settings()
     assert s.resolved_parallel_batches(on_gpu=False) == 4  # capped at 4
     assert s.resolved_parallel_batches(on_gpu=True) == 1  # the GPU serialises runs anyway
-    assert s.resolved_intra_op_threads() == 2 and s.resolved_inter_op_threads() == 1  # 7 / 4
-    assert Settings(parallel_batches=1).resolved_intra_op_threads() == 7
+    assert s.resolved_intra_op_threads() == 8 and s.resolved_inter_op_threads() == 1
+    assert Settings(parallel_batches=1).resolved_intra_op_threads() == 8
     assert Settings(intra_op_threads=3).resolved_intra_op_threads() == 3
     assert Settings(parallel_batches=3).resolved_parallel_batches(on_gpu=True) == 3
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 2)
     assert Settings().resolved_parallel_batches(on_gpu=False) == 2
-    assert Settings().resolved_intra_op_threads() == 1
+    assert Settings().resolved_intra_op_threads() == 2
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 1)
     assert Settings().resolved_intra_op_threads() == 1
     assert Settings().resolved_parallel_batches(on_gpu=False) == 1
+
+
+def test_pool_threads_sleep_rather_than_spin_where_runs_overlap(monkeypatch):
+    import service.settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "available_cpus", lambda: 2)
+    assert Settings().resolved_intra_op_spinning(on_gpu=False) is False  # two runs at once
+    assert Settings().resolved_intra_op_spinning(on_gpu=True) is True  # one run at a time
+    assert Settings(parallel_batches=1).resolved_intra_op_spinning(on_gpu=False) is True
+    assert Settings(intra_op_spinning="on").resolved_intra_op_spinning(on_gpu=False) is True
+    assert Settings(intra_op_spinning="off").resolved_intra_op_spinning(on_gpu=True) is False
+    monkeypatch.setattr(settings_mod, "available_cpus", lambda: 1)
+    assert Settings().resolved_intra_op_spinning(on_gpu=False) is True
 
 
 def test_warmup_covers_powers_of_two_and_the_max():

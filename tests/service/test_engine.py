@@ -94,6 +94,24 @@ def test_engine_loads_manifest_and_reports_cpu_provider(synthetic_model):
     }
 
 
+def test_cpu_session_is_one_pool_of_every_cpu_that_sleeps_when_idle(synthetic_model):
+    # Parallel batches share this one session: its pool has a thread per CPU (a lone batch uses
+    # them all), idle threads sleep rather than spin (runs side by side need the cores), and
+    # no per-shape memory block is planned (overlapping runs would each hold one).
+    from service.settings import available_cpus
+
+    options = OnnxEngine.load(_settings(synthetic_model, parallel_batches=2))._session
+    options = options.get_session_options()
+    assert options.intra_op_num_threads == available_cpus()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.enable_mem_pattern is False
+    alone = OnnxEngine.load(_settings(synthetic_model, parallel_batches=1, intra_op_threads=1))
+    options = alone._session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # unset: ORT's default, spinning
+        options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
 def test_engine_runs_all_outputs_and_batch_equals_singles(synthetic_model):
     engine = OnnxEngine.load(_settings(synthetic_model))
     x = np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32)
