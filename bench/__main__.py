@@ -1,7 +1,8 @@
 """``python -m bench [all|engine|service|protocols|profile|report] [--quick]``: the benchmark suite.
 
-``all`` (the default, what ``make bench`` runs) = engine + service + protocols (``/classify``
-against the Open Inference Protocol's v2 infer, same server and image) + profile, then the report:
+``all`` (the default, what ``make bench`` runs) = engine + service (against the naive peer and
+LitServe; ``--peers`` picks fewer) + protocols (``/classify`` against the Open Inference
+Protocol's v2 infer, same server and image) + profile, then the report:
 ``bench/results/results.json`` (raw figures), ``results.md`` (tables), two PNG plots, and the
 section of the benchmarks page (docs/benchmarks.md) between the bench markers. ``--quick`` is a
 smoke run of the whole pipeline in a few minutes; it writes to ``bench/results/raw/quick/`` and
@@ -40,6 +41,7 @@ FULL = {
     "duration_s": 15.0,
     "warmup_s": 8.0,
     "service_reps": 2,
+    "idle_s": 10.0,
     "protocol_rounds": 6,
     "profile_s": 12.0,
 }
@@ -52,6 +54,7 @@ QUICK = {
     "duration_s": 4.0,
     "warmup_s": 3.0,
     "service_reps": 1,
+    "idle_s": 3.0,
     "protocol_rounds": 2,
     "profile_s": 0.0,
 }
@@ -176,8 +179,46 @@ def engine_probe(models, threads: int):
     return probe
 
 
+def peer_names(n_cpus: int) -> list[str]:
+    """Every peer the service benchmark can load: the naive one, then LitServe's configurations."""
+    from bench.service import litserve_configs
+
+    return ["peer", *(f"litserve_w{w}t{t}" for w, t in litserve_configs(n_cpus))]
+
+
+def parse_peers(spec: str, n_cpus: int) -> list[str]:
+    """``--peers``: ``all``, ``none`` or names from ``peer_names`` (``litserve``: all of its)."""
+    known = peer_names(n_cpus)
+    if spec == "all":
+        return known
+    chosen = []
+    for name in filter(None, spec.split(",")):
+        if name == "none":
+            continue
+        matches = [k for k in known if k == name or (name == "litserve" and k.startswith(name))]
+        if not matches:
+            raise SystemExit(
+                f"--peers: {name!r} is none of all, none, litserve, {', '.join(known)}"
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def peer_servers(names: list[str], models, server_cpus) -> list:
+    from bench import service
+
+    servers = []
+    for name in names:
+        if name == "peer":
+            servers.append(service.peer_server(models.fp32_report, server_cpus))
+        else:
+            workers, threads = map(int, name.removeprefix("litserve_w").split("t"))
+            servers.append(service.litserve_server(models.fp32, server_cpus, workers, threads))
+    return servers
+
+
 def run_service(
-    cfg, models, server_cpus, loadgen_cpus, pinning, env, also=(), threads: int = 1
+    cfg, models, server_cpus, loadgen_cpus, pinning, env, also=(), threads: int = 1, peers=()
 ) -> dict[str, Any]:
     from bench import service
     from bench.loadgen import wrk_path
@@ -189,8 +230,11 @@ def run_service(
         s.name = f"service_{name}"
         s.label = f"swin-serve, {' '.join(f'{k}={v}' for k, v in extra_env.items())}"
         servers.append(s)
-    servers.append(service.peer_server(models.fp32_report, server_cpus))
-    progress(f"service benchmark: concurrency {cfg['concurrency']}, {cfg['duration_s']:g} s each")
+    servers += peer_servers(list(peers), models, server_cpus)
+    progress(
+        f"service benchmark: {[s.name for s in servers]}, concurrency {cfg['concurrency']}, "
+        f"{cfg['duration_s']:g} s each"
+    )
     res = service.run_service_benchmark(
         servers,
         SAMPLE_IMAGE,
@@ -199,6 +243,7 @@ def run_service(
         warmup_s=cfg["warmup_s"],
         reps=cfg["service_reps"],
         loadgen_cpus=loadgen_cpus,
+        idle_s=cfg["idle_s"],
         probe=engine_probe(models, threads),
     )
     return {
@@ -305,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load a service with these settings, interleaved (repeatable)",
     )
     parser.add_argument(
+        "--peers",
+        default="all",
+        metavar="NAME[,NAME]",
+        help="service: the peers to load beside it: all (default), none, peer (the naive one), "
+        "litserve (every configuration) or litserve_wWtT names",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=0,
@@ -331,13 +383,14 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, An
     if server_cpus:
         os.sched_setaffinity(0, server_cpus)  # the engine benchmark gets the server's cores
     env = parse_env(args.service_env)
+    peers = parse_peers(args.peers, len(server_cpus or cpus()))
     models = ensure_models()
     if args.what in ("all", "engine"):
         results["engine"] = run_engine(cfg, threads, models)
     if args.what in ("all", "service"):
         also = parse_also(args.also)
         results["service"] = run_service(
-            cfg, models, server_cpus, loadgen_cpus, pinning, env, also, threads
+            cfg, models, server_cpus, loadgen_cpus, pinning, env, also, threads, peers
         )
     if args.what in ("all", "protocols"):
         results["protocols"] = run_protocols(cfg, models, server_cpus, loadgen_cpus, pinning, env)

@@ -4,7 +4,8 @@ The script POSTs one prebuilt body on every request (by default a JPEG as the ra
 ``Content-Type: image/jpeg``) and, in ``done()``, prints one ``BENCH_JSON {...}`` line with the
 counts and latency percentiles (microseconds), which :func:`parse_wrk_output` reads back. wrk
 counts every status >= 400 as ``errors.status``; connect/read/write/timeout errors are counted
-separately; the script itself counts every answer that is not a 200 (``non_200``).
+separately; the script itself counts every answer that is not a 200 (``non_200``) and every
+answer by status code (``statuses``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ wrk.body = f:read("*all")
 f:close()
 %(headers)s
 
--- wrk's errors.status misses 1xx and 3xx answers; count every answer that is not a 200, per
--- thread (each has a Lua state of its own; done() runs in the main one, which setup() fed).
+-- wrk's errors.status misses 1xx and 3xx answers; count every answer that is not a 200, and
+-- every status by code, per thread (each has a Lua state of its own; done() runs in the main
+-- one, which setup() fed).
 non_200 = 0
+statuses = {}
 local threads = {}
 
 function setup(thread)
@@ -37,14 +40,23 @@ end
 
 function response(status, headers, body)
   if status ~= 200 then non_200 = non_200 + 1 end
+  statuses[status] = (statuses[status] or 0) + 1
 end
 
 function done(summary, latency, requests)
   local e = summary.errors
   local not_ok = 0
-  for _, t in ipairs(threads) do not_ok = not_ok + t:get("non_200") end
+  local by_code = {}
+  for _, t in ipairs(threads) do
+    not_ok = not_ok + t:get("non_200")
+    for code, n in pairs(t:get("statuses")) do by_code[code] = (by_code[code] or 0) + n end
+  end
+  local codes = {}
+  for code, n in pairs(by_code) do table.insert(codes, string.format('"%%d":%%d', code, n)) end
+  table.sort(codes)
   io.write(string.format(
     '%(marker)s{"requests":%%d,"duration_us":%%d,"bytes":%%d,"non_200":%%d,' ..
+    '"statuses":{' .. table.concat(codes, ",") .. '},' ..
     '"errors_connect":%%d,"errors_read":%%d,"errors_write":%%d,"errors_status":%%d,' ..
     '"errors_timeout":%%d,"lat_mean_us":%%.1f,"lat_max_us":%%d,"lat_p50_us":%%d,' ..
     '"lat_p90_us":%%d,"lat_p95_us":%%d,"lat_p99_us":%%d}\n',
@@ -116,6 +128,7 @@ def parse_wrk_output(text: str) -> dict[str, Any]:
         "non_2xx": errors["status"],
         # Counted by the script; None from a script that does not count them.
         "non_200": raw.get("non_200"),
+        "statuses": raw.get("statuses"),  # {"200": n, "503": m, ...}
         "error_count": sum(errors.values()),
     }
 
@@ -147,3 +160,15 @@ def run_wrk(
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["loadgen_cpu_share"] = round(cpu / wall, 4) if wall > 0 else 0.0  # of one core
     return result
+
+
+def unexpected_answers(
+    run: dict[str, Any], expected: tuple[str, ...] = ("200", "503")
+) -> int | None:
+    """Socket errors plus answers whose status is not in ``expected`` (the service's: 200, and
+    503 when overloaded); None for a run whose script did not count answers by status."""
+    statuses = run.get("statuses")
+    if statuses is None:
+        return None
+    socket_errors = run["error_count"] - run["non_2xx"]
+    return socket_errors + sum(n for code, n in statuses.items() if code not in expected)

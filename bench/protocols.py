@@ -28,7 +28,8 @@ from typing import Any
 
 from bench.common import median, progress
 from bench.loadgen import lua_script, run_wrk
-from bench.service import Server, load_once, running, summary_line
+from bench.server import Server
+from bench.service import load_once, running, summary_line
 
 CLASSIFY = "classify"
 V2_BINARY = "v2_binary"

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     server.inherit_settings, server.capture_log = False, False
     server.start()
     try:
-        server.wait_for_readyz()
+        server.wait_ready()
         summary = asyncio.run(soak(args, server.port, server.proc.pid))
     finally:
         rc = server.stop(timeout_s=60)

@@ -13,7 +13,13 @@ from bench import __main__ as bench_main
 from bench import report
 from bench.__main__ import parse_also, parse_env
 from bench.common import ROOT, interpolate_log2, percentile, write_json
-from bench.loadgen import MARKER, LoadGenError, lua_script, parse_wrk_output
+from bench.loadgen import (
+    MARKER,
+    LoadGenError,
+    lua_script,
+    parse_wrk_output,
+    unexpected_answers,
+)
 from bench.profile import MODULE_BUCKETS, bucket_of, summarise_folded, summarise_ort_trace
 from bench.report import (
     BENCH_END,
@@ -24,7 +30,8 @@ from bench.report import (
     render_markdown,
     replace_bench_section,
 )
-from bench.service import Server, histogram_means, histogram_totals
+from bench.server import Server
+from bench.service import histogram_means, histogram_totals
 from bench.soak import Tally, summarise
 
 WRK_STDOUT = f"""Running 5s test @ http://127.0.0.1:8000/classify
@@ -40,6 +47,16 @@ def test_wrk_output_gives_throughput_of_successful_requests_and_ms_latencies():
     assert (r["p50_ms"], r["p95_ms"], r["p99_ms"]) == (10.0, 30.0, 80.0)
     assert r["non_2xx"] == 4
     assert r["error_count"] == 7  # status + read + timeout
+
+
+def test_answers_are_counted_by_status_and_only_200_and_503_are_expected():
+    line = WRK_STDOUT.replace(
+        '"bytes":1000,', '"bytes":1000,"statuses":{"200":96,"503":3,"504":1},'
+    )
+    r = parse_wrk_output(line)
+    assert r["statuses"] == {"200": 96, "503": 3, "504": 1}
+    assert unexpected_answers(r) == 1 + 3  # the 504, plus read and timeout errors
+    assert unexpected_answers(parse_wrk_output(WRK_STDOUT)) is None  # not counted by status
 
 
 def test_wrk_output_without_the_marker_line_is_an_error_naming_it():
