@@ -3,10 +3,10 @@
 ``all`` (the default, what ``make bench`` runs) = engine + service (against the naive peer and
 LitServe; ``--peers`` picks fewer) + protocols (``/classify`` against the Open Inference
 Protocol's v2 infer, same server and image) + profile, then the report:
-``bench/results/results.json`` (raw figures), ``results.md`` (tables), two PNG plots, and the
-section of the benchmarks page (docs/benchmarks.md) between the bench markers. ``--quick`` is a
-smoke run of the whole pipeline in a few minutes; it writes to ``bench/results/raw/quick/`` and
-leaves the benchmarks page alone.
+``bench/results/results.json`` (raw figures), ``results.md`` (tables), two PNG plots, and this
+machine's section of the benchmarks page (docs/benchmarks.md; other machines' sections stay).
+``--quick`` is a smoke run of the whole pipeline in a few minutes; it writes to
+``bench/results/raw/quick/`` and leaves the benchmarks page alone.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import page as bench_page
+from bench import report, targets
 from bench.common import (
     RESULTS_DIR,
     ROOT,
     SAMPLE_IMAGE,
     cpus,
+    describe_cpu,
     machine_info,
     median,
     progress,
@@ -363,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="protocols: interleaved rounds (0: the mode's, 6 full, 2 quick)",
     )
     parser.add_argument(
-        "--no-page", action="store_true", help=f"do not regenerate {report.BENCH_PAGE}'s section"
+        "--no-page",
+        action="store_true",
+        help=f"do not regenerate {bench_page.BENCH_PAGE}'s section",
     )
     return parser
 
@@ -414,8 +418,9 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, An
 
 
 def write_report(results: dict[str, Any], out_dir: Path, *, page: bool) -> None:
-    """results.json, the plots, results.md and, when ``page``, the benchmarks page's section."""
-    results["targets"] = report.compute_targets(results)
+    """results.json, the plots, results.md and, when ``page``, this machine's section of the
+    benchmarks page (the sections of other machines stay)."""
+    results["targets"] = targets.compute_targets(results)
     write_json(out_dir / "results.json", results)
     report.plot(results, out_dir)
     notes_path = out_dir / "NOTES.md"
@@ -423,14 +428,17 @@ def write_report(results: dict[str, Any], out_dir: Path, *, page: bool) -> None:
     markdown = report.render_markdown(results, notes=notes)
     (out_dir / "results.md").write_text("# Benchmark results\n\n" + markdown)
     for t in results["targets"]:
-        progress(f"{t['status']:<7} {t['name']}: {t['measured']} (>= {t['threshold']})")
+        progress(f"{t['status']:<7} {t['name']}: {t['measured']} ({t['op']} {t['threshold']})")
     if page:
-        path = ROOT / report.BENCH_PAGE
+        path = ROOT / bench_page.BENCH_PAGE
         # The plots are linked relative to the page.
         prefix = Path(os.path.relpath(out_dir, path.parent)).as_posix() + "/"
-        section = report.render_markdown(results, image_prefix=prefix, notes=notes)
-        path.write_text(report.replace_bench_section(path.read_text(), section))
-        progress(f"{report.BENCH_PAGE} regenerated")
+        machine = results.get("meta", {}).get("machine", {})
+        section = bench_page.machine_section(
+            machine, report.render_markdown(results, image_prefix=prefix, notes=notes)
+        )
+        path.write_text(bench_page.replace_bench_section(path.read_text(), section, machine))
+        progress(f"{bench_page.BENCH_PAGE} regenerated: the section of {describe_cpu(machine)}")
     progress(f"results in {out_dir}")
 
 

@@ -137,6 +137,29 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def describe_cpu(machine: dict[str, Any]) -> str:
+    """The CPU model and, when the run recorded them, its vector instruction sets."""
+    model = machine.get("cpu_model", "?")
+    features = machine.get("cpu_features")
+    return (
+        f"{model}; {', '.join(features) or 'no AVX2 or newer'}" if features is not None else model
+    )
+
+
+def machine_fingerprint(machine: dict[str, Any]) -> str:
+    """What must match for two runs' figures to compare: CPU model, CPU count, instruction sets.
+
+    A run from before the instruction sets were recorded says so, and so matches no later run:
+    a model name such as "Intel(R) Xeon(R) Processor" covers CPUs with and without AVX-512.
+    """
+    features = machine.get("cpu_features")
+    recorded = (", ".join(features) or "no AVX2 or newer") if features is not None else None
+    return (
+        f"{machine.get('cpu_model') or '?'} | {machine.get('cpus', '?')} CPUs | "
+        f"{recorded or 'instruction sets not recorded'}"
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Replace ``path`` whole: a reader (or a crash) never meets half a results file."""
     text = json.dumps(data, indent=2) + "\n"

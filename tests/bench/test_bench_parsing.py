@@ -9,8 +9,6 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from bench import __main__ as bench_main
-from bench import report
 from bench.__main__ import parse_also, parse_env
 from bench.common import ROOT, interpolate_log2, percentile, write_json
 from bench.loadgen import (
@@ -21,18 +19,11 @@ from bench.loadgen import (
     unexpected_answers,
 )
 from bench.profile import MODULE_BUCKETS, bucket_of, summarise_folded, summarise_ort_trace
-from bench.report import (
-    BENCH_END,
-    BENCH_HEADING,
-    BENCH_PAGE,
-    BENCH_START,
-    compute_targets,
-    render_markdown,
-    replace_bench_section,
-)
+from bench.report import plot_names, render_markdown
 from bench.server import Server
 from bench.service import histogram_means, histogram_totals
 from bench.soak import Tally, summarise
+from bench.targets import compute_targets
 
 WRK_STDOUT = f"""Running 5s test @ http://127.0.0.1:8000/classify
   1 threads and 16 connections
@@ -195,93 +186,14 @@ def test_ort_trace_counts_node_kernel_time_by_operator():
     assert s["total_kernel_ms"] == 0.04
 
 
-def _results(svc16_rps=30.0, peer16_rps=10.0, svc_p99=100.0, peer_p99=200.0, svc1_p50=60.0):
-    def runtime(curve):
-        return {
-            "label": "x",
-            "batches": {
-                str(b): {"img_per_s": v, "latency_ms": 1e3 * b / v} for b, v in curve.items()
-            },
-        }
-
-    def level(rps, p50, p99, mb=None):
-        return {
-            "throughput_rps": rps,
-            "p50_ms": p50,
-            "p95_ms": p99,
-            "p99_ms": p99,
-            "error_count": 0,
-            "mean_batch_size": mb,
-            "server_cpu_s_per_request": 0.1,
-        }
-
-    def round_(i, classify_rps, v2_rps):
-        order = ["classify", "v2_binary"][:: 1 if i % 2 else -1]
-        runs = {
-            "classify": {**level(classify_rps, 700, 1500), "non_2xx": 0, "non_200": 0},
-            "v2_binary": {**level(v2_rps, 720, 1550), "non_2xx": 0, "non_200": 0},
-        }
-        runs["classify"]["others_cores"] = 0.25
-        return {"round": i, "order": order, "runs": runs, "ratio": v2_rps / classify_rps}
-
-    return {
-        "protocols": {
-            "connections": 16,
-            "body": "flower.jpg, 32764 bytes",
-            "routes": {
-                "classify": {"path": "/classify?top_k=5", "label": "raw"},
-                "v2_binary": {"path": "/v2/models/m/infer", "label": "binary"},
-            },
-            "answers": {"top": {"classify": [1, 2], "v2_binary": [1, 2]}, "same_top": True},
-            "paths": {
-                "classify": level(10.0, 700, 1500, 3.9),
-                "v2_binary": level(9.7, 720, 1550, 3.9),
-            },
-            "ratio": 0.97,
-            "ratio_all_rounds": [0.97, 0.96, 0.98],
-            "unclean_runs": 0,
-            "rounds": [round_(1, 10.0, 9.7), round_(2, 10.0, 9.6), round_(3, 10.0, 9.8)],
-        },
-        "engine": {
-            "threads": 1,
-            "decode_ms": 10.0,
-            "runtimes": {
-                "torch_eager": runtime({1: 10.0, 8: 10.0}),
-                "ort_fp32": runtime({1: 20.0, 8: 26.0}),  # batch 1: 50 ms
-                "ort_int8": runtime({1: 30.0, 8: 40.0}),
-            },
-            "int8_agreement": {
-                "cosine_min": {"logits": 0.9999},
-                "top1_agreement": 1.0,
-                "top5_overlap": 0.96,
-                "images": 16,
-            },
-        },
-        "service": {
-            "servers": {
-                "service": {
-                    "label": "svc",
-                    "levels": {
-                        "1": level(15.0, svc1_p50, 80.0, 1.0),
-                        "16": level(svc16_rps, 400.0, svc_p99, 8.0),
-                    },
-                },
-                "peer": {
-                    "label": "peer",
-                    "levels": {"1": level(9, 90, 99), "16": level(peer16_rps, 900, peer_p99)},
-                },
-            }
-        },
-    }
-
-
 def _by_id(results):
     return {t["id"]: t for t in compute_targets(results)}
 
 
-def test_targets_are_ratios_from_the_run_with_pass_and_miss():
-    t = _by_id(_results())
-    assert [x["status"] for x in t.values()] == ["PASS"] * 6
+def test_targets_are_ratios_from_the_run_with_pass_and_miss(make_results):
+    t = _by_id(make_results())
+    before_peers = ["ort_vs_eager", "int8_vs_fp32", "service_vs_engine", "service_vs_peer"]
+    assert [t[k]["status"] for k in [*before_peers, "c1_latency", "v2_vs_classify"]] == ["PASS"] * 6
     assert t["ort_vs_eager"]["measured"] == 2.6  # 26 / 10 at batch 8
     assert t["int8_vs_fp32"]["measured"] == pytest.approx(40 / 26, abs=1e-3)
     assert "top-1 agreement 1.000" in t["int8_vs_fp32"]["detail"]
@@ -291,8 +203,8 @@ def test_targets_are_ratios_from_the_run_with_pass_and_miss():
     assert t["v2_vs_classify"]["measured"] == 0.97
 
 
-def test_engine_ratio_is_the_median_of_per_repetition_ratios():
-    r = _results()
+def test_engine_ratio_is_the_median_of_per_repetition_ratios(make_results):
+    r = make_results()
     batches = r["engine"]["runtimes"]
     # Rep 2 was hit by a burst on the ORT side only; pairing per repetition shrugs it off.
     batches["torch_eager"]["batches"]["8"]["samples_ms"] = [800.0, 800.0, 800.0]
@@ -300,8 +212,8 @@ def test_engine_ratio_is_the_median_of_per_repetition_ratios():
     assert _by_id(r)["ort_vs_eager"]["measured"] == pytest.approx(1.6)  # median of 2, 0.2, 1.6
 
 
-def test_service_targets_prefer_the_engine_probe_taken_right_after_the_load_run():
-    r = _results()
+def test_service_targets_prefer_the_engine_probe_taken_right_after_the_load_run(make_results):
+    r = make_results()
     levels = r["service"]["servers"]["service"]["levels"]
     levels["16"]["engine_probe"] = {"batch": 8, "img_per_s": 20.0, "latency_ms": 400.0}
     levels["1"]["engine_probe"] = {
@@ -316,26 +228,26 @@ def test_service_targets_prefer_the_engine_probe_taken_right_after_the_load_run(
     assert t["c1_latency"]["status"] == "MISS"
 
 
-def test_service_vs_peer_pairs_the_repetitions():
-    r = _results()
+def test_service_vs_peer_pairs_the_repetitions(make_results):
+    r = make_results()
     r["service"]["servers"]["service"]["levels"]["16"]["throughput_all_reps"] = [30.0, 12.0, 20.0]
     r["service"]["servers"]["peer"]["levels"]["16"]["throughput_all_reps"] = [10.0, 12.0, 5.0]
     assert _by_id(r)["service_vs_peer"]["measured"] == 3.0  # median of 3, 1, 4
 
 
-def test_service_faster_than_peer_but_with_higher_p99_is_a_miss():
-    peer_target = _by_id(_results(svc_p99=300.0, peer_p99=200.0))["service_vs_peer"]
+def test_service_faster_than_peer_but_with_higher_p99_is_a_miss(make_results):
+    peer_target = _by_id(make_results(svc_p99=300.0, peer_p99=200.0))["service_vs_peer"]
     assert peer_target["measured"] == 3.0
     assert peer_target["status"] == "MISS"
     assert "NOT lower" in peer_target["detail"]
 
 
-def test_slow_p50_at_c1_is_a_miss():
-    assert _by_id(_results(svc1_p50=200.0))["c1_latency"]["status"] == "MISS"
+def test_slow_p50_at_c1_is_a_miss(make_results):
+    assert _by_id(make_results(svc1_p50=200.0))["c1_latency"]["status"] == "MISS"
 
 
-def test_v2_costing_more_than_5_percent_throughput_is_a_miss():
-    r = _results()
+def test_v2_costing_more_than_5_percent_throughput_is_a_miss(make_results):
+    r = make_results()
     r["protocols"]["ratio"] = 0.94
     assert _by_id(r)["v2_vs_classify"]["status"] == "MISS"
 
@@ -344,8 +256,10 @@ def test_v2_costing_more_than_5_percent_throughput_is_a_miss():
     ("key", "value", "says"),
     [("unclean_runs", 1, "non-200 or socket error"), ("answers", {"same_top": False}, "differ")],
 )
-def test_v2_comparison_with_a_failed_request_or_different_answers_is_invalid(key, value, says):
-    r = _results()
+def test_v2_comparison_with_a_failed_request_or_different_answers_is_invalid(
+    key, value, says, make_results
+):
+    r = make_results()
     r["protocols"][key] = value
     target = _by_id(r)["v2_vs_classify"]
     assert target["measured"] == 0.97  # fast enough, but not a valid measurement
@@ -357,59 +271,17 @@ def test_missing_sections_are_reported_not_run():
     assert {t["status"] for t in compute_targets({})} == {"NOT RUN"}
 
 
-PAGE = f"# x\n\nintro\n\n{BENCH_HEADING}\n\nHand-written intro.\n\n## Soak\n\nkeep me\n"
-
-
-def test_page_markers_are_added_under_the_heading_then_replaced_in_place():
-    once = replace_bench_section(PAGE, "table v1")
-    assert once.index(BENCH_HEADING) < once.index(BENCH_START) < once.index("## Soak")
-    assert "Hand-written intro." in once and "keep me" in once
-    twice = replace_bench_section(once, "table v2")
-    assert "table v1" not in twice and "table v2" in twice
-    assert twice.count(BENCH_START) == 1 and twice.count(BENCH_END) == 1
-    assert twice.replace("table v2", "table v1") == once  # nothing else moved
-
-
-def test_page_without_the_section_heading_is_refused():
-    with pytest.raises(ValueError, match=BENCH_HEADING):
-        replace_bench_section("# x\n", "t")
-
-
-def test_the_benchmarks_page_has_one_generated_section_under_its_heading():
-    page = (ROOT / BENCH_PAGE).read_text()
-    assert page.count(BENCH_START) == 1 and page.count(BENCH_END) == 1
-    assert page.index(BENCH_HEADING) < page.index(BENCH_START) < page.index(BENCH_END)
-
-
-def test_a_full_run_rewrites_the_benchmarks_page_with_plots_linked_from_the_page(
-    tmp_path, monkeypatch
-):
-    page = tmp_path / BENCH_PAGE
-    page.parent.mkdir(parents=True)
-    page.write_text(f"# Benchmarks\n\n{BENCH_HEADING}\n\n## int8\n\nkeep me\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n")
-    monkeypatch.setattr(bench_main, "ROOT", tmp_path)
-    monkeypatch.setattr(report, "plot", lambda results, out_dir: [])
-    out_dir = tmp_path / "bench" / "results"
-    out_dir.mkdir(parents=True)
-    bench_main.write_report(_results(), out_dir, page=True)
-    text = page.read_text()
-    assert BENCH_START in text and "keep me" in text
-    assert "](../bench/results/engine_throughput.png)" in text
-    assert readme.read_text() == "# x\n"
-
-
-def test_markdown_report_holds_tables_targets_and_plot_links():
-    md = render_markdown(_results(), image_prefix="bench/results/")
+def test_markdown_report_holds_tables_targets_and_plot_links(make_results):
+    md = render_markdown(make_results(), image_prefix="bench/results/")
     assert "at batch 8, 1 thread(s) (the service's setting) | 2.60 | >= 1.3 | **PASS**" in md
     assert "| service | 16 | 30.00 |" in md
     assert "| v2_binary | `/v2/models/m/infer`: binary | 9.70 | 720 | 1550 |" in md
     assert "| 2 | v2_binary | 10.00 | 9.60 | 0.960 | 0.25 / - | 0 |" in md  # v2 went first
     assert "v2 / classify throughput: **0.970** (median of 0.970, 0.960, 0.980)" in md
-    assert "](bench/results/engine_throughput.png)" in md
+    engine_png, service_png = plot_names(make_results())
+    assert f"![engine](bench/results/{engine_png}) ![service](bench/results/{service_png})" in md
     assert "### Analysis" not in md
-    with_notes = render_markdown(_results(), notes="Why int8 wins.\n")
+    with_notes = render_markdown(make_results(), notes="Why int8 wins.\n")
     assert "### Analysis\n\nWhy int8 wins.\n" in with_notes
 
 
@@ -459,8 +331,8 @@ def test_soak_judges_rss_on_the_second_half_of_the_run():
     assert summary["p99_overloaded_503_ms"] is None
 
 
-def test_a_v2_comparison_run_on_its_own_is_said_to_be_from_another_run():
-    r = _results()
+def test_a_v2_comparison_run_on_its_own_is_said_to_be_from_another_run(make_results):
+    r = make_results()
     r["meta"] = {"started": "2026-01-01 10:00 UTC", "mode": "full"}
     assert "from this one run;" in render_markdown(r)
     r["protocols"]["meta"] = {"started": "2026-01-02 09:00 UTC", "mode": "full", "config": {}}
@@ -470,8 +342,7 @@ def test_a_v2_comparison_run_on_its_own_is_said_to_be_from_another_run():
 
 
 def test_a_run_records_the_cpus_vector_instruction_sets():
-    from bench.common import cpu_features
-    from bench.report import describe_cpu
+    from bench.common import cpu_features, describe_cpu
 
     epyc = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2 bmi2\n"
     xeon = (
