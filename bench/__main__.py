@@ -113,6 +113,15 @@ def run_engine(cfg: dict[str, Any], threads: int, models) -> dict[str, Any]:
         )
         torch_all.batches = extra.batches
         runners.append(torch_all)
+    if all_cpus > 1:
+        side = engine.ort_side_by_side_runner(
+            f"ort_fp32_x{all_cpus}",
+            f"ONNX Runtime fp32, {all_cpus} single-threaded runs side by side",
+            models.fp32,
+            all_cpus,
+        )
+        side.batches = tuple(b for b in (1, 4, 8) if b in cfg["batches"])
+        runners.append(side)
     if not cuda_reason:
         from bench.models import ensure_fp16
 
@@ -335,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke run: a few minutes")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument(
-        "--threads", type=int, default=0, help="engine threads (0: as the service, CPUs - 1)"
+        "--threads", type=int, default=0, help="engine threads (0: as the service, one per CPU)"
     )
     parser.add_argument(
         "--service-env",
@@ -381,9 +390,9 @@ def measure(args: argparse.Namespace, cfg: dict[str, Any], results: dict[str, An
     started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_info()
     server_cpus, loadgen_cpus, pinning = plan_cpus()
-    # The engine runs as the service runs it: its intra-op threads (CPUs - 1, a core left
-    # for decoding), and PyTorch gets the same number.
-    threads = args.threads or max(1, len(server_cpus or cpus()) - 1)
+    # The engine runs with the service's intra-op threads (one per CPU), and PyTorch gets the
+    # same number.
+    threads = args.threads or len(server_cpus or cpus())
     if server_cpus:
         os.sched_setaffinity(0, server_cpus)  # the engine benchmark gets the server's cores
     env = parse_env(args.service_env)

@@ -242,8 +242,8 @@ def _engine_notes(results: dict[str, Any]) -> str:
         return ""
     return (
         f"\n{engine.get('threads')} thread(s) per run for every CPU runtime, as the service runs "
-        "its model (ORT intra-op threads = CPUs - 1; torch.set_num_threads the same); rows "
-        "marked 'N threads' use every CPU. Decode + preprocess of the benchmark JPEG "
+        "its model (ORT intra-op threads = CPUs; torch.set_num_threads the same); the 'side by "
+        "side' row runs one single-threaded session per CPU at once. Decode + preprocess of the benchmark JPEG "
         f"({engine.get('decode_image', '?')}): {engine.get('decode_ms', 0):.1f} ms. "
         f"GPU: {engine.get('gpu', 'not run')}.\n"
     )

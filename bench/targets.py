@@ -331,9 +331,12 @@ def _vs_litserve(
 
 def _c16_vs_best_engine(results: dict[str, Any]) -> dict[str, Any]:
     svc16 = _level(results, "service", 16)
-    name = "service c=16 / best ORT fp32 engine configuration (service's threads or every CPU, any batch)"
+    name = (
+        "service c=16 / best ORT fp32 engine configuration (service's threads, every CPU, or "
+        "single-threaded runs side by side; any batch)"
+    )
     runtimes = (results.get("engine") or {}).get("runtimes") or {}
-    keys = {"ort_fp32"}
+    keys = {"ort_fp32"} | {k for k in runtimes if k.startswith("ort_fp32_x")}
     if every_cpu := all_cpus_engine(results):
         keys.add(every_cpu[0])
     candidates = [

@@ -23,7 +23,7 @@ def session_options(
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
     spinning: bool = True,
-    memory_pattern: bool = False,
+    memory_pattern: bool = True,
     level: Any = None,
     profile_prefix: str | None = None,
 ) -> Any:
@@ -34,10 +34,10 @@ def session_options(
     model run, or image decoding, needs (see Settings.intra_op_spinning). ORT's warnings
     (unused initialisers, for one) are noise to an operator, hence errors only.
 
-    ``memory_pattern`` (ORT's default, off here) plans one block per input shape for each run;
-    on the CPU every run that overlaps another then holds a whole block of its own, which
-    raises peak memory by about the size of the weights, while the arena serves the same
-    tensors one by one at no measurable cost.
+    ``memory_pattern`` (ORT's default) plans one block per input shape for each run. The
+    server turns it off on the CPU: there every run that overlaps another holds a whole block of
+    its own, which raises peak memory by more than the weights weigh, for a few percent of engine
+    speed that its end-to-end benchmark could not tell from noise (docs/benchmarks.md).
     """
     import onnxruntime as ort  # imported here so that importing the service stays light
 

@@ -356,3 +356,20 @@ def test_a_run_records_the_cpus_vector_instruction_sets():
     assert describe_cpu(machine) == "AMD EPYC 7B13; AVX2, FMA"
     assert describe_cpu({**machine, "cpu_features": []}) == "AMD EPYC 7B13; no AVX2 or newer"
     assert describe_cpu({"cpu_model": "old run"}) == "old run"  # results from before the field
+
+
+def test_side_by_side_runners_count_the_images_of_every_copy():
+    import time
+
+    from bench.common import median
+    from bench.engine import Runner, run_engine_benchmark
+
+    def run(x):
+        time.sleep(0.005)  # a call long enough to time; the figure checked is arithmetic
+
+    runner = Runner("pair", "two side by side", run, (1, 4), copies=2)
+    res = run_engine_benchmark([runner], reps=2, warmup=0, min_images=1, image_size=8)
+    for batch in (1, 4):
+        figures = res["pair"]["batches"][str(batch)]
+        seconds = median(figures["samples_ms"]) / 1e3
+        assert figures["img_per_s"] == pytest.approx(batch * 2 / seconds, rel=0.01)

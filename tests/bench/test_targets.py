@@ -119,6 +119,13 @@ def test_c16_is_against_the_best_engine_configuration_over_threads_and_batches(m
     assert t["measured"] == pytest.approx(30 / 33, abs=1e-3)
     assert t["status"] == "MISS"  # 0.91 < 0.95
     assert "ONNX Runtime fp32, 2 threads, batch 1" in t["detail"]
+    r["engine"]["runtimes"]["ort_fp32_x2"] = {  # two single-threaded runs count as one
+        "label": "ONNX Runtime fp32, 2 single-threaded runs side by side",
+        "batches": {"4": {"img_per_s": 36.0}},
+    }
+    t = _by_id(r)["c16_vs_best_engine"]
+    assert t["measured"] == pytest.approx(30 / 36, abs=1e-3)
+    assert "side by side, batch 4" in t["detail"]
 
 
 @pytest.mark.parametrize(
