@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,7 @@ def run_engine(cfg: dict[str, Any], threads: int, models) -> dict[str, Any]:
     decode = res.pop("decode")
     return {
         "threads": threads,
+        "cpus": len(cpus()),  # the CPUs the engine ran on (the servers' share when pinned)
         "runtimes": res,
         "decode_ms": decode["batches"]["1"]["latency_ms"],
         "decode_image": f"{SAMPLE_IMAGE.name}, {SAMPLE_IMAGE.stat().st_size} bytes",
@@ -451,7 +453,14 @@ def write_report(results: dict[str, Any], out_dir: Path, *, page: bool) -> None:
     progress(f"results in {out_dir}")
 
 
+def _exit_on_signal(signum: int, _frame) -> None:
+    # An exception, unlike the default action, runs the finally blocks that stop the servers.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     args = build_parser().parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.rounds < 0:

@@ -9,7 +9,8 @@ Runtimes (same weights everywhere):
 
 - ``torch_eager``: our PyTorch model, fp32, ``torch.inference_mode``, ``torch.set_num_threads(T)``;
 - ``ort_fp32``: our exported, offline-optimised model, ONNX Runtime CPU, T intra-op threads,
-  session options as the service sets them (ORT_ENABLE_ALL, sequential);
+  the service's session recipe (ORT_ENABLE_ALL, sequential) with ORT's own spinning and memory
+  pattern, the engine at its best;
 - ``ort_int8``: the ``--int8`` variant, same session options;
 - ``cuda_fp32`` / ``cuda_fp16``: ONNX Runtime CUDA with IO binding (input and outputs on the
   device, so host copies are not timed), only where a CUDAExecutionProvider exists.

@@ -185,6 +185,9 @@ def _end_session(sid: int, grace_s: float = 5.0) -> None:
         for pid in session_pids(sid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+                os.kill(
+                    pid, signal.SIGCONT
+                )  # a paused orphan acts on the SIGTERM only when resumed
         deadline = monotonic() + grace_s
         while session_pids(sid):
             if monotonic() > deadline:

@@ -270,7 +270,7 @@ def all_cpus_engine(results: dict[str, Any]) -> tuple[str, int] | None:
     key = next((k for k in runtimes if k.startswith("ort_fp32_t")), None)
     if key:
         return key, int(key.rsplit("_t", 1)[1])
-    cpus = (results.get("meta") or {}).get("machine", {}).get("cpus")
+    cpus = engine.get("cpus") or (results.get("meta") or {}).get("machine", {}).get("cpus")
     if "ort_fp32" in runtimes and cpus and engine.get("threads") == cpus:
         return "ort_fp32", cpus
     return None

@@ -81,6 +81,25 @@ class Engine(Protocol):
     def warmup(self, batch_sizes: list[int]) -> None: ...
 
 
+def _options(settings: Settings, *, on_gpu: bool):
+    """The session options for the provider the model runs on."""
+    return session_options(
+        intra_op_threads=settings.resolved_intra_op_threads(),
+        inter_op_threads=settings.resolved_inter_op_threads(),
+        spinning=settings.resolved_intra_op_spinning(on_gpu=on_gpu),
+        memory_pattern=on_gpu,
+    )
+
+
+def _open(path: Path, options, wanted: list):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
 class OnnxEngine:
     """ONNX Runtime session configured from settings and the model's manifest."""
 
@@ -122,32 +141,30 @@ class OnnxEngine:
         wanted = (
             [(providers.CUDA, CUDA_PROVIDER_OPTIONS), providers.CPU] if on_cuda else [providers.CPU]
         )
-        options = session_options(
-            intra_op_threads=settings.resolved_intra_op_threads(),
-            inter_op_threads=settings.resolved_inter_op_threads(),
-            spinning=settings.resolved_intra_op_spinning(on_gpu=on_cuda),
-            memory_pattern=on_cuda,
-        )
-        try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
-        except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
-            raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        options = _options(settings, on_gpu=on_cuda)
+        session = _open(path, options, wanted)
         try:
             choice = providers.check_started(choice, session.get_providers()[0], settings.providers)
         except providers.ProviderError as exc:
             raise ModelLoadError(str(exc)) from exc
+        if on_cuda and not choice.cuda:
+            # CUDA did not start and the session fell back to the CPU: the batcher will now run
+            # CPU batches side by side, which the CPU's options are made for.
+            options = _options(settings, on_gpu=False)
+            session = _open(path, options, [providers.CPU])
         engine = cls._from_session(session, path, use_io_binding=choice.cuda)
         engine.provider_warning = choice.warning
         if choice.warning:
             log.warning("%s", choice.warning)
         log.info(
-            "loaded %s (%s, %s weights) on %s (%s), intra_op_threads=%d",
+            "loaded %s (%s, %s weights) on %s (%s), intra_op_threads=%d, spinning=%s",
             engine.manifest.variant,
             engine.manifest.precision,
             engine.manifest.weights.source,
             engine.provider,
             choice.reason,
             options.intra_op_num_threads,
+            settings.resolved_intra_op_spinning(on_gpu=choice.cuda),
         )
         return engine
 

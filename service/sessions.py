@@ -1,7 +1,9 @@
 """ONNX Runtime session options: one recipe for the server, the exporter's checks and the benchmarks.
 
-Everything that times or checks a model must run it the way the server does, or its figures
-describe some other program.
+Everything that checks a model must run it the way the server does, or its answers describe
+some other program. The engine benchmarks keep ORT's own spinning and memory pattern, which the
+server turns off on the CPU: their figures are the engine at its best, which the server is
+measured against.
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ def session_options(
     (unused initialisers, for one) are noise to an operator, hence errors only.
 
     ``memory_pattern`` (ORT's default) plans one block per input shape for each run. The
-    server turns it off on the CPU: there every run that overlaps another holds a whole block of
-    its own, which raises peak memory by more than the weights weigh, for a few percent of engine
-    speed that its end-to-end benchmark could not tell from noise (docs/benchmarks.md).
+    server turns it off on the CPU, where every run that overlaps another would hold a block of
+    its own (the trade, measured, is in docs/benchmarks.md).
     """
     import onnxruntime as ort  # imported here so that importing the service stays light
 

@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     intra_op_spinning: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Whether ORT's idle intra-op threads spin-wait for work (on) or sleep (off); "
-        "auto = off where model runs may overlap (parallel_batches > 1), since a spinning thread "
-        "holds a core another run or the image decoder needs; on otherwise.",
+        "auto = on only for one CPU batch at a time (parallel_batches 1), where it shortens "
+        "each run; off where runs overlap, since a spinning thread holds a core another run or "
+        "the image decoder needs, and on CUDA, where the CPU threads have little to do.",
     )
     inter_op_threads: int = Field(
         0,
@@ -186,9 +187,10 @@ class Settings(BaseSettings):
         return self.intra_op_threads or available_cpus()
 
     def resolved_intra_op_spinning(self, *, on_gpu: bool) -> bool:
+        """Spin only where a thread's core is not wanted elsewhere (see intra_op_spinning)."""
         if self.intra_op_spinning != "auto":
             return self.intra_op_spinning == "on"
-        return self.resolved_parallel_batches(on_gpu=on_gpu) == 1
+        return not on_gpu and self.resolved_parallel_batches(on_gpu=False) == 1
 
     def resolved_inter_op_threads(self) -> int:
         return self.inter_op_threads or 1

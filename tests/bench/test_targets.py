@@ -108,6 +108,16 @@ def test_an_engine_run_with_every_cpu_as_the_services_threads_counts_as_every_cp
     assert t["status"] == "PASS"
 
 
+def test_an_engine_pinned_to_the_servers_cpus_counts_as_every_cpu_they_have(make_results):
+    # From 4 CPUs the benchmark keeps one for wrk: the engine's threads are the servers' CPUs.
+    r = make_results(svc1_p50=60.0)
+    r["meta"] = {"machine": {"cpus": 8}}
+    r["engine"]["threads"] = 7
+    assert _by_id(r)["c1_vs_engine_all_cpus"]["status"] == "NOT RUN"  # 7 of 8: not every CPU
+    r["engine"]["cpus"] = 7
+    assert _by_id(r)["c1_vs_engine_all_cpus"]["measured"] == pytest.approx(60 / (50 + 10))
+
+
 def test_c16_is_against_the_best_engine_configuration_over_threads_and_batches(make_results):
     r = make_results(svc16_rps=30.0)
     assert _by_id(r)["c16_vs_best_engine"]["measured"] == pytest.approx(30 / 26, abs=1e-3)

@@ -78,10 +78,10 @@ def test_pool_threads_sleep_rather_than_spin_where_runs_overlap(monkeypatch):
 
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 2)
     assert Settings().resolved_intra_op_spinning(on_gpu=False) is False  # two runs at once
-    assert Settings().resolved_intra_op_spinning(on_gpu=True) is True  # one run at a time
+    assert Settings().resolved_intra_op_spinning(on_gpu=True) is False  # CUDA runs the model
     assert Settings(parallel_batches=1).resolved_intra_op_spinning(on_gpu=False) is True
     assert Settings(intra_op_spinning="on").resolved_intra_op_spinning(on_gpu=False) is True
-    assert Settings(intra_op_spinning="off").resolved_intra_op_spinning(on_gpu=True) is False
+    assert Settings(intra_op_spinning="on").resolved_intra_op_spinning(on_gpu=True) is True
     monkeypatch.setattr(settings_mod, "available_cpus", lambda: 1)
     assert Settings().resolved_intra_op_spinning(on_gpu=False) is True
 

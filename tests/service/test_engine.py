@@ -112,6 +112,26 @@ def test_cpu_session_is_one_pool_of_every_cpu_that_sleeps_when_idle(synthetic_mo
         options.get_session_config_entry("session.intra_op.allow_spinning")
 
 
+def test_a_cuda_session_that_falls_back_to_the_cpu_gets_the_cpus_options(
+    synthetic_model, monkeypatch
+):
+    # As on a GPU host whose CUDA provider cannot start: ORT runs the session on the CPU, where
+    # the batcher will run batches side by side, so the options must be the CPU's.
+    from service import providers
+    from service.settings import Settings
+
+    monkeypatch.setattr(
+        providers, "choose", lambda *a: providers.Choice(True, "CUDA offered (test)")
+    )
+    settings = Settings(model_path=synthetic_model, providers="auto", parallel_batches=2)
+    engine = OnnxEngine.load(settings)
+    options = engine._session.get_session_options()
+    assert engine.provider == "CPUExecutionProvider"
+    assert "did not start" in (engine.provider_warning or "")
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.enable_mem_pattern is False
+
+
 def test_engine_runs_all_outputs_and_batch_equals_singles(synthetic_model):
     engine = OnnxEngine.load(_settings(synthetic_model))
     x = np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32)
