@@ -100,7 +100,7 @@ def run_engine(cfg: dict[str, Any], threads: int, models) -> dict[str, Any]:
     ]
     all_cpus = len(cpus())
     if all_cpus > threads:
-        # What the cores the service leaves to decoding would add to a model run.
+        # Only with --threads below the CPU count: what every CPU would add to a model run.
         extra = engine.ort_cpu_runner(
             f"ort_fp32_t{all_cpus}", f"ONNX Runtime fp32, {all_cpus} threads", models.fp32, all_cpus
         )
