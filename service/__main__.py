@@ -1,8 +1,9 @@
 """``python -m service`` / ``swin-serve``: run the API under uvicorn with production limits.
 
-Exit status: 0 after a clean drain (SIGTERM/SIGINT), 2 for invalid settings, 3 when the model
-cannot be loaded or a port cannot be bound, 70 after a fatal device error (so the orchestrator
-restarts the container).
+Exit status: 0 after a clean drain (SIGTERM/SIGINT), 2 for invalid settings, 3 when the default
+model cannot be loaded or a port cannot be bound, 70 after a fatal device error (so the
+orchestrator restarts the container). SIGHUP looks at the model files again (see
+docs/model-repository.md).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> int:
     # restores and re-raises into: they do nothing, so a drained server exits 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _ignore_after_drain)
+    signal.signal(signal.SIGHUP, lambda sig, frame: lifecycle.request_reload())
     server.run()
     if server.exit_code:
         return server.exit_code
@@ -63,13 +65,15 @@ def _log_banner(settings: Settings, grpc_port: int | None) -> None:
     host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
     base = f"http://{host}:{settings.port}"
     grpc = f"{host}:{grpc_port}" if grpc_port else "off (SWIN_GRPC_PORT=0)"
+    served = settings.model_repository or settings.model_path
     lines = [
-        f"ready: serving {settings.model_path} on {base} - try:",
+        f"ready: serving {served} on {base} - try:",
         f"  {base}/  (the web page)",
         f"  curl -F file=@samples/images/flower.jpg '{base}/classify?top_k=5'",
         "  curl -F file=@samples/images/flower.jpg -H 'Accept: application/x-npz' -o f.npz "
         f"'{base}/features?stages=embedding'",
         f"  {base}/docs  {base}/v1/models  {base}/readyz  {base}/metrics",
+        "  kill -HUP <pid> (or SWIN_REPOSITORY_POLL_S): load added, changed and removed models",
         f"  Open Inference Protocol (KServe v2): {base}/v2 and gRPC {grpc}",
     ]
     log.info("%s", "\n".join(lines))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +22,8 @@ from service.middleware import (
     ConcurrencyLimitMiddleware,
     ObservabilityMiddleware,
 )
+from service.model_routes import router as model_router
+from service.models import Opener
 from service.preprocess import configure_pillow
 from service.routes import router
 from service.settings import Settings
@@ -46,16 +50,17 @@ def create_app(
     *,
     on_fatal: FatalHook | None = None,
 ) -> FastAPI:
-    """Build the app. ``engine`` lets tests inject a fake; otherwise the lifespan loads
+    """Build the app. ``engine`` lets tests inject a fake (as the one model of
+    ``settings.model_path``); otherwise the lifespan loads the model repository or
     ``settings.model_path``. ``on_fatal`` is called (after readiness went 503) when the device
     fails for good. The app's lifecycle is ``app.state.service.lifecycle``.
     """
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
-    load: Callable[[], Engine] = (
-        (lambda: engine) if engine is not None else (lambda: OnnxEngine.load(settings))
+    opener: Opener = (
+        _always(engine) if engine is not None else functools.partial(OnnxEngine.load, settings)
     )
-    lifecycle = Lifecycle(settings, metrics, load)
+    lifecycle = Lifecycle(settings, metrics, opener)
     if on_fatal is not None:
         lifecycle.on_fatal(on_fatal)
     state = ServiceState(
@@ -72,11 +77,19 @@ def create_app(
     )
     app.state.service = state
     app.include_router(router)
+    app.include_router(model_router)
     app.include_router(ui_router)
     app.include_router(v2_router)
     _install_error_handlers(app, metrics)
     _install_middleware(app, state)
     return app
+
+
+def _always(engine: Engine) -> Opener:
+    def opener(path: Path) -> Engine:
+        return engine
+
+    return opener
 
 
 def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:

@@ -28,7 +28,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from service.engine import Engine, FatalEngineError
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Batcher:
         max_batch_size: int,
         max_batch_delay_s: float,
         queue_capacity: int,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         on_fatal: Callable[[BaseException], None] | None = None,
         parallel_batches: int = 1,
     ) -> None:
@@ -333,7 +333,7 @@ class Batcher:
             return
         elapsed = time.monotonic() - started
         self._metrics.inference_time.observe(elapsed)
-        self._metrics.images.labels(outcome="ok").inc(n)
+        self._metrics.images("ok").inc(n)
         for i, item in enumerate(batch):
             row = {name: value[i] for name, value in outputs.items()}
             self._answer(item, ImageResult(row, started - item.enqueued, elapsed, n))
@@ -341,7 +341,7 @@ class Batcher:
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
         fatal = isinstance(exc, FatalEngineError)
         log.error("batch of %d failed%s: %s", len(batch), " (FATAL)" if fatal else "", exc)
-        self._metrics.images.labels(outcome="failed").inc(len(batch))
+        self._metrics.images("failed").inc(len(batch))
         error = (
             exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"model run failed: {exc}")
         )

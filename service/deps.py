@@ -1,15 +1,15 @@
-"""Typed FastAPI dependencies: routes get state, model, manifest and batcher through these only."""
+"""Typed FastAPI dependencies: routes get the state and the model they run on through these only."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from service.batcher import Batcher
-from service.contract import Manifest
 from service.errors import ApiError, ErrorCode
-from service.lifecycle import Lifecycle, LoadedModel
+from service.lifecycle import Lifecycle
+from service.models import LoadedModel
 from service.state import RequestTimings, ServiceState
 
 
@@ -29,27 +29,34 @@ def unavailable(lifecycle: Lifecycle) -> ApiError:
     return ApiError(ErrorCode.NOT_READY, "model is loading or warming up")
 
 
+def served_model(state: ServiceState, name: str | None) -> LoadedModel:
+    """The model a request under ``name`` (None: the default) is queued on: 503 during start-up
+    or after a fatal device error, 404 for an unknown name, 503 for a model not ready."""
+    lifecycle = state.lifecycle
+    if not lifecycle.taking_requests:
+        raise unavailable(lifecycle)
+    return lifecycle.registry.model_for_requests(name)
+
+
+async def get_served(request: Request, state: StateDep) -> AsyncIterator[LoadedModel]:
+    """The model this request runs on (named by the route's ``{name}``, else the default),
+    leased until the request is answered: a swap or a removal never pulls it away mid-request.
+    (An async generator: FastAPI would run a plain one on a worker thread.)"""
+    model = served_model(state, request.path_params.get("name"))
+    with model.leased():
+        yield model
+
+
 def get_model(state: StateDep) -> LoadedModel:
-    """The loaded model (maybe still warming up), or 503 before it is loaded."""
-    if state.lifecycle.model is None:
-        raise unavailable(state.lifecycle)
-    return state.lifecycle.model
-
-
-def get_batcher(state: StateDep) -> Batcher:
-    """The batcher, or 503 (not_ready) while warming up or after a fatal device error, so
-    requests fail fast instead of queueing. Draining alone does not refuse (see begin_drain)."""
-    model = state.lifecycle.model_for_requests()
+    """The default model (maybe still warming up), or 503 before it is loaded."""
+    model = state.lifecycle.model
     if model is None:
         raise unavailable(state.lifecycle)
-    return model.batcher
+    return model
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-
-
-def get_manifest(model: ModelDep) -> Manifest:
-    return model.engine.manifest
+ServedDep = Annotated[LoadedModel, Depends(get_served)]
 
 
 def get_timings(request: Request) -> RequestTimings:
@@ -58,6 +65,4 @@ def get_timings(request: Request) -> RequestTimings:
     return timings if isinstance(timings, RequestTimings) else RequestTimings()
 
 
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
-ManifestDep = Annotated[Manifest, Depends(get_manifest)]
 TimingsDep = Annotated[RequestTimings, Depends(get_timings)]

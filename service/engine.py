@@ -122,11 +122,12 @@ class OnnxEngine:
         self._use_io_binding = use_io_binding
 
     @classmethod
-    def load(cls, settings: Settings) -> OnnxEngine:
-        """Open ``settings.model_path``; raises ModelLoadError with a message a human can act on."""
+    def load(cls, settings: Settings, path: Path | None = None) -> OnnxEngine:
+        """Open ``path`` (default ``settings.model_path``); raises ModelLoadError with a message
+        a human can act on."""
         import onnxruntime as ort  # imported here so that importing the service stays light
 
-        path = Path(settings.model_path)
+        path = Path(settings.model_path if path is None else path)
         if not path.is_file():
             raise ModelLoadError(
                 f"model file not found: {path.resolve()} (set SWIN_MODEL_PATH, or run `make export`)"

@@ -24,8 +24,8 @@ from service.batcher import (
     InferenceFailed,
     Overloaded,
 )
-from service.contract import Manifest
 from service.errors import ApiError, ErrorCode
+from service.models import LoadedModel
 from service.preprocess import decode_image
 from service.state import RequestTimings, ServiceState
 
@@ -63,12 +63,15 @@ def refuse_if_full(batcher: Batcher, n: int = 1) -> None:
 
 
 async def decode_all(
-    state: ServiceState, manifest: Manifest, timings: RequestTimings, bodies: Sequence[bytes]
+    state: ServiceState, model: LoadedModel, timings: RequestTimings, bodies: Sequence[bytes]
 ) -> list[np.ndarray]:
-    """Each body decoded and preprocessed on the decode threads, one after another."""
+    """Each body decoded and preprocessed for ``model`` on the decode threads, one after another."""
     decode = functools.partial(
-        decode_image, spec=manifest.preprocess, max_pixels=state.settings.max_image_pixels
+        decode_image,
+        spec=model.engine.manifest.preprocess,
+        max_pixels=state.settings.max_image_pixels,
     )
+    decode_time = state.metrics.decode_time.labels(model=model.name)
     inputs = []
     for data in bodies:
         t0 = time.perf_counter()
@@ -77,7 +80,7 @@ async def decode_all(
         finally:
             elapsed = time.perf_counter() - t0
             timings.decode_s += elapsed
-            state.metrics.decode_time.observe(elapsed)
+            decode_time.observe(elapsed)
     return inputs
 
 

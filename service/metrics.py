@@ -1,13 +1,15 @@
 """Every Prometheus metric of the service, declared in one place.
 
 Each app gets its own CollectorRegistry, so tests that build many apps never collide. Label
-values are bounded: endpoints are route templates (or "other"), reasons are ErrorCode values.
-Times are in seconds, as Prometheus expects.
+values are bounded: endpoints are route templates (or "other"), reasons are ErrorCode values,
+and models are the names in the model repository, of which at most SWIN_MAX_MODELS are served;
+a removed model's series go with it. Times are in seconds, as Prometheus expects.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -28,18 +30,38 @@ ENDPOINTS = (
     "/v2/health/live",
     "/v2/health/ready",
 )
-# The v2 model routes, by template: the model name and version never become label values.
+# The model routes, by template: the model name and version never become label values.
 _V2_MODEL = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?(/ready|/infer)?$")
+_V1_MODEL = re.compile(r"^/v1/models/[^/]+(/classify|/features)?$")
+PIPELINE_HISTOGRAMS = ("queue_wait", "decode_time", "inference_time", "batch_size")
 
 
 def endpoint_label(path: str) -> str:
     """Bounded label for a request path: a known route, or "other" (never the raw path)."""
     if path in ENDPOINTS:
         return path
-    match = _V2_MODEL.match(path)
-    if match:
-        return f"/v2/models/{{name}}{match.group(1) or ''}"
+    for pattern, prefix in ((_V2_MODEL, "/v2/models/{name}"), (_V1_MODEL, "/v1/models/{name}")):
+        match = pattern.match(path)
+        if match:
+            return f"{prefix}{match.group(1) or ''}"
     return "other"
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's share of the pipeline metrics (each already labelled with its name): what its
+    batcher and its requests update."""
+
+    name: str
+    queue_wait: Histogram
+    decode_time: Histogram
+    inference_time: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    _images: Counter
+
+    def images(self, outcome: str) -> Counter:
+        return self._images.labels(model=self.name, outcome=outcome)
 
 
 class Metrics:
@@ -86,36 +108,41 @@ class Metrics:
         self.queue_wait = Histogram(
             "swin_queue_wait_seconds",
             "Per image: time from enqueue to the start of its batch.",
+            ["model"],
             buckets=_TIME_BUCKETS,
             registry=r,
         )
         self.decode_time = Histogram(
             "swin_decode_seconds",
             "Per image: decode and preprocessing time.",
+            ["model"],
             buckets=_TIME_BUCKETS,
             registry=r,
         )
         self.inference_time = Histogram(
             "swin_inference_seconds",
             "Per batch: model run time.",
+            ["model"],
             buckets=_TIME_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "swin_batch_size",
             "Images per model run.",
+            ["model"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
             "swin_queue_depth",
             "Images waiting for a batch.",
+            ["model"],
             registry=r,
         )
         self.images = Counter(
             "swin_images",
             "Images that went through the model, by outcome (ok|failed).",
-            ["outcome"],
+            ["model", "outcome"],
             registry=r,
         )
 
@@ -132,8 +159,27 @@ class Metrics:
         )
         self.model_info = Gauge(
             "swin_model_info",
-            "Constant 1, labelled with the served model.",
-            ["variant", "precision", "provider", "weights"],
+            "Constant 1 per served model, labelled with what it is.",
+            ["model", "variant", "precision", "provider", "weights"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "swin_model_ready",
+            "1 while the model takes requests (loaded, self-checked, warm), else 0.",
+            ["model"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "swin_model_loads",
+            "Model loads, by outcome: loaded, failed (load or self-check), refused "
+            "(SWIN_MAX_MODELS reached).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_load_time = Histogram(
+            "swin_model_load_seconds",
+            "Per loaded model: time to load, self-check and warm it up before it takes traffic.",
+            buckets=_TIME_BUCKETS,
             registry=r,
         )
 
@@ -141,10 +187,35 @@ class Metrics:
         """Count one error response (or a client that left: ``CLIENT_DISCONNECTED``)."""
         self.rejections.labels(reason=code.value).inc()
 
-    def set_model(self, *, variant: str, precision: str, provider: str, weights: str) -> None:
+    def for_model(self, name: str) -> ModelMetrics:
+        return ModelMetrics(
+            name,
+            *(getattr(self, h).labels(model=name) for h in PIPELINE_HISTOGRAMS),
+            queue_depth=self.queue_depth.labels(model=name),
+            _images=self.images,
+        )
+
+    def set_model(
+        self, *, model: str, variant: str, precision: str, provider: str, weights: str
+    ) -> None:
+        self._forget(self.model_info, model)  # a replacement may differ in any other label
         self.model_info.labels(
-            variant=variant, precision=precision, provider=provider, weights=weights
+            model=model, variant=variant, precision=precision, provider=provider, weights=weights
         ).set(1)
+
+    def forget_model(self, name: str) -> None:
+        """Drop every series of a model that is no longer served, so that labels stay bounded."""
+        for family in (*(getattr(self, h) for h in PIPELINE_HISTOGRAMS), self.queue_depth):
+            self._forget(family, name)
+        for family in (self.images, self.model_info, self.model_ready, self.model_loads):
+            self._forget(family, name)
+
+    @staticmethod
+    def _forget(family: Counter | Gauge | Histogram, name: str) -> None:
+        names = family._labelnames
+        for values in list(family._metrics):
+            if dict(zip(names, values, strict=True)).get("model") == name:
+                family.remove(*values)
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""

@@ -15,9 +15,9 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.batcher import Batcher, ImageResult
-from service.contract import RANDOM_WEIGHTS_WARNING, FeatureName, Manifest, WeightsInfo
-from service.deps import BatcherDep, ManifestDep, ModelDep, StateDep, TimingsDep, unavailable
+from service.batcher import ImageResult
+from service.contract import RANDOM_WEIGHTS_WARNING, FeatureName, Manifest
+from service.deps import ServedDep, StateDep, TimingsDep, unavailable
 from service.errors import INFERENCE_ERROR_RESPONSES, ApiError, ErrorCode, ErrorResponse
 from service.inference import (
     decode_all,
@@ -26,13 +26,12 @@ from service.inference import (
     refuse_if_full,
     submit,
 )
+from service.models import LoadedModel
 from service.postprocess import pool_feature, softmax, top_k
 from service.schemas import (
-    BatchingInfo,
     ClassifyResponse,
     FeaturesResponse,
     ImageClassification,
-    ModelInfo,
     PoolMode,
     Prediction,
     Status,
@@ -64,6 +63,19 @@ _IMAGE_BODY = {
         },
     }
 }
+# The same routes under a model's name; FastAPI lists only the parameters a handler declares.
+_NAMED = {
+    **_IMAGE_BODY,
+    "parameters": [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "A model of the repository (GET /v1/models lists them)",
+            "schema": {"type": "string"},
+        }
+    ],
+}
 
 TimeoutQuery = Annotated[
     int | None,
@@ -87,17 +99,16 @@ TimeoutHeader = Annotated[
 async def infer_images(
     request: Request,
     state: ServiceState,
-    batcher: Batcher,
-    manifest: Manifest,
+    model: LoadedModel,
     timings: RequestTimings,
     deadline: float,
 ) -> list[ImageResult]:
     """Read, decode (worker threads) and batch-run every image of the request."""
-    refuse_if_full(batcher)
+    refuse_if_full(model.batcher)
     bodies = await read_image_bodies(request, state.settings.max_images_per_request)
-    inputs = await decode_all(state, manifest, timings, bodies)
+    inputs = await decode_all(state, model, timings, bodies)
     del bodies
-    return await submit(batcher, inputs, deadline, timings)
+    return await submit(model.batcher, inputs, deadline, timings)
 
 
 def _warning(manifest: Manifest) -> str | None:
@@ -105,18 +116,25 @@ def _warning(manifest: Manifest) -> str | None:
 
 
 @router.post(
+    "/v1/models/{name}/classify",
+    response_model=ClassifyResponse,
+    responses=INFERENCE_ERROR_RESPONSES,
+    openapi_extra=_NAMED,
+    summary="Classify one or more images with the named model",
+    description="`curl -F file=@cat.jpg 'http://localhost:8000/v1/models/swin_t/classify'`",
+)
+@router.post(
     "/classify",
     response_model=ClassifyResponse,
     responses=INFERENCE_ERROR_RESPONSES,
     openapi_extra=_IMAGE_BODY,
-    summary="Classify one or more images",
+    summary="Classify one or more images with the default model",
     description="`curl -F file=@cat.jpg 'http://localhost:8000/classify?top_k=3'`",
 )
 async def classify(
     request: Request,
     state: StateDep,
-    batcher: BatcherDep,
-    manifest: ManifestDep,
+    model: ServedDep,
     timings: TimingsDep,
     top_k_: Annotated[
         int,
@@ -126,16 +144,17 @@ async def classify(
     timeout_header: TimeoutHeader = None,
 ) -> ClassifyResponse:
     started = time.monotonic()
+    manifest = model.engine.manifest
     if top_k_ > manifest.num_classes:
         raise ApiError(
             ErrorCode.VALIDATION_ERROR,
             f"top_k must be between 1 and {manifest.num_classes}, got {top_k_}",
         )
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
-    results = await infer_images(request, state, batcher, manifest, timings, deadline)
+    results = await infer_images(request, state, model, timings, deadline)
     labels = manifest.labels
     return ClassifyResponse(
-        model=manifest.name,
+        model=model.name,
         results=[
             ImageClassification(
                 predictions=[
@@ -150,15 +169,15 @@ async def classify(
 
 
 def _features_json(
-    manifest: Manifest, stages: list[str], pool: str, results: list[ImageResult]
+    model: LoadedModel, stages: list[str], pool: str, results: list[ImageResult]
 ) -> bytes:
     per_image = [{s: pool_feature(r.outputs[s], pool) for s in stages} for r in results]
     body = {
-        "model": manifest.name,
+        "model": model.name,
         "pool": pool,
         "shapes": {s: list(per_image[0][s].shape) for s in stages},
         "results": [{s: v.tolist() for s, v in feats.items()} for feats in per_image],
-        "warning": _warning(manifest),
+        "warning": _warning(model.engine.manifest),
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -171,26 +190,36 @@ def _features_npz(stages: list[str], pool: str, results: list[ImageResult]) -> b
     return buf.getvalue()
 
 
+_FEATURES_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "description": "Features as JSON, or as .npz (one (N, ...) float32 array per feature) "
+        f"with `Accept: {NPZ_MEDIA_TYPE}`",
+        "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **INFERENCE_ERROR_RESPONSES,
+}
+
+
+@router.post(
+    "/v1/models/{name}/features",
+    response_model=FeaturesResponse,
+    responses=_FEATURES_RESPONSES,
+    openapi_extra=_NAMED,
+    summary="Extract stage feature maps and/or the pooled embedding with the named model",
+    description="`curl -F file=@cat.jpg 'http://localhost:8000/v1/models/swin_t/features'`",
+)
 @router.post(
     "/features",
     response_model=FeaturesResponse,
-    responses={
-        200: {
-            "description": "Features as JSON, or as .npz (one (N, ...) float32 array per feature) "
-            f"with `Accept: {NPZ_MEDIA_TYPE}`",
-            "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-        },
-        **INFERENCE_ERROR_RESPONSES,
-    },
+    responses=_FEATURES_RESPONSES,
     openapi_extra=_IMAGE_BODY,
-    summary="Extract stage feature maps and/or the pooled embedding",
+    summary="Extract stage feature maps and/or the pooled embedding with the default model",
     description="`curl -F file=@cat.jpg 'http://localhost:8000/features?stages=stage4&stages=embedding&pool=avg'`",
 )
 async def features(
     request: Request,
     state: StateDep,
-    batcher: BatcherDep,
-    manifest: ManifestDep,
+    model: ServedDep,
     timings: TimingsDep,
     stages: Annotated[
         list[FeatureName],
@@ -205,7 +234,7 @@ async def features(
     started = time.monotonic()
     wanted = list(dict.fromkeys(stages))  # de-duplicated, request order kept
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
-    results = await infer_images(request, state, batcher, manifest, timings, deadline)
+    results = await infer_images(request, state, model, timings, deadline)
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
         body = await off_loop(state, _features_npz, wanted, pool, results)
         return Response(
@@ -213,7 +242,7 @@ async def features(
             media_type=NPZ_MEDIA_TYPE,
             headers={"Content-Disposition": 'attachment; filename="features.npz"'},
         )
-    body = await off_loop(state, _features_json, manifest, wanted, pool, results)
+    body = await off_loop(state, _features_json, model, wanted, pool, results)
     return Response(body, media_type="application/json")
 
 
@@ -228,7 +257,7 @@ async def healthz() -> Status:
     responses={
         503: {"model": ErrorResponse, "description": "Loading, warming up, draining or failed"}
     },
-    summary="Readiness: loaded, warmed up and not draining",
+    summary="Readiness: the default model loaded and warm, and not draining",
 )
 async def readyz(state: StateDep) -> Status:
     if not state.lifecycle.ready:
@@ -239,39 +268,3 @@ async def readyz(state: StateDep) -> Status:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: StateDep) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get(
-    "/v1/models",
-    response_model=ModelInfo,
-    responses={503: {"model": ErrorResponse, "description": "Model not loaded yet"}},
-    summary="The served model: variant, provider, weights, parity report, batching settings",
-)
-async def model_info(state: StateDep, model: ModelDep, manifest: ManifestDep) -> ModelInfo:
-    s, batcher = state.settings, model.batcher
-    return ModelInfo(
-        name=manifest.name,
-        variant=manifest.variant,
-        precision=manifest.precision,
-        input_size=manifest.image_size,
-        num_classes=manifest.num_classes,
-        provider=model.engine.provider,
-        provider_warning=model.engine.provider_warning,
-        labels_source=manifest.labels_source,
-        weights=WeightsInfo.model_validate(manifest.weights.model_dump()),
-        warning=_warning(manifest),
-        outputs={k: list(v) for k, v in manifest.outputs.items()},
-        preprocess=manifest.preprocess.model_dump(),
-        parity=manifest.parity,
-        exporter=manifest.exporter,
-        self_check=model.self_check.as_dict(),
-        batching=BatchingInfo(
-            max_batch_size=batcher.max_batch_size,
-            parallel_batches=batcher.parallel_batches,
-            max_batch_delay_ms=s.max_batch_delay_ms,
-            queue_capacity=s.queue_capacity,
-            request_timeout_ms=s.request_timeout_ms,
-            max_images_per_request=s.max_images_per_request,
-        ),
-        ready=state.lifecycle.ready,
-    )

@@ -115,5 +115,49 @@ class ModelInfo(BaseModel):
     ready: bool
 
 
+ModelStateName = Literal["loading", "ready", "failed", "unloading"]
+
+
+class ModelStatus(BaseModel):
+    """One model of the repository, in the index."""
+
+    name: str
+    state: ModelStateName = Field(
+        description="loading (not yet taking requests), ready, failed (see reason), "
+        "unloading (its file was removed; new requests get 404)"
+    )
+    reason: str | None = Field(
+        None, description="Why it failed to load, or why the last replacement of a ready model did"
+    )
+    reloading: bool = Field(False, description="A new version is loading beside the served one")
+    default: bool = Field(False, description="Served by /classify and /features without a name")
+    variant: str | None = None
+    precision: str | None = None
+    provider: str | None = None
+    digest: str | None = Field(None, description="SHA-256 of the file being served")
+
+
+class ModelCard(ModelInfo):
+    """One model's card: what it is, and where it stands."""
+
+    state: ModelStateName
+    reason: str | None = None
+    reloading: bool = False
+    digest: str | None = Field(None, description="SHA-256 of the file being served")
+    loaded_at: float = Field(description="When the served version was loaded (Unix time)")
+
+
+class ModelsIndex(BaseModel):
+    """Every model with its state; and, when there is a default model, its card's fields at
+    the top level (what this route answered when a server served one model)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    default_model: str | None = Field(
+        None, description="What /classify and /features serve (null: name a model)"
+    )
+    models: list[ModelStatus]
+
+
 class Status(BaseModel):
     status: str = Field(examples=["ok"])

@@ -34,7 +34,33 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(
         Path("artefacts/swin_tiny_patch4_window7_224.onnx"),
-        description="The exported .onnx file (with its swin.manifest metadata) to serve.",
+        description="The exported .onnx file (with its swin.manifest metadata) to serve, as a "
+        "one-model repository named by its manifest; unused with model_repository.",
+    )
+    model_repository: Path | None = Field(
+        None,
+        description="A directory of exported models: each NAME.onnx directly in it is served "
+        "as model NAME. Publish by renaming into place (see docs/model-repository.md).",
+    )
+    default_model: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="The model /classify and /features serve without a name; unset = the only "
+        "model, when there is one.",
+    )
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=86_400.0,
+        description="Look for added, changed and removed model files every this many seconds; "
+        "0 = only on SIGHUP.",
+    )
+    max_models: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Most models loaded at once; a file past it is refused (and retried at each "
+        "reload). Each Swin-T costs about a model file's size in memory (see the README).",
     )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
@@ -159,6 +185,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
+        if self.model_repository is not None and "model_path" in self.model_fields_set:
+            raise ValueError(
+                "set model_path or model_repository, not both: a single file is a one-model "
+                "repository of its own"
+            )
         if self.max_images_per_request > self.queue_capacity:
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) must not exceed "

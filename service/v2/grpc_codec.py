@@ -88,5 +88,5 @@ def infer_response(
     return response
 
 
-def metadata_response(manifest: Manifest) -> Any:
-    return messages.ModelMetadataResponse(**model_metadata(manifest))
+def metadata_response(name: str, manifest: Manifest) -> Any:
+    return messages.ModelMetadataResponse(**model_metadata(name, manifest))

@@ -22,14 +22,15 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.deps import unavailable
+from service.deps import served_model, unavailable
 from service.errors import ApiError, ErrorCode
 from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.lifecycle import DRAIN_ANSWER_MARGIN_S
+from service.registry import ModelState, not_ready
 from service.state import RequestTimings, ServiceState
 from service.v2 import infer, messages
 from service.v2.grpc_codec import infer_response, metadata_response, parse_request
-from service.v2.model import check_model, server_metadata, warning
+from service.v2.model import check_version, server_metadata, warning
 from service.v2.tensors import invalid
 
 log = logging.getLogger(__name__)
@@ -75,37 +76,36 @@ class InferenceService:
         return server_metadata()
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        manifest = self._model().engine.manifest
-        check_model(manifest, request.name, request.version)
-        return metadata_response(manifest)
+        entry = self.state.lifecycle.registry.entry(request.name)
+        check_version(request.name, request.version)
+        if entry.model is None:
+            raise not_ready(entry)
+        return metadata_response(request.name, entry.model.engine.manifest)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        check_model(self._model().engine.manifest, request.name, request.version)
-        return {"ready": self.state.lifecycle.ready}
+        lifecycle = self.state.lifecycle
+        entry = lifecycle.registry.entry(request.name)
+        check_version(request.name, request.version)
+        ready = entry.state is ModelState.READY and lifecycle.taking_requests
+        return {"ready": ready and not lifecycle.draining}
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.monotonic()
         state = self.state
-        model = state.lifecycle.model_for_requests()
-        if model is None:
-            raise unavailable(state.lifecycle)
-        manifest = model.engine.manifest
-        check_model(manifest, request.model_name, request.model_version)
-        parsed = await off_loop(state, parse_request, request)
-        deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
-        timings = RequestTimings()
-        try:
-            outputs = await infer.run(state, model.batcher, manifest, parsed, timings, deadline)
-        finally:
-            total = time.monotonic() - started
-            context.set_trailing_metadata((("server-timing", timings.header(total)),))
-        return await off_loop(state, infer_response, parsed, outputs, warning(manifest))
-
-    def _model(self):
-        model = self.state.lifecycle.model
-        if model is None:
-            raise unavailable(self.state.lifecycle)
-        return model
+        model = served_model(state, request.model_name)
+        check_version(request.model_name, request.model_version)
+        refuse_if_full(model.batcher)
+        with model.leased():
+            parsed = await off_loop(state, parse_request, request)
+            deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
+            timings = RequestTimings()
+            try:
+                outputs = await infer.run(state, model, parsed, timings, deadline)
+            finally:
+                total = time.monotonic() - started
+                context.set_trailing_metadata((("server-timing", timings.header(total)),))
+            manifest = model.engine.manifest
+            return await off_loop(state, infer_response, parsed, outputs, warning(manifest))
 
 
 def _client_timeouts_ms(context: grpc.aio.ServicerContext) -> list[float]:
@@ -245,12 +245,14 @@ class GrpcServer:
         self._inferring += 1
         self._idle.clear()
         try:
-            if self._draining:
-                raise unavailable(self.state.lifecycle)
-            model = self.state.lifecycle.model_for_requests()
-            if model is None:
-                raise unavailable(self.state.lifecycle)
-            refuse_if_full(model.batcher)  # before the message is read: overload stays cheap
+            lifecycle = self.state.lifecycle
+            if self._draining or not lifecycle.taking_requests:
+                raise unavailable(lifecycle)
+            # Before the message is read, so that overload stays cheap. The message names the
+            # model; until it is read, the default model's queue stands for the server's.
+            default = lifecycle.model
+            if default is not None and default.warm:
+                refuse_if_full(default.batcher)
             slots = self.state.slots
             if not slots.try_take():
                 raise ApiError(

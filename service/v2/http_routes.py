@@ -13,10 +13,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from service.batcher import Batcher
-from service.contract import Manifest
-from service.deps import BatcherDep, ManifestDep, StateDep, TimingsDep, unavailable
+from service.deps import ServedDep, StateDep, TimingsDep, unavailable
 from service.inference import effective_deadline, off_loop, refuse_if_full
+from service.models import LoadedModel
+from service.registry import ModelState, not_ready
 from service.routes import TimeoutHeader
 from service.state import RequestTimings, ServiceState
 from service.v2 import infer
@@ -26,7 +26,7 @@ from service.v2.http_codec import (
     parse_body,
     response_body,
 )
-from service.v2.model import check_model, model_metadata, server_metadata, warning
+from service.v2.model import check_version, model_metadata, server_metadata, warning
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
 
@@ -103,39 +103,45 @@ async def ready(state: StateDep) -> dict[str, bool]:
 
 
 @router.get(_MODEL, summary="Model metadata: its inputs and outputs", responses=_MODEL_ERRORS)
-async def model(manifest: ManifestDep, name: str) -> dict[str, Any]:
-    check_model(manifest, name)
-    return model_metadata(manifest)
+async def model(state: StateDep, name: str) -> dict[str, Any]:
+    return _metadata(state, name, "")
 
 
 @router.get(_VERSIONED, summary="Model metadata, for a version", responses=_MODEL_ERRORS)
-async def model_version(manifest: ManifestDep, name: str, version: str) -> dict[str, Any]:
-    check_model(manifest, name, version)
-    return model_metadata(manifest)
+async def model_version(state: StateDep, name: str, version: str) -> dict[str, Any]:
+    return _metadata(state, name, version)
+
+
+def _metadata(state: ServiceState, name: str, version: str) -> dict[str, Any]:
+    entry = state.lifecycle.registry.entry(name)
+    check_version(name, version)
+    if entry.model is None:
+        raise not_ready(entry)
+    return model_metadata(name, entry.model.engine.manifest)
 
 
 @router.get(
     f"{_MODEL}/ready", summary="Model readiness (503 while not ready)", responses=_MODEL_ERRORS
 )
-async def model_ready(state: StateDep, manifest: ManifestDep, name: str) -> dict[str, Any]:
-    return _model_ready(state, manifest, name, "")
+async def model_ready(state: StateDep, name: str) -> dict[str, Any]:
+    return _model_ready(state, name, "")
 
 
 @router.get(
     f"{_VERSIONED}/ready", summary="Model readiness, for a version", responses=_MODEL_ERRORS
 )
-async def model_version_ready(
-    state: StateDep, manifest: ManifestDep, name: str, version: str
-) -> dict[str, Any]:
-    return _model_ready(state, manifest, name, version)
+async def model_version_ready(state: StateDep, name: str, version: str) -> dict[str, Any]:
+    return _model_ready(state, name, version)
 
 
-def _model_ready(
-    state: ServiceState, manifest: Manifest, name: str, version: str
-) -> dict[str, Any]:
-    check_model(manifest, name, version)
-    if not state.lifecycle.ready:
-        raise unavailable(state.lifecycle)
+def _model_ready(state: ServiceState, name: str, version: str) -> dict[str, Any]:
+    lifecycle = state.lifecycle
+    entry = lifecycle.registry.entry(name)
+    check_version(name, version)
+    if lifecycle.draining or not lifecycle.taking_requests:
+        raise unavailable(lifecycle)
+    if entry.state is not ModelState.READY:
+        raise not_ready(entry)
     return {"name": name, "ready": True}
 
 
@@ -148,13 +154,12 @@ def _model_ready(
 async def model_infer(
     request: Request,
     state: StateDep,
-    batcher: BatcherDep,
-    manifest: ManifestDep,
+    model: ServedDep,
     timings: TimingsDep,
     name: str,
     timeout_header: TimeoutHeader = None,
 ) -> Response:
-    return await _infer(request, state, batcher, manifest, timings, name, "", timeout_header)
+    return await _infer(request, state, model, timings, name, "", timeout_header)
 
 
 @router.post(
@@ -166,35 +171,35 @@ async def model_infer(
 async def model_version_infer(
     request: Request,
     state: StateDep,
-    batcher: BatcherDep,
-    manifest: ManifestDep,
+    model: ServedDep,
     timings: TimingsDep,
     name: str,
     version: str,
     timeout_header: TimeoutHeader = None,
 ) -> Response:
-    return await _infer(request, state, batcher, manifest, timings, name, version, timeout_header)
+    return await _infer(request, state, model, timings, name, version, timeout_header)
 
 
 async def _infer(
     request: Request,
     state: ServiceState,
-    batcher: Batcher,
-    manifest: Manifest,
+    model: LoadedModel,
     timings: RequestTimings,
     name: str,
     version: str,
     timeout_ms: int | None,
 ) -> Response:
     started = time.monotonic()
-    check_model(manifest, name, version)
-    refuse_if_full(batcher)
+    check_version(name, version)
+    refuse_if_full(model.batcher)
     body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
     parsed = await off_loop(state, parse_body, body, header_length, name, version)
     del body
     deadline = effective_deadline(state, started, timeout_ms)
-    outputs = await infer.run(state, batcher, manifest, parsed, timings, deadline)
-    body, header_length = await off_loop(state, response_body, parsed, outputs, warning(manifest))
+    outputs = await infer.run(state, model, parsed, timings, deadline)
+    body, header_length = await off_loop(
+        state, response_body, parsed, outputs, warning(model.engine.manifest)
+    )
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(header_length)})

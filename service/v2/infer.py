@@ -8,11 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.batcher import Batcher, ImageResult
+from service.batcher import ImageResult
 from service.contract import Manifest
 from service.inference import decode_all, off_loop, submit
+from service.models import LoadedModel
 from service.state import RequestTimings, ServiceState
-from service.v2.model import CLASSIFIABLE_OUTPUT, IMAGE_INPUT, PIXELS_INPUT, check_model
+from service.v2.model import CLASSIFIABLE_OUTPUT, IMAGE_INPUT, PIXELS_INPUT
 from service.v2.tensors import (
     BYTES,
     FP32,
@@ -24,7 +25,9 @@ from service.v2.tensors import (
 )
 
 
-def image_count(request: InferenceRequest, manifest: Manifest, max_images: int) -> int:
+def image_count(
+    request: InferenceRequest, manifest: Manifest, max_images: int, *, name: str | None = None
+) -> int:
     """How many images the request carries, once its one input checks out (400 otherwise)."""
     if len(request.inputs) != 1:
         raise invalid(
@@ -38,7 +41,7 @@ def image_count(request: InferenceRequest, manifest: Manifest, max_images: int) 
         n = _pixels_batch(tensor, manifest.image_size)
     else:
         raise invalid(
-            f"unknown input {tensor.name!r}; model {manifest.name!r} takes {IMAGE_INPUT!r} "
+            f"unknown input {tensor.name!r}; model {name or manifest.name!r} takes {IMAGE_INPUT!r} "
             f"(BYTES, encoded image files) or {PIXELS_INPUT!r} (FP32, preprocessed)"
         )
     if not 1 <= n <= max_images:
@@ -96,22 +99,21 @@ def _check_classification(output: RequestedOutput, num_classes: int) -> None:
 
 async def run(
     state: ServiceState,
-    batcher: Batcher,
-    manifest: Manifest,
+    model: LoadedModel,
     request: InferenceRequest,
     timings: RequestTimings,
     deadline: float,
 ) -> list[OutputTensor]:
-    """Check, decode, batch-run and answer ``request`` on the served model."""
-    check_model(manifest, request.model_name, request.model_version)
-    n = image_count(request, manifest, state.settings.max_images_per_request)
+    """Check, decode, batch-run and answer ``request`` on ``model`` (the one it names)."""
+    manifest = model.engine.manifest
+    n = image_count(request, manifest, state.settings.max_images_per_request, name=model.name)
     outputs = check_outputs(request, manifest)
     tensor = request.inputs[0]
     if tensor.name == IMAGE_INPUT:
-        inputs = await decode_all(state, manifest, timings, tensor.data)  # type: ignore[arg-type]
+        inputs = await decode_all(state, model, timings, tensor.data)  # type: ignore[arg-type]
     else:
         inputs = await off_loop(state, _pixel_rows, tensor, n, manifest.image_size)
-    results = await submit(batcher, inputs, deadline, timings)
+    results = await submit(model.batcher, inputs, deadline, timings)
     return [_output(o, results, manifest.labels) for o in outputs]
 
 

@@ -1,5 +1,5 @@
-"""What the Open Inference Protocol says about this server and its model: names, versions,
-metadata, and which model a request addresses."""
+"""What the Open Inference Protocol says about this server and its models: names, versions and
+metadata."""
 
 from __future__ import annotations
 
@@ -39,13 +39,8 @@ def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
 
-def check_model(manifest: Manifest, name: str, version: str = "") -> None:
-    """404 unless ``name`` (and ``version``, when given) is the served model."""
-    if name != manifest.name:
-        raise ApiError(
-            ErrorCode.NOT_FOUND,
-            f"unknown model {name[:200]!r}; this server serves {manifest.name!r}",
-        )
+def check_version(name: str, version: str = "") -> None:
+    """404 unless ``version`` (when given) is the one version a model has."""
     if version not in ("", VERSION):
         raise ApiError(
             ErrorCode.NOT_FOUND,
@@ -69,9 +64,9 @@ def output_metadata(manifest: Manifest) -> list[dict[str, Any]]:
     ]
 
 
-def model_metadata(manifest: Manifest) -> dict[str, Any]:
+def model_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
     return {
-        "name": manifest.name,
+        "name": name,
         "versions": [VERSION],
         "platform": PLATFORM,
         "inputs": input_metadata(manifest),

@@ -32,7 +32,7 @@ def _batcher(engine, **kw) -> Batcher:
         "max_batch_size": 4,
         "max_batch_delay_s": 0.02,
         "queue_capacity": 16,
-        "metrics": Metrics(),
+        "metrics": Metrics().for_model("m"),
     }
     opts.update(kw)
     return Batcher(engine, **opts)

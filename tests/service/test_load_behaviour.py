@@ -12,6 +12,8 @@ from tests.support import assert_same_predictions, metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
 
+FAKE = "fake_swin_32"  # the fake engine's model: its name in every pipeline metric
+
 
 async def _answered_at(request) -> tuple[httpx.Response, float]:
     """The response, and time.monotonic() when it arrived: compared with the fake engine's
@@ -35,9 +37,9 @@ async def test_concurrent_requests_form_batches_with_unbatched_results(
     assert all(r.status_code == 200 for r in batched)
     assert max(calls_batched) > 1, calls_batched
     # The batch-size histogram tells the same story: fewer runs than images.
-    runs = metric(samples, "swin_batch_size_count")
+    runs = metric(samples, "swin_batch_size_count", model=FAKE)
     assert runs == len(calls_batched) < 16
-    assert metric(samples, "swin_batch_size_sum") == 16
+    assert metric(samples, "swin_batch_size_sum", model=FAKE) == 16
     for b, s in zip(batched, single, strict=True):
         assert_same_predictions(b.json()["results"], s.json()["results"])
 
@@ -157,16 +159,17 @@ async def test_metrics_parse_and_match_what_clients_saw(make_app, make_engine, s
     assert metric(samples, "swin_requests_total", endpoint="/healthz", status="200") == 1
     assert metric(samples, "swin_rejections_total", reason="invalid_image") == 1
     assert metric(samples, "swin_rejections_total", reason="validation_error") == 1
-    assert metric(samples, "swin_images_total", outcome="ok") == 5 == sum(engine.calls)
-    assert metric(samples, "swin_decode_seconds_count") == 6  # 3 + junk + 2: every decode attempt
-    assert metric(samples, "swin_queue_wait_seconds_count") == 5
+    assert metric(samples, "swin_images_total", model=FAKE, outcome="ok") == 5 == sum(engine.calls)
+    assert metric(samples, "swin_decode_seconds_count", model=FAKE) == 6  # 3 + junk + 2: every decode attempt
+    assert metric(samples, "swin_queue_wait_seconds_count", model=FAKE) == 5
     assert metric(samples, "swin_request_duration_seconds_count", endpoint="/classify") == 5
-    assert metric(samples, "swin_queue_depth") == 0
+    assert metric(samples, "swin_queue_depth", model=FAKE) == 0
     assert metric(samples, "swin_ready") == 1
     assert (
         metric(
             samples,
             "swin_model_info",
+            model=FAKE,
             variant="fake_swin_32",
             precision="fp32",
             provider="FakeExecutionProvider",

@@ -397,7 +397,7 @@ def test_v2_calls_are_counted_with_the_other_requests(clients, server, model, se
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
 
-    assert delta("swin_images_total", outcome="ok") == 3 * len(files)
+    assert delta("swin_images_total", model=model, outcome="ok") == 3 * len(files)
     assert delta("swin_grpc_requests_total", method="ModelInfer", code="OK") == 1
     assert delta("swin_requests_total", endpoint="/v2/models/{name}/infer", status="200") == 2
 
@@ -428,7 +428,7 @@ def test_sigterm_finishes_an_in_flight_grpc_call_refuses_new_ones_and_exits_zero
             callback=lambda result, error: answers.put((time.monotonic(), result, error)),
         )
         # An image counted as decoded is in the batcher's hands (the same event-loop step).
-        _poll(lambda: _decoded(drained) >= len(files), "the call's images to be queued")
+        _poll(lambda: _decoded(drained, model) >= len(files), "the call's images to be queued")
         signalled = time.monotonic()
         drained.proc.send_signal(signal.SIGTERM)
         # ServerReady turns false in the event-loop step that begins the drain.
@@ -450,8 +450,8 @@ def test_sigterm_finishes_an_in_flight_grpc_call_refuses_new_ones_and_exits_zero
         drained.stop()
 
 
-def _decoded(server: ServerProcess) -> float:
-    return metric(server.metrics(), "swin_decode_seconds_count")
+def _decoded(server: ServerProcess, model: str) -> float:
+    return metric(server.metrics(), "swin_decode_seconds_count", model=model)
 
 
 def _listens(address: str) -> bool:
