@@ -49,17 +49,20 @@ def create_app(
     engine: Engine | None = None,
     *,
     on_fatal: FatalHook | None = None,
+    opener: Opener | None = None,
 ) -> FastAPI:
     """Build the app. ``engine`` lets tests inject a fake (as the one model of
-    ``settings.model_path``); otherwise the lifespan loads the model repository or
-    ``settings.model_path``. ``on_fatal`` is called (after readiness went 503) when the device
+    ``settings.model_path``), and ``opener`` one that turns each model file into an engine;
+    otherwise the lifespan loads the model repository or ``settings.model_path`` into ONNX
+    Runtime. ``on_fatal`` is called (after readiness went 503) when the device
     fails for good. The app's lifecycle is ``app.state.service.lifecycle``.
     """
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
-    opener: Opener = (
-        _always(engine) if engine is not None else functools.partial(OnnxEngine.load, settings)
-    )
+    if opener is None:
+        opener = (
+            _always(engine) if engine is not None else functools.partial(OnnxEngine.load, settings)
+        )
     lifecycle = Lifecycle(settings, metrics, opener)
     if on_fatal is not None:
         lifecycle.on_fatal(on_fatal)
