@@ -1,12 +1,12 @@
 // The try-the-model page. Plain JS, no dependencies; it calls only the public API:
-// GET /v1/models, POST /classify, POST /features.
+// GET /v1/models (the index), GET /v1/models/{name} (the card), and that model's
+// POST /v1/models/{name}/classify and /features.
 "use strict";
 
 (() => {
   const STAGES = ["stage1", "stage2", "stage3", "stage4"];
   const TOP_K = 5;
-  const FEATURES_URL =
-    "/features?" + STAGES.map((s) => "stages=" + s).join("&") + "&pool=none";
+  const FEATURES_QUERY = "?" + STAGES.map((s) => "stages=" + s).join("&") + "&pool=none";
   // "inferno"-like colour stops, low to high; the CSS legend uses the same ones.
   const RAMP = [
     [0, 0, 4],
@@ -19,6 +19,8 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     summary: $("model-summary"),
+    picker: $("model-picker"),
+    select: $("model-select"),
     banner: $("random-banner"),
     card: $("model-card"),
     drop: $("drop-zone"),
@@ -38,7 +40,7 @@
     ),
   };
 
-  let model = null; // the /v1/models body, once loaded
+  let model = null; // the chosen model's card, once loaded
   let seq = 0; // only the latest upload may draw its results
   let shown = null; // {bitmap, maps} of the results on screen, for opacity changes
   let previewUrl = null;
@@ -140,15 +142,46 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  async function loadModel() {
+  const modelUrl = (name) => "/v1/models/" + encodeURIComponent(name);
+
+  /** The index, then the card of the default model (or the first ready one). */
+  async function loadModels() {
+    let index;
+    try {
+      index = (await callApi("/v1/models")).body;
+    } catch (err) {
+      ui.summary.textContent = "Could not list the models: " + plainWords(err);
+      return;
+    }
+    const ready = index.models.filter((m) => m.state === "ready");
+    const chosen = index.default_model || (ready[0] || index.models[0] || {}).name;
+    showPicker(index.models, chosen);
+    if (chosen) await loadModel(chosen);
+    else ui.summary.textContent = "This server serves no model.";
+  }
+
+  function showPicker(models, chosen) {
+    ui.picker.hidden = models.length < 2;
+    ui.select.replaceChildren(
+      ...models.map((m) => {
+        const option = el("option", m.state === "ready" ? m.name : `${m.name} (${m.state})`);
+        option.value = m.name;
+        option.disabled = m.state !== "ready";
+        option.selected = m.name === chosen;
+        return option;
+      }),
+    );
+  }
+
+  async function loadModel(name) {
     for (;;) {
       try {
-        model = (await callApi("/v1/models")).body;
+        model = (await callApi(modelUrl(name))).body;
         showModel(model);
         return;
       } catch (err) {
         if (err.status === 503) {
-          ui.summary.textContent = "The model is still loading; retrying…";
+          ui.summary.textContent = `The model ${name} is still loading; retrying…`;
           await sleep(2000);
           continue;
         }
@@ -220,9 +253,10 @@
       return callApi(url, { method: "POST", body: form });
     };
     // Both at once: the server's batcher may well run them in the same batch.
+    const base = modelUrl(ui.select.value || (model && model.name) || "");
     const [cls, feats, bitmap] = await Promise.allSettled([
-      post(`/classify?top_k=${TOP_K}`),
-      post(FEATURES_URL),
+      post(`${base}/classify?top_k=${TOP_K}`),
+      post(`${base}/features${FEATURES_QUERY}`),
       createImageBitmap(file),
     ]);
     const image = bitmap.status === "fulfilled" ? bitmap.value : null;
@@ -444,5 +478,12 @@
     window.addEventListener(type, (e) => e.preventDefault());
   }
 
-  loadModel();
+  ui.select.addEventListener("change", () => {
+    seq++; // an answer still on its way belongs to the model before
+    clearResults();
+    ui.status.textContent = "";
+    loadModel(ui.select.value);
+  });
+
+  loadModels();
 })();

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,31 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server, started as a subprocess and ready (``/readyz`` 200)."""
+    yield from _serve({"SWIN_MODEL_PATH": str(tiny_model_path)}, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def repository_server(
+    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The real server on a repository of two models, ``swin_a`` (the default) and ``swin_b``."""
+    repo = tmp_path_factory.mktemp("browser-repository")
+    for name in ("swin_a", "swin_b"):
+        shutil.copy(tiny_model_path, repo / f"{name}.onnx")
+        past = time.time() - 60  # settled: not a file still being copied
+        os.utime(repo / f"{name}.onnx", (past, past))
+    env = {"SWIN_MODEL_REPOSITORY": str(repo), "SWIN_DEFAULT_MODEL": "swin_a"}
+    yield from _serve(env, tmp_path_factory)
+
+
+def _serve(model_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     env = {
         **os.environ,
-        "SWIN_MODEL_PATH": str(tiny_model_path),
+        **model_env,
         "SWIN_HOST": "127.0.0.1",
         "SWIN_PORT": str(port),
+        "SWIN_GRPC_PORT": "0",
         "SWIN_PROVIDERS": "cpu",
         "SWIN_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
         "SWIN_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),

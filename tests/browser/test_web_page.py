@@ -159,3 +159,28 @@ def _canvas_pixels(page) -> list[np.ndarray]:
         )
         for url in urls
     ]
+
+
+def test_with_several_models_the_page_offers_each_and_runs_the_chosen_one(
+    page, repository_server, images_dir
+):
+    page.goto(f"{repository_server.url}/")
+    picker = page.locator("#model-select")
+    expect(picker).to_be_visible()
+    expect(picker.locator("option")).to_have_count(2)
+    expect(picker).to_have_value("swin_a")  # the default model comes first
+
+    picker.select_option("swin_b")
+    expect(page.locator("#model-card dt")).not_to_have_count(0)
+    with page.expect_response(lambda r: r.url.endswith("/classify?top_k=5")) as answer:
+        page.set_input_files("#file-input", images_dir / "flower.jpg")
+    assert answer.value.url.endswith("/v1/models/swin_b/classify?top_k=5")
+    assert answer.value.json()["model"] == "swin_b"
+    expect(page.locator("#predictions li")).to_have_count(5)
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_with_one_model_the_page_shows_no_picker(page, server):
+    page.goto(f"{server.url}/")
+    expect(page.locator("#model-card dt")).not_to_have_count(0)
+    expect(page.locator("#model-picker")).to_be_hidden()
