@@ -53,7 +53,7 @@ DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test export lint format lock proto bench soak docker docker-cpu clean distclean
+.PHONY: help serve test export lint format lock proto bench bench-swap soak docker docker-cpu clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -131,6 +131,9 @@ bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_A
 	    $$sudo apt-get install -y wrk || { $$sudo apt-get update && $$sudo apt-get install -y wrk; }; \
 	  else echo "error: wrk is needed: brew install wrk, dnf install wrk, ..." >&2; exit 1; fi; }
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-swap: $(BENCH_STAMP) ## a model swap under load, and memory per model (writes bench/results/swap.*)
+	$(PY) -m bench swap $(BENCH_ARGS)
 
 soak: $(BENCH_STAMP) ## long-running load and memory soak test
 	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/

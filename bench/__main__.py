@@ -1,4 +1,4 @@
-"""``python -m bench [all|engine|service|protocols|profile|report] [--quick]``: the benchmark suite.
+"""``python -m bench [all|engine|service|protocols|profile|report|swap] [--quick]``: the benchmark suite.
 
 ``all`` (the default, what ``make bench`` runs) = engine + service (against the naive peer and
 LitServe; ``--peers`` picks fewer) + protocols (``/classify`` against the Open Inference
@@ -7,6 +7,10 @@ Protocol's v2 infer, same server and image) + profile, then the report:
 machine's section of the benchmarks page (docs/benchmarks.md; other machines' sections stay).
 ``--quick`` is a smoke run of the whole pipeline in a few minutes; it writes to
 ``bench/results/raw/quick/`` and leaves the benchmarks page alone.
+
+``swap`` (not part of ``all``) swaps Swin-T in a model repository under load and measures what
+each served model costs in memory (bench.swap); it writes ``swap.json`` and ``swap.md`` and
+leaves ``results.json`` and the report alone.
 """
 
 from __future__ import annotations
@@ -341,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=["all", "engine", "service", "protocols", "profile", "report"],
+        choices=["all", "engine", "service", "protocols", "profile", "report", "swap"],
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few minutes")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -373,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=0,
-        help="protocols: interleaved rounds (0: the mode's, 6 full, 2 quick)",
+        help="protocols: interleaved rounds (0: the mode's, 6 full, 2 quick); swap: swaps "
+        "(0: 6 full, 1 quick)",
     )
     parser.add_argument(
         "--no-page",
@@ -469,6 +474,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {**cfg, "protocol_rounds": args.rounds}
     out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.what == "swap":
+        from bench import swap
+
+        server_cpus, loadgen_cpus, _ = plan_cpus()
+        return swap.main(
+            out_dir,
+            quick=args.quick,
+            rounds=args.rounds,
+            server_cpus=server_cpus,
+            client_cpus=loadgen_cpus,
+        )
     results_path = out_dir / "results.json"
     results: dict[str, Any] = read_json(results_path) if results_path.exists() else {}
     if args.what != "report":
