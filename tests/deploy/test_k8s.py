@@ -395,10 +395,60 @@ def test_the_adapter_rule_reads_a_series_the_service_declares_per_pod(metric_nam
     query = rule["metricsQuery"]
     for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
         assert placeholder in query
-    # A counter is read as a rate: seconds of waiting per second, the mean images queued; max
-    # per pod, so that a pod scraped by two jobs is not counted twice.
+    # A counter is read as a rate: seconds of waiting per second, the mean images queued
+    # (what the query computes from it: the next test).
     assert series.endswith("_sum") and re.search(r"\brate\(<<\.Series>>", query)
-    assert query.startswith("max(")
+
+
+def adapter_query(group_by: str, matchers: str) -> str:
+    """The rule's metricsQuery as prometheus-adapter fills in its template."""
+    rule = adapter_rule()
+    series, _ = series_of(rule)
+    return (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", matchers)
+        .replace("<<.GroupBy>>", group_by)
+    )
+
+
+def test_the_adapter_query_sums_a_pods_models_and_counts_a_pod_scraped_twice_once(tmp_path):
+    """Pod p1 serves two models and is scraped by two jobs; p2 serves one. Each model queues
+    at a steady rate (seconds of waiting per second = images waiting): the pod's value is the
+    sum over its models, each counted once."""
+    from tests.deploy.test_monitoring import promtool_test
+
+    def series(pod: str, job: str, model: str, per_minute: int) -> dict[str, str]:
+        labels = f'namespace="swin-serve",pod="{pod}",job="{job}",model="{model}"'
+        return {
+            "series": f"swin_queue_wait_seconds_sum{{{labels}}}",
+            "values": f"0+{per_minute}x10",
+        }
+
+    query = adapter_query("pod", 'namespace="swin-serve",pod=~"p1|p2"')
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                series("p1", "kubernetes-pods", "swin_t", 60),
+                series("p1", "servicemonitor", "swin_t", 60),
+                series("p1", "kubernetes-pods", "swin_t.int8", 120),
+                series("p1", "servicemonitor", "swin_t.int8", 120),
+                series("p2", "kubernetes-pods", "swin_t", 30),
+            ],
+            "promql_expr_test": [
+                {
+                    "expr": query,
+                    "eval_time": "10m",
+                    "exp_samples": [
+                        {"labels": '{pod="p1"}', "value": 3.0},
+                        {"labels": '{pod="p2"}', "value": 0.5},
+                    ],
+                }
+            ],
+        }
+    ]
+    promtool_test(tmp_path, None, tests)
 
 
 def test_the_cpu_hpa_target_is_the_capacity_models_queue_at_a_one_second_p99(rendered):

@@ -7,6 +7,7 @@ anonymous access and refuses to start without an admin password of your own.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -159,3 +160,140 @@ def test_only_grafana_which_asks_for_a_password_can_be_published_further(compose
         "MONITORING_HOST": "0.0.0.0",
     }
     assert published(compose, "prometheus", **everything) == [("127.0.0.1", "9090", "9090")]
+
+
+# ---- PromQL, run by Prometheus's own promtool ---------------------------------------------------
+
+
+def promtool() -> str:
+    """Prometheus's rule tester; Debian's `prometheus` package ships it."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return path
+
+
+def promtool_test(tmp_path: Path, rules: dict | None, tests: list[dict]) -> None:
+    """Run ``promtool test rules`` on ``tests`` (with ``rules`` as the rule file); fail with its
+    report."""
+    files = []
+    if rules is not None:
+        (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+        files = ["rules.yml"]
+    spec = {"rule_files": files, "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec))
+    done = subprocess.run(
+        [promtool(), "test", "rules", "test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def documented_model_alerts() -> dict:
+    page = (ROOT / "docs" / "model-repository.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"^```yaml\n(.*?)^```", page, re.S | re.M) if "alert:" in b]
+    return yaml.safe_load(block)
+
+
+def test_the_documented_model_alerts_fire_on_a_failed_load_and_a_model_serving_nothing(tmp_path):
+    """Model a fails its first load (its series start at 1, which increase() would miss), model
+    b's replacement is refused while b keeps serving, model c loads fine."""
+    failed = {
+        "summary": "a: load failed (the server's log says why)",
+    }
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                {
+                    "series": 'swin_model_loads_total{model="a",outcome="failed"}',
+                    "values": "_x20 1x40",
+                },
+                {"series": 'swin_model_ready{model="a"}', "values": "_x20 0x40"},
+                {"series": 'swin_model_loads_total{model="b",outcome="loaded"}', "values": "1x60"},
+                {
+                    "series": 'swin_model_loads_total{model="b",outcome="failed"}',
+                    "values": "_x30 1x30",
+                },
+                {"series": 'swin_model_ready{model="b"}', "values": "1x60"},
+                {"series": 'swin_model_loads_total{model="c",outcome="loaded"}', "values": "1x60"},
+                {"series": 'swin_model_ready{model="c"}', "values": "1x60"},
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "22m",
+                    "alertname": "SwinModelLoadRefused",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"model": "a", "outcome": "failed"},
+                            "exp_annotations": failed,
+                        }
+                    ],
+                },
+                {"eval_time": "22m", "alertname": "SwinModelNotServing", "exp_alerts": []},
+                {
+                    "eval_time": "32m",
+                    "alertname": "SwinModelLoadRefused",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"model": "a", "outcome": "failed"},
+                            "exp_annotations": failed,
+                        },
+                        {
+                            "exp_labels": {"model": "b", "outcome": "failed"},
+                            "exp_annotations": {
+                                "summary": "b: load failed (the server's log says why)"
+                            },
+                        },
+                    ],
+                },
+                {
+                    "eval_time": "32m",
+                    "alertname": "SwinModelNotServing",
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"model": "a"},
+                            "exp_annotations": {
+                                "summary": "a serves nothing: GET /v1/models/a says why"
+                            },
+                        }
+                    ],
+                },
+                # Once past the window, a refused load is history; a model serving nothing is not.
+                {"eval_time": "55m", "alertname": "SwinModelLoadRefused", "exp_alerts": []},
+            ],
+        }
+    ]
+    promtool_test(tmp_path, documented_model_alerts(), tests)
+
+
+def test_every_dashboard_query_is_valid_promql(dashboard, tmp_path):
+    """Grafana substitutes $__rate_interval; promtool then parses every query as a rule."""
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", "1m")}
+        for i, expr in enumerate(queries(dashboard))
+    ]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": rules}]}))
+    done = subprocess.run(
+        [promtool(), "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dashboard_sums_every_pipeline_metric_over_models(dashboard):
+    """The pipeline metrics carry a `model` label: a panel without one in its legend must sum
+    over it, or one server with several models draws a line per model under one name."""
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr, legend = target["expr"], target.get("legendFormat", "")
+            if "{{model}}" in legend:
+                assert re.search(r"by \([^)]*\bmodel\b", expr), expr
+                continue
+            for use in re.finditer(r"\b(swin_(?:queue|decode|inference|batch|images)\w*)", expr):
+                before = expr[: use.start()]
+                assert re.search(r"\b(sum|min|max|avg|count)\b", before), (
+                    f"{panel['title']}: {expr}"
+                )
