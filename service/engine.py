@@ -88,6 +88,7 @@ def _options(settings: Settings, *, on_gpu: bool):
         inter_op_threads=settings.resolved_inter_op_threads(),
         spinning=settings.resolved_intra_op_spinning(on_gpu=on_gpu),
         memory_pattern=on_gpu,
+        shared_arena=True,  # the models of a repository hold one arena between them
     )
 
 

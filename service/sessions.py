@@ -8,6 +8,7 @@ measured against.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,27 @@ CUDA_PROVIDER_OPTIONS = {
 }
 
 
+@functools.cache
+def register_shared_cpu_arena() -> None:
+    """One CPU memory arena for the whole process, which sessions opened with
+    ``shared_arena=True`` use instead of one arena each. An arena keeps the most a session ever
+    needed at once (activations of its largest batch); with several models in a repository,
+    separate arenas would each keep that much for good, where a shared one keeps it once."""
+    import onnxruntime as ort
+
+    memory = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's defaults
+
+
 def session_options(
     *,
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
     spinning: bool = True,
     memory_pattern: bool = True,
+    shared_arena: bool = False,
     level: Any = None,
     profile_prefix: str | None = None,
 ) -> Any:
@@ -39,6 +55,9 @@ def session_options(
     ``memory_pattern`` (ORT's default) plans one block per input shape for each run. The
     server turns it off on the CPU, where every run that overlaps another would hold a block of
     its own (the trade, measured, is in docs/benchmarks.md).
+
+    ``shared_arena`` takes CPU memory from the process's one arena (``register_shared_cpu_arena``,
+    which it registers first) rather than from an arena of the session's own.
     """
     import onnxruntime as ort  # imported here so that importing the service stays light
 
@@ -53,6 +72,9 @@ def session_options(
     options.log_severity_level = 3
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if shared_arena:
+        register_shared_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
