@@ -78,6 +78,8 @@ class Loader:
         if directory is None:
             await self._start_single(Path(self.settings.model_path))
             return
+        if "model_path" in self.settings.model_fields_set:
+            log.info("SWIN_MODEL_PATH is ignored: SWIN_MODEL_REPOSITORY=%s is served", directory)
         listing = await self._settled_listing(directory)
         names = self._startup_order(listing, directory)
         self._default = self.settings.default_model or (

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     model_path: Path = Field(
         Path("artefacts/swin_tiny_patch4_window7_224.onnx"),
         description="The exported .onnx file (with its swin.manifest metadata) to serve, as a "
-        "one-model repository named by its manifest; unused with model_repository.",
+        "one-model repository named by its manifest; ignored when model_repository is set "
+        "(the images set it, so that a repository needs one variable, not two).",
     )
     model_repository: Path | None = Field(
         None,
@@ -185,11 +186,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
-        if self.model_repository is not None and "model_path" in self.model_fields_set:
-            raise ValueError(
-                "set model_path or model_repository, not both: a single file is a one-model "
-                "repository of its own"
-            )
         if self.max_images_per_request > self.queue_capacity:
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) must not exceed "

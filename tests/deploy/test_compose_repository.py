@@ -1,15 +1,14 @@
 """docker-compose.repository.yml: a folder of models, mounted read-only into a serve-only image.
 
 The environment the server sees is built as the container builds it: the image's ENV, then
-compose's `environment:`, then the `env -u` of its command; the settings are read from it as
-the server reads them, from real environment variables.
+compose's `environment:`; the settings are read from it as the server reads them, from real
+environment variables.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from service.repository import model_name, scan
 from tests.deploy.conftest import ROOT, SERVICE, load_compose, merge
 from tests.deploy.test_compose_models import mounts
-from tests.deploy.test_docker_files import RUNTIME_CMD, built, depends_on, env_of, interpolate
+from tests.deploy.test_docker_files import built, depends_on, env_of, interpolate
 
 REPOSITORY = "docker-compose.repository.yml"
 MOUNT = "/models"
@@ -39,21 +38,9 @@ def service(compose: dict[str, Any], **env: str) -> dict[str, Any]:
     return interpolate(compose["services"][SERVICE], env)
 
 
-def unset_by(command: list[str]) -> tuple[set[str], list[str]]:
-    """The variables `env -u NAME ... PROGRAM` removes, and the program it then execs."""
-    assert command[0] == "env", command
-    removed, rest = set(), command[1:]
-    while rest[0] == "-u":
-        removed.add(rest[1])
-        rest = rest[2:]
-    return removed, rest
-
-
 def container_env(stages, svc: dict[str, Any]) -> dict[str, str]:
-    """What the server's process sees: the image's ENV, compose's environment, less `env -u`."""
-    env = {**env_of(built(stages, svc["build"]["target"])), **svc["environment"]}
-    removed, _ = unset_by(svc["command"])
-    return {k: v for k, v in env.items() if k not in removed}
+    """What the server's process sees: the image's ENV, then compose's environment."""
+    return {**env_of(built(stages, svc["build"]["target"])), **svc["environment"]}
 
 
 def settings_from(monkeypatch, settings_cls, env: dict[str, str]):
@@ -86,45 +73,25 @@ def test_the_default_model_is_the_file_make_export_writes(compose_repo, settings
 
 
 @pytest.mark.parametrize("runtime", ["cpu", "gpu"])
-def test_the_server_sees_a_repository_and_no_model_path(
+def test_the_server_sees_the_repository_over_the_images_model_path(
     compose_repo, stages, settings_cls, monkeypatch, runtime
 ):
     svc = service(compose_repo, RUNTIME=runtime)
-    settings = settings_from(monkeypatch, settings_cls, container_env(stages, svc))
+    env = container_env(stages, svc)
+    assert "SWIN_MODEL_PATH" in env  # the image's, which the repository takes over from
+    settings = settings_from(monkeypatch, settings_cls, env)
     assert settings.model_repository == Path(MOUNT)
     assert settings.default_model == "swin_tiny_patch4_window7_224"
     assert settings.host == "0.0.0.0"
 
 
-def test_env_u_is_needed_because_the_image_sets_a_model_path(
-    compose_repo, stages, settings_cls, monkeypatch
-):
-    """If the images stop setting SWIN_MODEL_PATH, this fails: drop the `env -u` then."""
+def test_the_container_runs_the_images_own_server(compose_repo, stages):
+    # The image's CMD: the server is PID 1, so `docker compose kill -s HUP` and the SIGTERM of
+    # `docker compose stop` reach it.
     svc = service(compose_repo)
-    env = {**env_of(built(stages, svc["build"]["target"])), **svc["environment"]}
-    assert "SWIN_MODEL_PATH" in env
-    with pytest.raises(ValueError, match="not both"):
-        settings_from(monkeypatch, settings_cls, env)
-
-
-def test_the_command_execs_the_images_own_server(compose_repo, stages):
-    svc = service(compose_repo)
-    removed, program = unset_by(svc["command"])
-    assert removed == {"SWIN_MODEL_PATH"}
-    # env execs the program: the server is PID 1, as with the image's CMD, so `docker compose
-    # kill -s HUP` and the SIGTERM of `docker compose stop` reach it.
+    assert "command" not in svc and "entrypoint" not in svc
     (cmd,) = built(stages, svc["build"]["target"]).args("CMD")
-    assert program == RUNTIME_CMD and cmd == '["python", "-m", "service"]'
-    # and it really removes the variable (the images' env is coreutils', as here).
-    unset = [word for name in sorted(removed) for word in ("-u", name)]
-    out = subprocess.run(
-        ["env", *unset, "sh", "-c", 'echo "${SWIN_MODEL_PATH-unset} $SWIN_MODEL_REPOSITORY"'],
-        env={"SWIN_MODEL_PATH": "/models/x.onnx", "SWIN_MODEL_REPOSITORY": MOUNT},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.split() == ["unset", MOUNT]
+    assert cmd == '["python", "-m", "service"]'
 
 
 def test_it_builds_the_serve_only_images_with_the_gpu_reserved_by_default(

@@ -160,7 +160,8 @@ async def test_metrics_parse_and_match_what_clients_saw(make_app, make_engine, s
     assert metric(samples, "swin_rejections_total", reason="invalid_image") == 1
     assert metric(samples, "swin_rejections_total", reason="validation_error") == 1
     assert metric(samples, "swin_images_total", model=FAKE, outcome="ok") == 5 == sum(engine.calls)
-    assert metric(samples, "swin_decode_seconds_count", model=FAKE) == 6  # 3 + junk + 2: every decode attempt
+    decodes = metric(samples, "swin_decode_seconds_count", model=FAKE)
+    assert decodes == 6  # 3 + junk + 2: every decode attempt
     assert metric(samples, "swin_queue_wait_seconds_count", model=FAKE) == 5
     assert metric(samples, "swin_request_duration_seconds_count", endpoint="/classify") == 5
     assert metric(samples, "swin_queue_depth", model=FAKE) == 0

@@ -186,9 +186,14 @@ async def test_start_up_fails_without_a_servable_default(repo, files, default, m
             pass
 
 
-def test_settings_refuse_a_model_path_and_a_repository_together(repo):
-    with pytest.raises(ValidationError, match="not both"):
-        Settings(model_repository=repo, model_path="x.onnx")
+async def test_a_repository_wins_over_a_model_path_which_the_images_set(repo):
+    publish(repo, "a", "labels=a")
+    app = make_repo_app(repo, model_path="elsewhere.onnx")
+    async with running(app) as client:
+        assert top_label(await classify(client)).startswith("a")
+
+
+def test_a_default_model_must_be_a_model_name(repo):
     with pytest.raises(ValidationError, match="default_model"):
         Settings(model_repository=repo, default_model="../etc")
 
