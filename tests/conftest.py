@@ -57,3 +57,10 @@ def swin_t_export(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("swin-t-export")
     return run_export(ExportOptions(variant=TINY, checkpoint="random", out_dir=out), Progress())
+
+
+@pytest.fixture(scope="session")
+def tiny_other_head(tmp_path_factory):
+    """The micro preset with another head: 7 classes (labels class_0..class_6) and other random
+    weights (seed 1), for a model replaced by one whose answers cannot be mistaken for the old."""
+    return _export_micro(tmp_path_factory.mktemp("micro-other-head"), num_classes=7, seed=1)
