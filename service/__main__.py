@@ -8,16 +8,21 @@ docs/model-repository.md).
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
-from types import FrameType
 
-from pydantic import ValidationError
+# A publishing script may send SIGHUP the moment the server starts; by default it would end the
+# process until the reload handler is installed, after the slow imports below.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-from service.app import create_app
-from service.server import EXIT_FATAL_DEVICE, DrainingServer, uvicorn_config
-from service.settings import Settings
+import logging  # noqa: E402
+import sys  # noqa: E402
+from types import FrameType  # noqa: E402
+
+from pydantic import ValidationError  # noqa: E402
+
+from service.app import create_app  # noqa: E402
+from service.server import EXIT_FATAL_DEVICE, DrainingServer, uvicorn_config  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 log = logging.getLogger("service")
 
