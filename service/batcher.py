@@ -79,6 +79,8 @@ class _Queue:
     """Images waiting for a batch, oldest first; the queue-depth gauge follows its length.
 
     An image leaves it for a batch, or when its request gives up: removal is O(1) either way.
+    The gauge is moved by differences, never set: while a model is replaced, its old and new
+    batchers count into the same gauge.
     """
 
     def __init__(self, depth: Gauge) -> None:
@@ -92,20 +94,22 @@ class _Queue:
         return item in self._items
 
     def extend(self, items: Iterable[_Item]) -> None:
+        before = len(self._items)
         self._items.update(dict.fromkeys(items))
-        self._depth.set(len(self._items))
+        self._depth.inc(len(self._items) - before)
 
     def popleft(self) -> _Item | None:
         if not self._items:
             return None
         item, _ = self._items.popitem(last=False)
-        self._depth.set(len(self._items))
+        self._depth.dec()
         return item
 
     def remove(self, items: Iterable[_Item]) -> None:
+        before = len(self._items)
         for item in items:
             self._items.pop(item, None)
-        self._depth.set(len(self._items))
+        self._depth.dec(before - len(self._items))
 
     def take_all(self) -> list[_Item]:
         items = list(self._items)

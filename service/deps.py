@@ -47,16 +47,9 @@ async def get_served(request: Request, state: StateDep) -> AsyncIterator[LoadedM
         yield model
 
 
-def get_model(state: StateDep) -> LoadedModel:
-    """The default model (maybe still warming up), or 503 before it is loaded."""
-    model = state.lifecycle.model
-    if model is None:
-        raise unavailable(state.lifecycle)
-    return model
-
-
-ModelDep = Annotated[LoadedModel, Depends(get_model)]
-ServedDep = Annotated[LoadedModel, Depends(get_served)]
+# "function": given back once the route has answered, not after the response is sent: a client
+# that reads a large answer slowly must not keep a replaced model in memory.
+ServedDep = Annotated[LoadedModel, Depends(get_served, scope="function")]
 
 
 def get_timings(request: Request) -> RequestTimings:

@@ -157,6 +157,10 @@ INFERENCE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Not a decodable image, truncated or corrupt",
         **_example(ErrorCode.INVALID_IMAGE, "cannot decode image: truncated PNG"),
     },
+    404: {
+        "description": "No such model, or (without a name) several models and no default",
+        **_example(ErrorCode.NOT_FOUND, "unknown model 'swin_b'; models: ['swin_t']"),
+    },
     408: {
         "description": "Body not received within SWIN_BODY_TIMEOUT_S",
         **_example(ErrorCode.REQUEST_TIMEOUT, "request body not received in time"),

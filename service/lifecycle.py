@@ -23,7 +23,7 @@ from enum import StrEnum
 
 from service.batcher import Batcher, Draining
 from service.metrics import Metrics
-from service.models import LoadedModel, Opener
+from service.models import LoadAbandoned, LoadedModel, Opener
 from service.registry import Registry
 from service.reload import Loader
 from service.settings import Settings
@@ -167,6 +167,7 @@ class Lifecycle:
         if self.phase is not Phase.FATAL:
             self._enter(Phase.DRAINING)
         self._arm_drain_deadline()
+        self.loader.stop_loading()
         for hook in self._drain_hooks:
             hook()
 
@@ -222,6 +223,8 @@ class Lifecycle:
         """WARMING -> READY once the default model is warm; the other models follow."""
         try:
             await self.loader.warm_initial(self._default_warm)
+        except LoadAbandoned:  # a drain began: nothing failed
+            return
         except Exception as exc:  # a model that cannot run a zero batch must not report ready
             self.fail(exc)
             return

@@ -2,8 +2,8 @@
 
 Each app gets its own CollectorRegistry, so tests that build many apps never collide. Label
 values are bounded: endpoints are route templates (or "other"), reasons are ErrorCode values,
-and models are the names in the model repository, of which at most SWIN_MAX_MODELS are served;
-a removed model's series go with it. Times are in seconds, as Prometheus expects.
+and models are the names of the model files in the repository (a folder an operator controls,
+not a client); a removed model's series go with it. Times are in seconds, as Prometheus expects.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.batcher import Batcher
 from service.contract import RANDOM_WEIGHTS_WARNING
-from service.engine import Engine, warmup_batch_sizes
+from service.engine import Engine, ModelLoadError, warmup_batch_sizes
 from service.metrics import ModelMetrics
 from service.selfcheck import SelfCheckFailed, SelfCheckReport, check_engine
 from service.settings import Settings
@@ -27,6 +27,10 @@ from service.settings import Settings
 log = logging.getLogger("service")
 
 Opener = Callable[[Path], Engine]  # a model file -> an engine on it (raises ModelLoadError)
+
+
+class LoadAbandoned(ModelLoadError):
+    """A load stopped halfway because the server began to shut down."""
 
 
 @dataclass(eq=False)
@@ -96,10 +100,14 @@ def new_batcher(
     )
 
 
-async def warm_up(model: LoadedModel) -> list[int]:
-    """Run batch sizes 1, 2, 4, ... up to the largest the batcher forms; then the model is warm."""
+async def warm_up(model: LoadedModel, stop: Callable[[], bool] = lambda: False) -> list[int]:
+    """Run batch sizes 1, 2, 4, ... up to the largest the batcher forms; then the model is warm.
+    One size at a time, so that ``stop()`` (a shutdown) ends it between two runs."""
     sizes = warmup_batch_sizes(model.batcher.max_batch_size)
-    await asyncio.to_thread(model.engine.warmup, sizes)
+    for size in sizes:
+        if stop():
+            raise LoadAbandoned("warm-up stopped: the server is shutting down")
+        await asyncio.to_thread(model.engine.warmup, [size])
     model.warm = True
     return sizes
 

@@ -188,11 +188,12 @@ class Registry:
         entry = self.unloading.get(model.name)
         if entry is not None and entry.model is model:
             del self.unloading[model.name]
-            if model.name not in self.entries:
-                self._forget(model.name)
+        self._forget(model.name)
 
     def _forget(self, name: str) -> None:
-        self.metrics.forget_model(name)
+        """Drop the name's series, unless something of that name still counts into them."""
+        if name not in self.entries and all(m.name != name for m in self.live_models()):
+            self.metrics.forget_model(name)
 
 
 def not_ready(entry: ModelEntry) -> ApiError:

@@ -23,7 +23,15 @@ from pathlib import Path
 
 from service.engine import ModelLoadError
 from service.metrics import Metrics
-from service.models import LoadedModel, Opener, announce, new_batcher, self_check, warm_up
+from service.models import (
+    LoadAbandoned,
+    LoadedModel,
+    Opener,
+    announce,
+    new_batcher,
+    self_check,
+    warm_up,
+)
 from service.registry import ModelEntry, ModelState, Registry, retire, spawn
 from service.repository import (
     SETTLE_S,
@@ -68,12 +76,20 @@ class Loader:
         self._default: str | None = None  # the default model while starting up
         self._single_name: str | None = None  # SWIN_MODEL_PATH: the one model's name
         self._initial: list[tuple[ModelEntry, LoadedModel]] = []
+        self._misnamed: set[str] = set()  # warned about once each
 
     # -- start-up --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load (not yet warm) every model there is; raise ModelLoadError if there is none, or if
-        the default model cannot be loaded, so that the server exits rather than half-serves."""
+        the default model cannot be loaded, so that the server exits rather than half-serves.
+        A drain that begins meanwhile ends it early, without an error: the server then stops."""
+        try:
+            await self._start()
+        except LoadAbandoned:
+            log.info("start-up stopped: the server is shutting down")
+
+    async def _start(self) -> None:
         directory = self.settings.model_repository
         if directory is None:
             await self._start_single(Path(self.settings.model_path))
@@ -86,10 +102,21 @@ class Loader:
             names[0] if len(listing.files) == 1 else None
         )
         for name in names:
+            self._check_open()
             await self._start_one(name, listing.files[name], listing.stamps[name])
+        if not self._initial:  # no default to fail on, and nothing else loaded either
+            raise ModelLoadError(f"no model of {directory} could be loaded (see above)")
+        self._reload_after_start = bool(listing.unsettled)  # a look once they are written
 
     async def _start_single(self, path: Path) -> None:
         model = await self._open(None, path)
+        default = self.settings.default_model
+        if default is not None and default != model.name:
+            await model.batcher.drain(0.5)
+            raise ModelLoadError(
+                f"SWIN_DEFAULT_MODEL={default!r}, but SWIN_MODEL_PATH={path} is model "
+                f"{model.name!r} (a one-model repository): unset it, or set SWIN_MODEL_REPOSITORY"
+            )
         self._single_name = self._default = model.name
         stamp = _stamp_or_none(path)
         entry = ModelEntry(model.name, ModelState.LOADING, path, model=model, stamp=stamp)
@@ -108,6 +135,7 @@ class Loader:
                 listing = await asyncio.to_thread(scan, directory)
         except OSError as exc:
             raise ModelLoadError(f"SWIN_MODEL_REPOSITORY: {exc}") from exc
+        self._warn_misnamed(listing)
         return listing
 
     def _startup_order(self, listing: Listing, directory: Path) -> list[str]:
@@ -121,8 +149,9 @@ class Loader:
         default = self.settings.default_model
         if default is not None:
             if default not in listing.files:
+                still = " (still being written)" if default in listing.unsettled else ""
                 raise ModelLoadError(
-                    f"SWIN_DEFAULT_MODEL={default!r} is not in {directory} (models: {names})"
+                    f"SWIN_DEFAULT_MODEL={default!r} is not in {directory}{still} (models: {names})"
                 )
             names = [default, *(n for n in names if n != default)]
         for name in names[self.settings.max_models :]:
@@ -137,7 +166,7 @@ class Loader:
         try:
             model = await self._open(name, path)
         except Exception as exc:
-            if name == self._default:
+            if name == self._default or isinstance(exc, LoadAbandoned):
                 raise
             self._failed(entry, exc)
             return
@@ -191,6 +220,11 @@ class Loader:
                 self._again = False
                 await self._sync()
 
+    def stop_loading(self) -> None:
+        """No more loads (a drain has begun): a load in progress stops at its next step, so that
+        it neither delays the exit nor takes CPU from the requests being drained."""
+        self._closed = True
+
     async def close(self) -> None:
         """Stop reloading; a load in progress is abandoned (its thread finishes on its own)."""
         self._closed = True
@@ -213,7 +247,9 @@ class Loader:
         except OSError as exc:  # the volume went away: keep serving what is loaded
             log.error("repository: cannot be read, nothing changed: %s", exc)
             return
-        log.info("repository: reloading (%d model files)", len(listing.files))
+        log.debug("repository: looking (%d model files)", len(listing.files))
+        self._warn_misnamed(listing)
+        default = self.registry.default_name
         for entry in list(self.registry.entries.values()):
             if entry.name not in listing.stamps:
                 self._remove(entry)
@@ -221,9 +257,20 @@ class Loader:
             if self._closed:
                 return
             await self._sync_one(name, path, listing.stamps[name])
+        if default is not None and self.registry.default_name is None:
+            log.warning(
+                "model %s is no longer the default: the repository holds several models and "
+                "SWIN_DEFAULT_MODEL is unset, so /classify and /features now answer 404",
+                default,
+            )
         if listing.unsettled:
             log.info("repository: %s still being written; looking again", sorted(listing.unsettled))
             spawn(self._reload_later(SETTLE_S), self._tasks)
+
+    def _warn_misnamed(self, listing: Listing) -> None:
+        for name in sorted(listing.misnamed - self._misnamed):
+            log.warning("repository: skipping %s: not a usable model name", name)
+        self._misnamed = listing.misnamed
 
     def _list(self) -> Listing:
         directory = self.settings.model_repository
@@ -262,8 +309,14 @@ class Loader:
             return
         entry.stamp = stamp
         if entry.model is not None and digest == entry.model.digest:
-            return  # touched or copied again, same content
+            entry.reason = None  # back to what serves: a failed replacement is moot
+            self._on_change()
+            return
         if entry.model is None:
+            if self._at_capacity(entry):
+                entry.refused = True
+                self._refuse(entry)
+                return
             entry.state, entry.reason = ModelState.LOADING, None
         else:
             entry.replacing = True
@@ -288,7 +341,7 @@ class Loader:
         try:
             model = await self._open(entry.name, path, digest)
         except Exception as exc:
-            self._failed(entry, exc)
+            self._load_failed(entry, path, exc)
             return
         try:
             await self._warm(model)
@@ -296,16 +349,25 @@ class Loader:
             await model.batcher.drain(0.5)
             if not isinstance(exc, Exception):
                 raise
-            self._failed(entry, exc)
+            self._load_failed(entry, path, exc)
             return
-        if self.registry.entries.get(entry.name) is not entry:  # removed meanwhile
-            await model.batcher.drain(0.5)
+        if self.registry.entries.get(entry.name) is not entry or self._closed:
+            await model.batcher.drain(0.5)  # removed meanwhile, or the server is draining
             return
         old = self._published(entry, model)
         took = time.monotonic() - started
         log.info("model %s: %s in %.2f s", entry.name, "swapped" if old else "ready", took)
         if old is not None:
             spawn(retire(self.registry, old, self.settings), self.retirements)
+
+    def _load_failed(self, entry: ModelEntry, path: Path, exc: Exception) -> None:
+        if self._closed:
+            return  # abandoned for a drain: nothing is wrong with the file
+        if not path.exists():  # removed while it loaded: gone, not failed
+            if self.registry.entries.get(entry.name) is entry:
+                self._remove(entry)
+            return
+        self._failed(entry, exc)
 
     def _remove(self, entry: ModelEntry) -> None:
         log.info("model %s: its file was removed; unloading", entry.name)
@@ -323,7 +385,9 @@ class Loader:
             digest = await asyncio.to_thread(content_digest, path)
         engine = await asyncio.to_thread(self._opener, path)
         name = name or engine.manifest.name
+        self._check_open()
         report = await asyncio.to_thread(self_check, engine, f"model {name} ({path})")
+        self._check_open()
         announce(engine, name)
         metrics = self.metrics.for_model(name)
         batcher = new_batcher(engine, self.settings, metrics, self._on_fatal)
@@ -332,9 +396,13 @@ class Loader:
         model.open_s = time.monotonic() - started
         return model
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LoadAbandoned("the server is shutting down")
+
     async def _warm(self, model: LoadedModel) -> None:
         started = time.monotonic()
-        sizes = await warm_up(model)
+        sizes = await warm_up(model, stop=lambda: self._closed)
         self.metrics.model_load_time.observe(model.open_s + time.monotonic() - started)
         log.info("model %s: warm-up done (batch sizes %s)", model.name, sizes)
 

@@ -13,14 +13,11 @@ fails to load is retried only once it changes again.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 SUFFIX = ".onnx"
 SETTLE_S = 1.0  # a file younger than this may still be being written
@@ -31,19 +28,22 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 @dataclass(frozen=True)
 class FileStamp:
     """What says cheaply that a file may have changed: a new inode (renamed into place), a new
-    size or a new modification time."""
+    size or modification time, or a new status-change time (a ``chmod`` that makes a refused
+    file readable, or a ``touch`` to ask for another try)."""
 
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, path: Path) -> FileStamp:
         st = path.stat()
-        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def settled(self, now_ns: int) -> bool:
-        return now_ns - self.mtime_ns >= SETTLE_S * 1e9
+        # Either way: a clock ahead of ours (a network filesystem) must not defer a file forever.
+        return abs(now_ns - self.mtime_ns) >= SETTLE_S * 1e9
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Listing:
     files: dict[str, Path] = field(default_factory=dict)
     stamps: dict[str, FileStamp] = field(default_factory=dict)
     unsettled: set[str] = field(default_factory=set)  # changed within SETTLE_S: look again later
+    misnamed: set[str] = field(default_factory=set)  # .onnx files whose stem is not a usable name
 
 
 def model_name(path: Path) -> str | None:
@@ -71,7 +72,7 @@ def scan(directory: Path) -> Listing:
         name = model_name(path)
         if name is None:
             if path.name.endswith(SUFFIX) and not path.name.startswith("."):
-                log.warning("repository: skipping %s: not a usable model name", path.name[:200])
+                listing.misnamed.add(path.name[:200])
             continue
         try:
             if not path.is_file():

@@ -61,7 +61,8 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Most models loaded at once; a file past it is refused (and retried at each "
-        "reload). Each Swin-T costs about a model file's size in memory (see the README).",
+        "reload). Each extra Swin-T costs about 210 MB of memory in fp32, 23 MB in int8 "
+        "(docs/model-repository.md).",
     )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")

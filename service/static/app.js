@@ -153,9 +153,11 @@
       ui.summary.textContent = "Could not list the models: " + plainWords(err);
       return;
     }
-    const ready = index.models.filter((m) => m.state === "ready");
-    const chosen = index.default_model || (ready[0] || index.models[0] || {}).name;
-    showPicker(index.models, chosen);
+    // A name being unloaded may be listed beside its new version: offer each name once.
+    const models = index.models.filter((m) => m.state !== "unloading");
+    const ready = models.filter((m) => m.state === "ready");
+    const chosen = index.default_model || (ready[0] || models[0] || {}).name;
+    showPicker(models, chosen);
     if (chosen) await loadModel(chosen);
     else ui.summary.textContent = "This server serves no model.";
   }

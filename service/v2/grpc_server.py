@@ -239,20 +239,17 @@ class GrpcServer:
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
-        """An inference call's admission: refused while draining or not ready, when the queue
-        is full or every request slot is taken; counted while in progress, so that the drain
+        """An inference call's admission: refused while draining or not ready, or when every
+        request slot is taken; counted while in progress, so that the drain
         can wait for it."""
         self._inferring += 1
         self._idle.clear()
         try:
             lifecycle = self.state.lifecycle
+            # Before the message is read, so that refusing stays cheap. Which model's queue is
+            # full can only be known from the message: ModelInfer asks once it is read.
             if self._draining or not lifecycle.taking_requests:
                 raise unavailable(lifecycle)
-            # Before the message is read, so that overload stays cheap. The message names the
-            # model; until it is read, the default model's queue stands for the server's.
-            default = lifecycle.model
-            if default is not None and default.warm:
-                refuse_if_full(default.batcher)
             slots = self.state.slots
             if not slots.try_take():
                 raise ApiError(

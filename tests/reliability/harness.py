@@ -20,6 +20,7 @@ import time
 
 from service.__main__ import main
 from service.engine import EngineError, FatalEngineError, OnnxEngine
+from service.settings import Settings
 
 
 def _wrap(engine: OnnxEngine) -> OnnxEngine:
@@ -47,9 +48,13 @@ def _wrap(engine: OnnxEngine) -> OnnxEngine:
             raise EngineError(f"injected failure of run {index}")
         return real_run(batch)
 
+    # The server warms up one batch size at a time, ending with its largest batch.
+    largest = Settings().resolved_max_batch_size(on_gpu=engine.provider == "CUDAExecutionProvider")
+
     def warmup(batch_sizes):
         real_warmup(batch_sizes)
-        warmed.set()
+        if largest in batch_sizes:
+            warmed.set()
 
     engine.run = run  # type: ignore[method-assign]
     engine.warmup = warmup  # type: ignore[method-assign]
@@ -57,7 +62,7 @@ def _wrap(engine: OnnxEngine) -> OnnxEngine:
 
 
 _real_load = OnnxEngine.load
-OnnxEngine.load = staticmethod(lambda settings: _wrap(_real_load(settings)))  # type: ignore[method-assign]
+OnnxEngine.load = staticmethod(lambda settings, path=None: _wrap(_real_load(settings, path)))  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main())

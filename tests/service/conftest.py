@@ -150,7 +150,7 @@ class FakeEngine:
     def warmup(self, batch_sizes: list[int]) -> None:
         if self.warmup_gate is not None:
             assert self.warmup_gate.wait(timeout=30)
-        self.warmup_sizes = list(batch_sizes)
+        self.warmup_sizes = [*(self.warmup_sizes or []), *batch_sizes]
 
 
 def test_settings(**overrides: Any) -> Settings:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc.aio as tritongrpc_aio
 from pydantic import ValidationError
 
 from service.app import create_app
 from service.engine import ModelLoadError
 from service.settings import Settings
 from tests.service.conftest import FakeEngine, image_bytes, running, tiny_manifest
-from tests.support import metric, parse_metrics, until
+from tests.support import free_port, metric, parse_metrics, until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,12 +39,23 @@ _SETTINGS: dict[str, Any] = {
 }
 
 
+OPENING = threading.Event()  # set by the opener of a file that says ``gate``
+GATE = threading.Event()  # ... which then waits for it
+
+
 def fake_opener(path: Path) -> FakeEngine:
-    """A FakeEngine as the file describes it; ``broken`` anywhere in it fails the load."""
+    """A FakeEngine as the file describes it; ``broken`` anywhere in it fails the load, ``vanish``
+    removes the file while it loads, ``gate`` holds the load until GATE is set."""
     text = path.read_text()
     if "broken" in text:
         raise ModelLoadError(f"cannot load ONNX model {path}: INVALID_PROTOBUF")
-    spec = dict(word.split("=", 1) for word in text.split())
+    if "vanish" in text:
+        path.unlink()
+        raise ModelLoadError(f"model file not found: {path}")
+    if "gate" in text:
+        OPENING.set()
+        assert GATE.wait(10)
+    spec = dict(word.split("=", 1) for word in text.split() if "=" in word)
     labels = tuple(f"{spec.get('labels', 'class')}{i}" for i in range(10))
     manifest = tiny_manifest().model_copy(update={"labels": labels})
     return FakeEngine(manifest=manifest, delay_s=float(spec.get("delay", 0)))
@@ -324,3 +338,112 @@ async def test_the_default_model_going_away_turns_readiness_off(repo):
         await reload(app)
         assert (await client.get("/readyz")).status_code == 200
         assert top_label(await classify(client)).startswith("back")
+
+
+async def test_a_failed_file_fixed_while_the_repository_is_full_is_refused(repo):
+    publish(repo, "a", "labels=a")
+    publish(repo, "b", "broken")
+    app = make_repo_app(repo, default_model="a", max_models=2)
+    async with running(app) as client:
+        publish(repo, "c", "labels=c")
+        await reload(app)
+        publish(repo, "b", "labels=b")  # fixed, but a and c take the two places
+        await reload(app)
+        state, reason = (await states(client))["b"]
+        assert state == "failed" and "SWIN_MAX_MODELS=2" in reason
+        assert app.state.service.lifecycle.registry.serving() == 2
+
+
+async def test_a_failed_replacement_that_is_taken_back_clears_its_reason(repo):
+    publish(repo, "a", "labels=old")
+    app = make_repo_app(repo)
+    async with running(app) as client:
+        publish(repo, "a", "broken")
+        await reload(app)
+        assert (await states(client))["a"][1] is not None
+        publish(repo, "a", "labels=old")  # the content that serves
+        await reload(app)
+        assert (await states(client))["a"] == ("ready", None)
+
+
+async def test_a_file_made_readable_is_tried_again(repo):
+    publish(repo, "a", "labels=a")
+    publish(repo, "b", "broken")
+    app = make_repo_app(repo, default_model="a")
+    async with running(app) as client:
+        assert (await states(client))["b"][0] == "failed"
+        (repo / "b.onnx").write_text("labels=b")  # a chmod: only its status-change time moves
+        past = time.time() - 60
+        os.utime(repo / "b.onnx", (past, past))
+        await reload(app)
+        assert top_label(await classify(client, "b")).startswith("b")
+
+
+async def test_a_file_removed_while_it_loads_is_gone_not_failed(repo):
+    publish(repo, "a", "labels=a")
+    app = make_repo_app(repo, default_model="a")
+    async with running(app) as client:
+        publish(repo, "ghost", "vanish")
+        await reload(app)
+        assert "ghost" not in await states(client)
+
+
+async def test_a_drain_stops_a_load_in_progress(repo):
+    publish(repo, "a", "labels=a")
+    app = make_repo_app(repo, default_model="a")
+    OPENING.clear()
+    GATE.clear()
+    async with running(app) as client:
+        lifecycle = app.state.service.lifecycle
+        publish(repo, "slow", "gate labels=s")
+        reloading = asyncio.create_task(reload(app))
+        await until(OPENING.is_set)
+        lifecycle.begin_drain()  # what SIGTERM does
+        GATE.set()
+        await reloading
+        assert lifecycle.registry.entries["slow"].model is None  # never published
+        assert [m.name for m in lifecycle.registry.live_models()] == ["a"]
+        assert top_label(await classify(client)).startswith("a")  # accepted work still served
+
+
+async def test_grpc_serves_each_model_and_admits_by_the_named_models_queue(repo):
+    publish(repo, "slow", "labels=s delay=0.5")
+    publish(repo, "b", "labels=b")
+    port = free_port()
+    app = make_repo_app(
+        repo, default_model="slow", grpc_port=port, queue_capacity=8, parallel_batches=1
+    )
+    async with running(app) as client:
+        # The default model's queue fills up; a call to another model must not mind.
+        flood = [asyncio.create_task(classify(client)) for _ in range(16)]
+        await until(lambda: not app.state.service.lifecycle.model.batcher.has_room(1))
+        grpc_client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            pixels = tritongrpc_aio.InferInput("pixel_values", [1, 3, 32, 32], "FP32")
+            pixels.set_data_from_numpy(np.full((1, 3, 32, 32), 0.5, np.float32))
+            wanted = tritongrpc_aio.InferRequestedOutput("logits", class_count=1)
+            answer = await grpc_client.infer("b", [pixels], outputs=[wanted])
+            label = answer.as_numpy("logits")[0][0].decode().split(":")[2]
+            assert label.startswith("b")
+            assert await grpc_client.is_model_ready("b")
+            meta = await grpc_client.get_model_metadata("b", as_json=True)
+            assert meta["name"] == "b"
+        finally:
+            await grpc_client.close()
+        await asyncio.gather(*flood)
+
+
+async def test_with_a_model_path_the_default_may_only_name_its_model(tmp_path):
+    settings = Settings(model_path=tmp_path / "x.onnx", default_model="other", grpc_port=0)
+    app = create_app(settings, FakeEngine())
+    with pytest.raises(ModelLoadError, match="SWIN_DEFAULT_MODEL='other'"):
+        async with running(app):
+            pass
+
+
+async def test_with_no_default_the_server_needs_one_model_that_loads(repo):
+    publish(repo, "a", "broken")
+    publish(repo, "b", "broken")
+    with pytest.raises(ModelLoadError, match="no model of"):
+        async with running(make_repo_app(repo)):
+            pass
