@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import tracing
 from service.engine import Engine, OnnxEngine
 from service.errors import ApiError, ErrorCode, code_for_status, is_v2_path
 from service.lifecycle import FatalHook, Lifecycle
@@ -99,6 +100,8 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_pillow()
+        # The OTEL_* variables may turn tracing on (a test may have installed its own tracer).
+        traced_here = tracing.tracer() is None and tracing.configure()
         # A missing or corrupt model raises here: uvicorn then exits non-zero with the message,
         # rather than serving a half-alive process.
         await state.lifecycle.start()
@@ -114,6 +117,8 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
                 await grpc_server.stop()
             await state.lifecycle.stop()
             state.decode_executor.shutdown(wait=False, cancel_futures=True)
+            if traced_here:
+                tracing.shutdown()  # sends the spans still buffered, briefly
 
     return lifespan
 

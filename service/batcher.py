@@ -25,10 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 from prometheus_client import Gauge
 
+from service import tracing
 from service.engine import Engine, FatalEngineError
-from service.metrics import ModelMetrics
+from service.metrics import ModelMetrics, exemplar
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class ImageResult:
     queue_wait_s: float  # enqueue -> start of its batch
     inference_s: float  # duration of the whole batch run
     batch_size: int  # images in that run
+    started: float = 0.0  # time.monotonic() at the start of that run
+    run: SpanContext | None = None  # that run's span, while tracing
 
 
 @dataclass(eq=False, slots=True)
@@ -73,6 +77,7 @@ class _Item:
     future: asyncio.Future[ImageResult]  # done: the image's answer is given
     enqueued: float  # time.monotonic()
     deadline: float  # time.monotonic()
+    request: SpanContext | None  # the span of the request it came with, while tracing
 
 
 class _Queue:
@@ -194,7 +199,8 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [_Item(img, loop.create_future(), now, deadline) for img in images]
+        request = tracing.current_context()
+        items = [_Item(img, loop.create_future(), now, deadline, request) for img in images]
         futures = [it.future for it in items]
         self._queue.extend(items)
         self._wakeup.set()
@@ -319,6 +325,10 @@ class Batcher:
         for item in batch:
             self._metrics.queue_wait.observe(started - item.enqueued)
         self._metrics.batch_size.observe(n)
+        span = None
+        if tracing.tracer() is not None:
+            links = [it.request for it in batch if it.request]
+            span = tracing.start_run(links, self._run_attributes(n))
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(
@@ -331,16 +341,29 @@ class Batcher:
             # Cancelled at the end of a drain that ran out of time: answer, never leave a
             # request waiting on a future nobody will resolve.
             self._fail(batch, Draining("server shut down before this image's batch finished"))
+            tracing.end_run(span, "cancelled by the drain")
             raise
         except Exception as exc:
             self._batch_failed(batch, exc)
+            tracing.end_run(span, f"model run failed: {type(exc).__name__}")
             return
         elapsed = time.monotonic() - started
-        self._metrics.inference_time.observe(elapsed)
+        tracing.end_run(span)
+        run = span.get_span_context() if span is not None else None
+        self._metrics.inference_time.observe(elapsed, exemplar(tracing.context_ids(run)))
         self._metrics.images("ok").inc(n)
         for i, item in enumerate(batch):
             row = {name: value[i] for name, value in outputs.items()}
-            self._answer(item, ImageResult(row, started - item.enqueued, elapsed, n))
+            self._answer(item, ImageResult(row, started - item.enqueued, elapsed, n, started, run))
+
+    def _run_attributes(self, n: int) -> dict[str, object]:
+        manifest = self._engine.manifest
+        return {
+            "swin.model": self._metrics.name,
+            "swin.batch_size": n,
+            "swin.provider": self._engine.provider,
+            "swin.precision": manifest.precision,
+        }
 
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
         fatal = isinstance(exc, FatalEngineError)

@@ -7,6 +7,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from service import tracing
 from service.errors import ApiError, ErrorCode
 from service.lifecycle import Lifecycle
 from service.models import LoadedModel
@@ -43,6 +44,7 @@ async def get_served(request: Request, state: StateDep) -> AsyncIterator[LoadedM
     leased until the request is answered: a swap or a removal never pulls it away mid-request.
     (An async generator: FastAPI would run a plain one on a worker thread.)"""
     model = served_model(state, request.path_params.get("name"))
+    tracing.annotate(**{"swin.model": model.name})
     with model.leased():
         yield model
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.batcher import (
     Batcher,
     BatcherError,
@@ -76,7 +77,8 @@ async def decode_all(
     for data in bodies:
         t0 = time.perf_counter()
         try:
-            inputs.append(await off_loop(state, decode, data))
+            with tracing.step("decode image", **{"swin.model": model.name}):
+                inputs.append(await off_loop(state, decode, data))
         finally:
             elapsed = time.perf_counter() - t0
             timings.decode_s += elapsed
@@ -88,6 +90,7 @@ async def submit(
     batcher: Batcher, inputs: Sequence[np.ndarray], deadline: float, timings: RequestTimings
 ) -> list[ImageResult]:
     """Run model inputs (each (3, S, S) float32) through the batcher; record where time went."""
+    enqueued = time.monotonic()
     try:
         results = await batcher.submit(inputs, deadline)
     except BatcherError as exc:
@@ -97,4 +100,10 @@ async def submit(
     timings.queue_s = max(r.queue_wait_s for r in results)
     timings.inference_s = max(r.inference_s for r in results)
     timings.batch_size = max(r.batch_size for r in results)
+    tracing.record_queue_wait(
+        enqueued,
+        max(r.started for r in results),
+        [r.run for r in results if r.run is not None],
+        **{"swin.images": len(results), "swin.queue_wait_ms": timings.queue_s * 1e3},
+    )
     return results

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import anyio
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.errors import ApiError, ErrorCode, is_v2_path
-from service.metrics import Metrics, endpoint_label
+from service.metrics import Metrics, endpoint_label, exemplar
 from service.state import RequestSlots, RequestTimings
 
 log = logging.getLogger(__name__)
@@ -159,9 +161,15 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        endpoint = endpoint_label(scope["path"])
+        with tracing.server_span(*_span_of(scope, endpoint)) as span:
+            await self._observe(scope, receive, send, endpoint, span)
+
+    async def _observe(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: str, span: Any
+    ) -> None:
         timings = RequestTimings()
         scope.setdefault("state", {})["timings"] = timings
-        endpoint = endpoint_label(scope["path"])
         started = time.perf_counter()
         response_started = False
 
@@ -170,9 +178,13 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 elapsed = time.perf_counter() - started
+                status = message["status"]
                 MutableHeaders(scope=message).append("Server-Timing", timings.header(elapsed))
-                self.metrics.requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
-                self.metrics.request_latency.labels(endpoint=endpoint).observe(elapsed)
+                self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+                self.metrics.request_latency.labels(endpoint=endpoint).observe(
+                    elapsed, exemplar(tracing.trace_ids())
+                )
+                tracing.set_http_status(span, status)
             await send(message)
 
         try:
@@ -183,9 +195,37 @@ class ObservabilityMiddleware:
                 raise
             self.metrics.rejected(ErrorCode.CLIENT_DISCONNECTED)
             self.metrics.requests.labels(endpoint=endpoint, status="499").inc()
+            tracing.set_http_status(span, 499)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], endpoint)
             if response_started:
                 raise
             error = ApiError(ErrorCode.INTERNAL_ERROR, "internal server error")
             await _answer(error, self.metrics, scope, receive, observed_send)
+
+
+_PROPAGATED = (b"traceparent", b"tracestate", b"baggage")
+
+
+def _span_of(scope: Scope, endpoint: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The server span's name, the caller's trace headers and the span's attributes: the route
+    template, never a path the server does not know (a client's string)."""
+    if tracing.tracer() is None:
+        return "", {}, {}
+    method = scope["method"]
+    carrier = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATED
+    }
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.scheme": scope.get("scheme", "http"),
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    if scope.get("server"):
+        attributes["server.address"], attributes["server.port"] = scope["server"]
+    if endpoint == "other":
+        return method, carrier, attributes
+    attributes["http.route"] = endpoint
+    if endpoint == scope["path"]:  # a templated path holds a client's string: the route says enough
+        attributes["url.path"] = endpoint
+    return f"{method} {endpoint}", carrier, attributes

@@ -15,6 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import tracing
 from service.batcher import ImageResult
 from service.contract import RANDOM_WEIGHTS_WARNING, FeatureName, Manifest
 from service.deps import ServedDep, StateDep, TimingsDep, unavailable
@@ -26,6 +27,7 @@ from service.inference import (
     refuse_if_full,
     submit,
 )
+from service.metrics import OPENMETRICS_CONTENT_TYPE
 from service.models import LoadedModel
 from service.postprocess import pool_feature, softmax, top_k
 from service.schemas import (
@@ -153,18 +155,25 @@ async def classify(
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
     results = await infer_images(request, state, model, timings, deadline)
     labels = manifest.labels
+    with tracing.step("response"):
+        return _classification(model, results, labels, top_k_)
+
+
+def _classification(
+    model: LoadedModel, results: list[ImageResult], labels: tuple[str, ...], k: int
+) -> ClassifyResponse:
     return ClassifyResponse(
         model=model.name,
         results=[
             ImageClassification(
                 predictions=[
                     Prediction(label=labels[i], index=i, score=p)
-                    for i, p in top_k(softmax(r.outputs["logits"]), top_k_)
+                    for i, p in top_k(softmax(r.outputs["logits"]), k)
                 ]
             )
             for r in results
         ],
-        warning=_warning(manifest),
+        warning=_warning(model.engine.manifest),
     )
 
 
@@ -235,6 +244,18 @@ async def features(
     wanted = list(dict.fromkeys(stages))  # de-duplicated, request order kept
     deadline = effective_deadline(state, started, timeout_ms, timeout_header)
     results = await infer_images(request, state, model, timings, deadline)
+    with tracing.step("response"):
+        return await _features_response(request, state, model, wanted, pool, results)
+
+
+async def _features_response(
+    request: Request,
+    state: ServiceState,
+    model: LoadedModel,
+    wanted: list[str],
+    pool: str,
+    results: list[ImageResult],
+) -> Response:
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
         body = await off_loop(state, _features_npz, wanted, pool, results)
         return Response(
@@ -265,6 +286,13 @@ async def readyz(state: StateDep) -> Status:
     return Status(status="ready")
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (OpenMetrics, with trace exemplars, when the scraper asks for it)",
+    response_class=Response,
+)
+async def metrics(request: Request, state: StateDep) -> Response:
+    if "application/openmetrics-text" in request.headers.get("accept", ""):
+        body = state.metrics.render(openmetrics_format=True)
+        return Response(body, media_type=OPENMETRICS_CONTENT_TYPE)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

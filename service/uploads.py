@@ -8,6 +8,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from service import tracing
 from service.errors import ApiError, ErrorCode
 
 
@@ -35,9 +36,11 @@ async def read_image_bodies(request: Request, max_images: int) -> list[bytes]:
     """The raw bytes of each uploaded image, at most ``max_images`` of them (413 past it)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        return await _read_file_parts(request, max_images)
+        with tracing.step("read body"):
+            return await _read_file_parts(request, max_images)
     if media.startswith("image/"):
-        return [await request.body()]
+        with tracing.step("read body"):
+            return [await request.body()]
     raise ApiError(
         ErrorCode.UNSUPPORTED_MEDIA_TYPE,
         f"content type {media or '(none)'!r} not accepted: send multipart/form-data with `file` "

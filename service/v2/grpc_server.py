@@ -22,10 +22,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from service import tracing
 from service.deps import served_model, unavailable
 from service.errors import ApiError, ErrorCode
 from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.lifecycle import DRAIN_ANSWER_MARGIN_S
+from service.metrics import exemplar
 from service.registry import ModelState, not_ready
 from service.state import RequestTimings, ServiceState
 from service.v2 import infer, messages
@@ -93,6 +95,7 @@ class InferenceService:
         started = time.monotonic()
         state = self.state
         model = served_model(state, request.model_name)
+        tracing.annotate(**{"swin.model": model.name})
         check_version(request.model_name, request.model_version)
         refuse_if_full(model.batcher)
         with model.leased():
@@ -104,8 +107,38 @@ class InferenceService:
             finally:
                 total = time.monotonic() - started
                 context.set_trailing_metadata((("server-timing", timings.header(total)),))
-            manifest = model.engine.manifest
-            return await off_loop(state, infer_response, parsed, outputs, warning(manifest))
+            with tracing.step("response"):
+                manifest = model.engine.manifest
+                return await off_loop(state, infer_response, parsed, outputs, warning(manifest))
+
+
+# The codes that make a server span an error, per the semantic conventions for gRPC.
+_SERVER_ERRORS = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+}
+_PROPAGATED = ("traceparent", "tracestate", "baggage")
+
+
+def _span_of(
+    method: str, context: grpc.aio.ServicerContext, port: int | None
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The server span's name, the caller's trace metadata and the span's attributes."""
+    if tracing.tracer() is None:
+        return "", {}, {}
+    carrier = {k: v for k, v in context.invocation_metadata() or () if k in _PROPAGATED}
+    attributes: dict[str, Any] = {
+        "rpc.system": "grpc",
+        "rpc.service": messages.SERVICE,
+        "rpc.method": method,
+    }
+    if port:
+        attributes["server.port"] = port
+    return f"{messages.SERVICE}/{method}", carrier, attributes
 
 
 def _client_timeouts_ms(context: grpc.aio.ServicerContext) -> list[float]:
@@ -209,13 +242,18 @@ class GrpcServer:
         infers = method == "ModelInfer"
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with tracing.server_span(*_span_of(method, context, self.port)) as span:
+                return await call(request, context, span)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext, span: Any) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 if not infers:
                     result = await handler(_parse(parse, request), context)
                 else:  # admitted before its message is read, then parsed off the loop
                     with self._admitted():
-                        raw = await context.read()
+                        with tracing.step("read body"):
+                            raw = await context.read()
                         message = await off_loop(state, _parse, parse, raw)
                         result = await handler(message, context)
                 return build(**result) if isinstance(result, dict) else result
@@ -233,7 +271,10 @@ class GrpcServer:
                 await context.abort(code, "internal server error")
             finally:
                 metrics.grpc_requests.labels(method=method, code=code.name).inc()
-                metrics.grpc_latency.labels(method=method).observe(time.perf_counter() - started)
+                metrics.grpc_latency.labels(method=method).observe(
+                    time.perf_counter() - started, exemplar(tracing.trace_ids())
+                )
+                tracing.set_rpc_status(span, code.value[0], code in _SERVER_ERRORS)
 
         return observed
 

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
+from service import tracing
 from service.deps import ServedDep, StateDep, TimingsDep, unavailable
 from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.models import LoadedModel
@@ -192,14 +193,16 @@ async def _infer(
     started = time.monotonic()
     check_version(name, version)
     refuse_if_full(model.batcher)
-    body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
+    with tracing.step("read body"):
+        body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
     parsed = await off_loop(state, parse_body, body, header_length, name, version)
     del body
     deadline = effective_deadline(state, started, timeout_ms)
     outputs = await infer.run(state, model, parsed, timings, deadline)
-    body, header_length = await off_loop(
-        state, response_body, parsed, outputs, warning(model.engine.manifest)
-    )
+    with tracing.step("response"):
+        body, header_length = await off_loop(
+            state, response_body, parsed, outputs, warning(model.engine.manifest)
+        )
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(header_length)})

@@ -1,0 +1,261 @@
+"""OpenTelemetry traces: a span per request, its steps, and each model run linked to the requests
+it served. Off unless the standard OTEL_* variables turn it on (see ``configure``).
+
+While off, ``tracer()`` is None and every helper here returns before touching OpenTelemetry, so
+tracing costs a None check. While on, spans go through the official SDK's batch processor and
+OTLP exporter; nothing here formats or sends spans itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+
+log = logging.getLogger(__name__)
+
+INSTRUMENTATION = "swin-serve"
+_tracer: trace.Tracer | None = None
+_provider: Any = None  # the SDK's TracerProvider, flushed at exit
+
+
+def tracer() -> trace.Tracer | None:
+    """The tracer, or None while tracing is off."""
+    return _tracer
+
+
+def install(provider: Any) -> None:
+    """Trace through ``provider`` (an SDK TracerProvider); tests give one with an in-memory
+    exporter. The global provider is left alone: OpenTelemetry lets it be set once."""
+    global _tracer, _provider
+    _provider = provider
+    _tracer = provider.get_tracer(INSTRUMENTATION)
+
+
+def uninstall() -> None:
+    global _tracer, _provider
+    _tracer = _provider = None
+
+
+def wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the standard variables ask for traces: an exporter other than none, or an OTLP
+    endpoint; OTEL_SDK_DISABLED=true wins over both."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def configure(environ: Mapping[str, str] = os.environ) -> bool:
+    """Turn tracing on if the OTEL_* variables ask for it; True if on. The SDK itself reads the
+    rest: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG), the
+    exporter's endpoint, headers, timeout and compression, and OTEL_BSP_* for the batching."""
+    if not wanted(environ):
+        return False
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({SERVICE_NAME: INSTRUMENTATION}).merge(Resource.create())
+    provider = TracerProvider(resource=resource)
+    for exporter in _exporters(environ):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    install(provider)
+    log.info(
+        "tracing on: %s (sampler %s)",
+        ", ".join(type(e).__name__ for e in _exporters_seen(provider)),
+        provider.sampler.get_description(),
+    )
+    return True
+
+
+def _exporters(environ: Mapping[str, str]) -> list[Any]:
+    """OTEL_TRACES_EXPORTER's exporters (default otlp), each as the spec names them."""
+    names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    exporters = []
+    for name in filter(None, names):
+        if name == "otlp":
+            exporters.append(_otlp_exporter(environ))
+        elif name == "console":
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            exporters.append(ConsoleSpanExporter())
+        else:
+            log.warning("OTEL_TRACES_EXPORTER=%s is not supported (otlp, console): ignored", name)
+    return exporters
+
+
+def _otlp_exporter(environ: Mapping[str, str]) -> Any:
+    """OTLP over HTTP/protobuf (the spec's default) or gRPC, as OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL says."""
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        if protocol != "http/protobuf":
+            log.warning("OTLP protocol %r is not supported: using http/protobuf", protocol)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter()
+
+
+def _exporters_seen(provider: Any) -> list[Any]:
+    processors = provider._active_span_processor._span_processors
+    return [p.span_exporter for p in processors if hasattr(p, "span_exporter")]
+
+
+def shutdown(timeout_s: float = 2.0) -> None:
+    """Send what is still buffered, for at most ``timeout_s``: an unreachable collector must not
+    hold the exit past the orchestrator's grace period (the exporter would retry for 10 s)."""
+    provider = _provider
+    if provider is None:
+        return
+    uninstall()
+    sender = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    sender.start()
+    sender.join(timeout_s)
+    if sender.is_alive():
+        log.warning("tracing: spans still unsent after %.0f s at exit; dropped", timeout_s)
+
+
+# -- spans -------------------------------------------------------------------------------------
+
+
+def incoming(carrier: Mapping[str, str]) -> otel_context.Context:
+    """The caller's context from its W3C ``traceparent``/``tracestate`` (OTEL_PROPAGATORS)."""
+    return propagate.extract(carrier)
+
+
+@contextlib.contextmanager
+def server_span(
+    name: str, carrier: Mapping[str, str], attributes: dict[str, Any]
+) -> Iterator[Span | None]:
+    """The span of one request (SERVER kind), current for the code it wraps; None while off."""
+    active = _tracer
+    if active is None:
+        yield None
+        return
+    span = active.start_span(
+        name, context=incoming(carrier), kind=SpanKind.SERVER, attributes=attributes
+    )
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
+        yield span
+
+
+@contextlib.contextmanager
+def step(name: str, **attributes: Any) -> Iterator[Span | None]:
+    """A child span of the current one, for one step of a request; None while off."""
+    active = _tracer
+    if active is None:
+        yield None
+        return
+    with active.start_as_current_span(name, attributes=attributes) as span:
+        yield span
+
+
+def annotate(**attributes: Any) -> None:
+    """Add ``attributes`` to the current span (the request's), while tracing."""
+    if _tracer is not None:
+        trace.get_current_span().set_attributes(attributes)
+
+
+def current_context() -> SpanContext | None:
+    """The current span's context, to link a model run to it; None while off or unsampled."""
+    if _tracer is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def start_run(links: list[SpanContext], attributes: dict[str, Any]) -> Span | None:
+    """The span of one model run, linked to the span of every request with an image in it. It
+    has no parent: a batch belongs to several requests, and the links say which."""
+    active = _tracer
+    if active is None:
+        return None
+    unique = list({(c.trace_id, c.span_id): c for c in links}.values())
+    return active.start_span(
+        "model run",
+        context=otel_context.Context(),  # a root: see the docstring
+        kind=SpanKind.INTERNAL,
+        links=[Link(c) for c in unique],
+        attributes=attributes,
+    )
+
+
+def end_run(span: Span | None, error: str | None = None) -> None:
+    if span is None:
+        return
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end()
+
+
+def context_ids(context: SpanContext | None) -> tuple[str, str] | None:
+    """``context``'s trace and span ids in hex, if it is a sampled span's."""
+    if context is None or not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def record_queue_wait(
+    enqueued: float, started: float, runs: list[SpanContext], **attributes: Any
+) -> None:
+    """A span for the time a request's images waited for their batches (``enqueued`` and
+    ``started`` are time.monotonic()), after the fact, linked to the runs that served them: the
+    other direction of the run span's links."""
+    active = _tracer
+    if active is None:
+        return
+    to_epoch = time.time_ns() - time.monotonic_ns()
+    span = active.start_span(
+        "queue",
+        start_time=int(enqueued * 1e9) + to_epoch,
+        links=[Link(c) for c in {(c.trace_id, c.span_id): c for c in runs}.values()],
+        attributes=attributes,
+    )
+    span.end(end_time=int(started * 1e9) + to_epoch)
+
+
+def set_http_status(span: Span | None, status: int) -> None:
+    """``http.response.status_code``; a server span is an error for 5xx only (4xx is the
+    client's, per the semantic conventions)."""
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def set_rpc_status(span: Span | None, code: int, error: bool) -> None:
+    """``rpc.grpc.status_code``; ``error`` for the codes the conventions count as a server's."""
+    if span is None:
+        return
+    span.set_attribute("rpc.grpc.status_code", code)
+    if error:
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def trace_ids() -> tuple[str, str] | None:
+    """The current span's trace and span ids in hex (for log lines and exemplars), if it is a
+    sampled span's."""
+    if _tracer is None:
+        return None
+    return context_ids(trace.get_current_span().get_span_context())
