@@ -100,10 +100,13 @@ async def submit(
     timings.queue_s = max(r.queue_wait_s for r in results)
     timings.inference_s = max(r.inference_s for r in results)
     timings.batch_size = max(r.batch_size for r in results)
-    tracing.record_queue_wait(
-        enqueued,
-        max(r.started for r in results),
-        [r.run for r in results if r.run is not None],
-        **{"swin.images": len(results), "swin.queue_wait_ms": timings.queue_s * 1e3},
-    )
+    if tracing.tracer() is not None:
+        attributes = {
+            "swin.images": len(results),
+            "swin.queue_wait_ms": timings.queue_s * 1e3,
+            "swin.batch_size": timings.batch_size,
+        }
+        tracing.annotate(**attributes)  # the request's own span
+        runs = [r.run for r in results if r.run is not None]
+        tracing.record_queue_wait(enqueued, max(r.started for r in results), runs, **attributes)
     return results
