@@ -21,6 +21,7 @@ from types import FrameType  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from service.app import create_app  # noqa: E402
+from service.logs import configure_logging  # noqa: E402
 from service.server import EXIT_FATAL_DEVICE, DrainingServer, uvicorn_config  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -40,9 +41,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_SETTINGS
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     app = create_app(settings)
     lifecycle = app.state.service.lifecycle
     server = DrainingServer(uvicorn_config(app, settings), lifecycle)

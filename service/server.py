@@ -119,7 +119,11 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
         http=protocol_factory(settings.header_timeout_s),
         lifespan="on",
         log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
+        # uvicorn's loggers go through the server's one handler and format (service.logs), and
+        # its access log stays off: service.access replaces it, with the route template and the
+        # trace ids that uvicorn's line lacks.
+        log_config=None,
+        access_log=False,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         # Past this many open connections (or running requests) uvicorn answers a plain-text 503
         # itself. It sits above max_concurrent_requests (enforced by the settings), so for

@@ -151,6 +151,17 @@ class Settings(BaseSettings):
         "Keep it below the orchestrator's grace period (compose 10 s, Kubernetes 30 s).",
     )
     log_level: LogLevel = Field("info", description="Log level of the server and uvicorn.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log line format: text (time LEVEL logger: message, then the trace and span "
+        "ids while tracing) or json (one object per line, for log collectors).",
+    )
+    access_log: bool = Field(
+        True,
+        description="One line per answered request on logger service.access, with its route "
+        "template, status, duration and trace ids (INFO lines: hidden when SWIN_LOG_LEVEL is "
+        "above info).",
+    )
     # HTTP-level limits: they bound what slow or abusive clients can hold (see docs/reliability.md).
     header_timeout_s: float = Field(
         10.0,
