@@ -45,6 +45,7 @@ async def get_served(request: Request, state: StateDep) -> AsyncIterator[LoadedM
     (An async generator: FastAPI would run a plain one on a worker thread.)"""
     model = served_model(state, request.path_params.get("name"))
     tracing.annotate(**{"swin.model": model.name})
+    request.state.model = model.name  # for the access log line
     with model.leased():
         yield model
 

@@ -143,6 +143,10 @@ def log_access(
         if model is not None:
             fields["model"] = model
         suffix = f" model={model}" if model is not None else ""
+        extra: dict[str, Any] = {"fields": fields}
+        ids = tracing.trace_ids()  # on the record itself, whatever handler takes it
+        if ids is not None:
+            extra["trace_id"], extra["span_id"] = ids
         _access.info(
             "%s %s %s %.1f ms%s",
             method,
@@ -150,5 +154,5 @@ def log_access(
             status,
             duration_ms,
             suffix,
-            extra={"fields": fields},
+            extra=extra,
         )

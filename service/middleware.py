@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import tracing
 from service.errors import ApiError, ErrorCode, is_v2_path
+from service.logs import log_access
 from service.metrics import Metrics, endpoint_label, exemplar
 from service.state import RequestSlots, RequestTimings
 
@@ -185,6 +186,7 @@ class ObservabilityMiddleware:
                     elapsed, exemplar(tracing.trace_ids())
                 )
                 tracing.set_http_status(span, status)
+                self._log(scope, endpoint, status, elapsed)
             await send(message)
 
         try:
@@ -196,12 +198,26 @@ class ObservabilityMiddleware:
             self.metrics.rejected(ErrorCode.CLIENT_DISCONNECTED)
             self.metrics.requests.labels(endpoint=endpoint, status="499").inc()
             tracing.set_http_status(span, 499)
+            self._log(scope, endpoint, 499, time.perf_counter() - started)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], endpoint)
             if response_started:
                 raise
             error = ApiError(ErrorCode.INTERNAL_ERROR, "internal server error")
             await _answer(error, self.metrics, scope, receive, observed_send)
+
+    @staticmethod
+    def _log(scope: Scope, endpoint: str, status: int, elapsed: float) -> None:
+        # While the request's span is current, so that the line carries its ids.
+        model = scope["state"].get("model")
+        log_access(
+            protocol="http",
+            method=scope["method"],
+            route=endpoint,
+            status=status,
+            duration_s=elapsed,
+            model=model,
+        )
 
 
 _PROPAGATED = (b"traceparent", b"tracestate", b"baggage")

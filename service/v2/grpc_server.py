@@ -27,6 +27,7 @@ from service.deps import served_model, unavailable
 from service.errors import ApiError, ErrorCode
 from service.inference import effective_deadline, off_loop, refuse_if_full
 from service.lifecycle import DRAIN_ANSWER_MARGIN_S
+from service.logs import log_access
 from service.metrics import exemplar
 from service.registry import ModelState, not_ready
 from service.state import RequestTimings, ServiceState
@@ -275,6 +276,13 @@ class GrpcServer:
                     time.perf_counter() - started, exemplar(tracing.trace_ids())
                 )
                 tracing.set_rpc_status(span, code.value[0], code in _SERVER_ERRORS)
+                log_access(
+                    protocol="grpc",
+                    method=method,
+                    route=messages.SERVICE,
+                    status=code.name,
+                    duration_s=time.perf_counter() - started,
+                )
 
         return observed
 

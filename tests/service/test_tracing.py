@@ -4,6 +4,7 @@ every request it served, statuses of refused requests, exemplars, gRPC, and trac
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -14,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from service import tracing
+from service.logs import ACCESS_LOGGER
 from service.v2 import messages
 from tests.service.conftest import FakeEngine, image_bytes
 from tests.support import free_port
@@ -227,3 +229,16 @@ def test_configure_builds_the_exporter_the_protocol_names(monkeypatch):
         finally:
             tracing.shutdown(timeout_s=0.5)
     assert tracing.tracer() is None
+
+
+async def test_the_access_log_line_carries_the_ids_of_the_requests_span(
+    make_app, serve, spans, caplog
+):
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        async with serve(make_app()) as client:
+            await client.post("/classify", files={"file": image_bytes()})
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    (server,) = by_name(spans, "POST /classify")
+    assert record.trace_id == format(server.context.trace_id, "032x")
+    assert record.span_id == format(server.context.span_id, "016x")
+    assert record.getMessage().startswith("POST /classify 200 ")
