@@ -53,10 +53,10 @@ DEV_STAMP := $(VENV)/.installed-dev-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test export lint format lock proto bench bench-swap soak docker docker-cpu clean distclean
+.PHONY: help serve test export lint format lock proto bench bench-swap bench-tracing soak docker docker-cpu clean distclean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -134,6 +134,9 @@ bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_A
 
 bench-swap: $(BENCH_STAMP) ## a model swap under load, and memory per model (writes bench/results/swap.*)
 	$(PY) -m bench swap $(BENCH_ARGS)
+
+bench-tracing: $(BENCH_STAMP) ## tracing's cost: c=16 with OpenTelemetry off and on (writes bench/results/tracing.*)
+	$(PY) -m bench tracing $(BENCH_ARGS)
 
 soak: $(BENCH_STAMP) ## long-running load and memory soak test
 	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/

@@ -1,4 +1,5 @@
-"""``python -m bench [all|engine|service|protocols|profile|report|swap] [--quick]``: the benchmark suite.
+"""``python -m bench [all|engine|service|protocols|profile|report|swap|tracing] [--quick]``: the
+benchmark suite.
 
 ``all`` (the default, what ``make bench`` runs) = engine + service (against the naive peer and
 LitServe; ``--peers`` picks fewer) + protocols (``/classify`` against the Open Inference
@@ -11,6 +12,10 @@ machine's section of the benchmarks page (docs/benchmarks.md; other machines' se
 ``swap`` (not part of ``all``) swaps Swin-T in a model repository under load and measures what
 each served model costs in memory (bench.swap); it writes ``swap.json`` and ``swap.md`` and
 leaves ``results.json`` and the report alone.
+
+``tracing`` (not part of ``all``) loads a server with OpenTelemetry tracing off and one tracing
+every request to a local collector, interleaved at c=16, and reports the throughput ratio
+(bench.tracing); it writes ``tracing.json`` and ``tracing.md``.
 """
 
 from __future__ import annotations
@@ -345,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=["all", "engine", "service", "protocols", "profile", "report", "swap"],
+        choices=["all", "engine", "service", "protocols", "profile", "report", "swap", "tracing"],
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few minutes")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -377,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=0,
-        help="protocols: interleaved rounds (0: the mode's, 6 full, 2 quick); swap: swaps "
-        "(0: 6 full, 1 quick)",
+        help="protocols, tracing: interleaved rounds (0: the mode's, 6 full, 2 quick); swap: "
+        "swaps (0: 6 full, 1 quick)",
     )
     parser.add_argument(
         "--no-page",
@@ -484,6 +489,18 @@ def main(argv: list[str] | None = None) -> int:
             rounds=args.rounds,
             server_cpus=server_cpus,
             client_cpus=loadgen_cpus,
+        )
+    if args.what == "tracing":
+        from bench import tracing
+
+        server_cpus, loadgen_cpus, _ = plan_cpus()
+        return tracing.main(
+            out_dir,
+            quick=args.quick,
+            rounds=args.rounds,
+            server_cpus=server_cpus,
+            loadgen_cpus=loadgen_cpus,
+            env=parse_env(args.service_env),
         )
     results_path = out_dir / "results.json"
     results: dict[str, Any] = read_json(results_path) if results_path.exists() else {}

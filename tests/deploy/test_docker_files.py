@@ -411,7 +411,9 @@ def test_compose_grace_period_outlasts_the_drain(compose, settings_cls):
 
 
 def test_compose_environment_is_valid_service_settings(compose, settings_cls):
-    env = compose["services"][SERVICE]["environment"]
+    # OTEL_* variables are the OpenTelemetry SDK's (tests/deploy/test_tracing_deploy.py).
+    environment = compose["services"][SERVICE]["environment"]
+    env = {k: v for k, v in environment.items() if not k.startswith("OTEL_")}
     assert env["SWIN_HOST"] == "0.0.0.0"
     fields = {name.upper() for name in settings_cls.model_fields}
     unknown = [k for k in env if not k.startswith("SWIN_") or k[5:] not in fields]
