@@ -69,7 +69,9 @@ def configure(environ: Mapping[str, str] = os.environ) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    resource = Resource.create({SERVICE_NAME: INSTRUMENTATION}).merge(Resource.create())
+    resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: INSTRUMENTATION}))
     provider = TracerProvider(resource=resource)
     for exporter in _exporters(environ):
         provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -84,7 +86,8 @@ def configure(environ: Mapping[str, str] = os.environ) -> bool:
 
 def _exporters(environ: Mapping[str, str]) -> list[Any]:
     """OTEL_TRACES_EXPORTER's exporters (default otlp), each as the spec names them."""
-    names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    chosen = environ.get("OTEL_TRACES_EXPORTER") or "otlp"  # empty is unset, as the spec says
+    names = [n.strip().lower() for n in chosen.split(",")]
     exporters = []
     for name in filter(None, names):
         if name == "otlp":

@@ -242,3 +242,27 @@ async def test_the_access_log_line_carries_the_ids_of_the_requests_span(
     assert record.trace_id == format(server.context.trace_id, "032x")
     assert record.span_id == format(server.context.span_id, "016x")
     assert record.getMessage().startswith("POST /classify 200 ")
+
+
+@pytest.mark.parametrize(
+    ("environ", "service_name"),
+    [
+        ({}, "swin-serve"),
+        ({"OTEL_SERVICE_NAME": "swin-eu-1"}, "swin-eu-1"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attributes"}, "from-attributes"),
+    ],
+)
+def test_the_service_name_defaults_to_swin_serve(monkeypatch, environ, service_name):
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    # An empty exporter variable is unset: the endpoint alone turns OTLP on.
+    settings = {"OTEL_TRACES_EXPORTER": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    try:
+        assert tracing.configure(settings)
+        provider = tracing._provider
+        assert provider.resource.attributes["service.name"] == service_name
+        assert len(tracing._exporters_seen(provider)) == 1
+    finally:
+        tracing.shutdown(timeout_s=0.5)
