@@ -1,5 +1,5 @@
-"""``python -m bench [all|engine|service|protocols|profile|report|swap|tracing] [--quick]``: the
-benchmark suite.
+"""``python -m bench [all|engine|service|protocols|profile|report|swap|tracing|baseline]
+[--quick]``: the benchmark suite.
 
 ``all`` (the default, what ``make bench`` runs) = engine + service (against the naive peer and
 LitServe; ``--peers`` picks fewer) + protocols (``/classify`` against the Open Inference
@@ -16,6 +16,10 @@ leaves ``results.json`` and the report alone.
 ``tracing`` (not part of ``all``) loads a server with OpenTelemetry tracing off and one tracing
 every request to a local collector, interleaved at c=16, and reports the throughput ratio
 (bench.tracing); it writes ``tracing.json`` and ``tracing.md``.
+
+``baseline --rev REV`` (not part of ``all``) loads this tree's server and the server of git
+revision REV side by side, interleaved at c=16, and reports the throughput ratio (bench.baseline);
+it writes ``baseline.json`` and ``baseline.md``.
 """
 
 from __future__ import annotations
@@ -350,7 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=["all", "engine", "service", "protocols", "profile", "report", "swap", "tracing"],
+        choices=[
+            "all",
+            "engine",
+            "service",
+            "protocols",
+            "profile",
+            "report",
+            "swap",
+            "tracing",
+            "baseline",
+        ],
+    )
+    parser.add_argument(
+        "--rev", default="HEAD~1", help="baseline: the git revision to compare this tree with"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few minutes")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -382,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=0,
-        help="protocols, tracing: interleaved rounds (0: the mode's, 6 full, 2 quick); swap: "
-        "swaps (0: 6 full, 1 quick)",
+        help="protocols, tracing, baseline: interleaved rounds (0: the mode's, 6 full, 2 quick, "
+        "1 quick for baseline); swap: swaps (0: 6 full, 1 quick)",
     )
     parser.add_argument(
         "--no-page",
@@ -489,6 +506,18 @@ def main(argv: list[str] | None = None) -> int:
             rounds=args.rounds,
             server_cpus=server_cpus,
             client_cpus=loadgen_cpus,
+        )
+    if args.what == "baseline":
+        from bench import baseline
+
+        server_cpus, loadgen_cpus, _ = plan_cpus()
+        return baseline.main(
+            out_dir,
+            rev=args.rev,
+            quick=args.quick,
+            rounds=args.rounds,
+            server_cpus=server_cpus,
+            loadgen_cpus=loadgen_cpus,
         )
     if args.what == "tracing":
         from bench import tracing

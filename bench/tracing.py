@@ -47,6 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from bench import span_cost
 from bench.common import (
     RESULTS_DIR,
     SAMPLE_IMAGE,
@@ -495,9 +496,29 @@ def render_markdown(results: dict[str, Any]) -> str:
         "in /metrics: off "
         f"{run['exemplars'][OFF]}, on {run['exemplars'][ON]}.",
     ]
+    lines += span_cost_lines(run.get("span_cost"), modes[OFF]["server_cpu_s_per_request"])
     if run["problems"]:
         lines += ["", "**INVALID:** " + "; ".join(run["problems"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def span_cost_lines(cost: dict[str, Any] | None, cpu_s_per_request: float | None) -> list[str]:
+    """The CPU per request of tracing alone, and its share of what a request costs the server."""
+    if not cost:
+        return []
+    on, off = cost["on"]["cpu_us_per_request"], cost["off"]["cpu_us_per_request"]
+    share = ""
+    if cpu_s_per_request:
+        share = (
+            f": {100 * (on - off) / (cpu_s_per_request * 1e6):.2f} % of the "
+            f"{cpu_s_per_request * 1e3:.0f} ms of server CPU a request takes above"
+        )
+    return [
+        "",
+        f"CPU of one request's tracing, measured alone (`bench.span_cost`, {cost['on']['requests']}"
+        f" requests, OTLP-encoded): on {on:.0f} µs, off {off:.1f} µs per request{share}. "
+        f"{cost['on']['otlp_bytes_per_request']:.0f} bytes of OTLP per request.",
+    ]
 
 
 def main(
@@ -543,6 +564,8 @@ def main(
             loadgen_cpus=loadgen_cpus,
         )
     run["problems"] = problems(run)
+    progress("CPU of one request's spans, measured alone (bench.span_cost)")
+    run["span_cost"] = span_cost.measure(1000 if quick else 5000)
     results = {
         "meta": {
             "started": started_at,

@@ -44,6 +44,7 @@ from bench.tracing import (
     without_inherited_otel,
 )
 from service import tracing as service_tracing
+from service import tracing as tracing_module
 
 
 def export_request(service: str = "swin-serve") -> ExportTraceServiceRequest:
@@ -325,3 +326,23 @@ def test_python_m_bench_tracing_runs_the_tracing_benchmark(monkeypatch, tmp_path
         "loadgen_cpus": [1],
         "env": {"SWIN_MAX_BATCH_SIZE": "8"},
     }
+
+
+def test_span_cost_measures_the_spans_of_a_request_and_nothing_while_off():
+    from bench import span_cost
+
+    on = span_cost.cpu_per_request_us(40, traced=True, batch_size=4)
+    off = span_cost.cpu_per_request_us(40, traced=False, batch_size=4)
+    # server, read body, decode image, queue, response per request; a run per 4 requests
+    assert on["spans"] == 40 * 5 + 10 and on["otlp_bytes_per_request"] > 0
+    assert off["spans"] == 0 and off["otlp_bytes_per_request"] == 0
+    assert tracing_module.tracer() is None  # left as found
+
+
+def test_span_cost_lines_give_the_share_of_a_requests_cpu():
+    cost = {
+        "on": {"cpu_us_per_request": 500.0, "requests": 10, "otlp_bytes_per_request": 800.0},
+        "off": {"cpu_us_per_request": 5.0},
+    }
+    (_, line) = tracing.span_cost_lines(cost, 0.2)
+    assert "on 500 µs, off 5.0 µs" in line and "0.25 % of the 200 ms" in line
