@@ -38,7 +38,7 @@ class TraceIds(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "trace_id", None) is None:
-            ids = tracing.trace_ids()
+            ids = tracing.log_ids()
             record.trace_id, record.span_id = ids if ids else (None, None)
         return True
 
@@ -144,7 +144,7 @@ def log_access(
             fields["model"] = model
         suffix = f" model={model}" if model is not None else ""
         extra: dict[str, Any] = {"fields": fields}
-        ids = tracing.trace_ids()  # on the record itself, whatever handler takes it
+        ids = tracing.log_ids()  # on the record itself, whatever handler takes it
         if ids is not None:
             extra["trace_id"], extra["span_id"] = ids
         _access.info(

@@ -212,7 +212,7 @@ class ObservabilityMiddleware:
         model = scope["state"].get("model")
         log_access(
             protocol="http",
-            method=scope["method"],
+            method=known_method(scope["method"]),
             route=endpoint,
             status=status,
             duration_s=elapsed,
@@ -221,6 +221,15 @@ class ObservabilityMiddleware:
 
 
 _PROPAGATED = (b"traceparent", b"tracestate", b"baggage")
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def known_method(method: str) -> str:
+    """The method, or ``_OTHER`` for one HTTP does not define: h11 takes any token, and a
+    client's made-up token must not become a span name, attribute or log field."""
+    return method if method in _METHODS else "_OTHER"
 
 
 def _span_of(scope: Scope, endpoint: str) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -228,7 +237,7 @@ def _span_of(scope: Scope, endpoint: str) -> tuple[str, dict[str, str], dict[str
     template, never a path the server does not know (a client's string)."""
     if tracing.tracer() is None:
         return "", {}, {}
-    method = scope["method"]
+    method = known_method(scope["method"])
     carrier = {
         k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATED
     }
@@ -239,8 +248,8 @@ def _span_of(scope: Scope, endpoint: str) -> tuple[str, dict[str, str], dict[str
     }
     if scope.get("server"):
         attributes["server.address"], attributes["server.port"] = scope["server"]
-    if endpoint == "other":
-        return method, carrier, attributes
+    if endpoint == "other" or method == "_OTHER":
+        return "HTTP" if method == "_OTHER" else method, carrier, attributes
     attributes["http.route"] = endpoint
     if endpoint == scope["path"]:  # a templated path holds a client's string: the route says enough
         attributes["url.path"] = endpoint

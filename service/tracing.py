@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 INSTRUMENTATION = "swin-serve"
 _tracer: trace.Tracer | None = None
 _provider: Any = None  # the SDK's TracerProvider, flushed at exit
+_propagator: Any = None  # reads a caller's trace context (OTEL_PROPAGATORS)
+exporter_names: list[str] = []  # what configure() set up, for the log and for tests
 
 
 def tracer() -> trace.Tracer | None:
@@ -35,7 +37,8 @@ def tracer() -> trace.Tracer | None:
 def install(provider: Any) -> None:
     """Trace through ``provider`` (an SDK TracerProvider); tests give one with an in-memory
     exporter. The global provider is left alone: OpenTelemetry lets it be set once."""
-    global _tracer, _provider
+    global _tracer, _provider, _propagator
+    _propagator = _propagators()
     _provider = provider
     _tracer = provider.get_tracer(INSTRUMENTATION)
 
@@ -43,6 +46,21 @@ def install(provider: Any) -> None:
 def uninstall() -> None:
     global _tracer, _provider
     _tracer = _provider = None
+
+
+def _propagators() -> Any:
+    """OTEL_PROPAGATORS' propagators; W3C tracecontext and baggage if one cannot be loaded (the
+    SDK raises at import for a name it lacks, such as b3 without its package)."""
+    try:
+        from opentelemetry import propagate
+    except ValueError as exc:
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        log.warning("OTEL_PROPAGATORS: %s; using tracecontext,baggage", exc)
+        return CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+    return propagate.get_global_textmap()
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -72,13 +90,18 @@ def configure(environ: Mapping[str, str] = os.environ) -> bool:
     resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: INSTRUMENTATION}))
+    exporters = _exporters(environ)
+    if not exporters:  # spans made at full cost and sent nowhere: better off
+        log.warning("tracing off: OTEL_TRACES_EXPORTER names no supported exporter")
+        return False
     provider = TracerProvider(resource=resource)
-    for exporter in _exporters(environ):
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     install(provider)
+    exporter_names[:] = [type(e).__name__ for e in exporters]
     log.info(
         "tracing on: %s (sampler %s)",
-        ", ".join(type(e).__name__ for e in _exporters_seen(provider)),
+        ", ".join(exporter_names),
         provider.sampler.get_description(),
     )
     return True
@@ -90,6 +113,8 @@ def _exporters(environ: Mapping[str, str]) -> list[Any]:
     names = [n.strip().lower() for n in chosen.split(",")]
     exporters = []
     for name in filter(None, names):
+        if name == "none":
+            continue
         if name == "otlp":
             exporters.append(_otlp_exporter(environ))
         elif name == "console":
@@ -117,11 +142,6 @@ def _otlp_exporter(environ: Mapping[str, str]) -> Any:
     return OTLPSpanExporter()
 
 
-def _exporters_seen(provider: Any) -> list[Any]:
-    processors = provider._active_span_processor._span_processors
-    return [p.span_exporter for p in processors if hasattr(p, "span_exporter")]
-
-
 def shutdown(timeout_s: float = 2.0) -> None:
     """Send what is still buffered, for at most ``timeout_s``: an unreachable collector must not
     hold the exit past the orchestrator's grace period (the exporter would retry for 10 s)."""
@@ -141,7 +161,7 @@ def shutdown(timeout_s: float = 2.0) -> None:
 
 def incoming(carrier: Mapping[str, str]) -> otel_context.Context:
     """The caller's context from its W3C ``traceparent``/``tracestate`` (OTEL_PROPAGATORS)."""
-    return propagate.extract(carrier)
+    return _propagator.extract(carrier) if _propagator is not None else otel_context.Context()
 
 
 @contextlib.contextmanager
@@ -169,7 +189,10 @@ def step(name: str, **attributes: Any) -> Iterator[Span | None]:
     if active is None:
         yield None
         return
-    with active.start_as_current_span(name, attributes=attributes) as span:
+    # Not an exception's message or trace: a decode error's text comes from the client's bytes.
+    with active.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as span:
         yield span
 
 
@@ -188,15 +211,21 @@ def current_context() -> SpanContext | None:
 
 
 def start_run(links: list[SpanContext], attributes: dict[str, Any]) -> Span | None:
-    """The span of one model run, linked to the span of every request with an image in it. It
-    has no parent: a batch belongs to several requests, and the links say which."""
+    """The span of one model run, linked to the span of every sampled request with an image in
+    it; None when none of them is sampled. It is a child of the first of them, so that the
+    sampler decides it with that request (a root would be sampled on its own, and its links
+    would point at traces that were never kept)."""
     active = _tracer
     if active is None:
         return None
-    unique = list({(c.trace_id, c.span_id): c for c in links}.values())
+    sampled = {(c.trace_id, c.span_id): c for c in links if c.trace_flags.sampled}
+    if not sampled:
+        return None
+    unique = list(sampled.values())
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(unique[0]))
     return active.start_span(
         "model run",
-        context=otel_context.Context(),  # a root: see the docstring
+        context=parent,
         kind=SpanKind.INTERNAL,
         links=[Link(c) for c in unique],
         attributes=attributes,
@@ -257,8 +286,19 @@ def set_rpc_status(span: Span | None, code: int, error: bool) -> None:
 
 
 def trace_ids() -> tuple[str, str] | None:
-    """The current span's trace and span ids in hex (for log lines and exemplars), if it is a
-    sampled span's."""
+    """The current span's trace and span ids in hex, if it is a sampled span's: for exemplars,
+    which must lead to a trace that was kept."""
     if _tracer is None:
         return None
     return context_ids(trace.get_current_span().get_span_context())
+
+
+def log_ids() -> tuple[str, str] | None:
+    """The current span's trace and span ids in hex, sampled or not: a log line's ids still join
+    it to the caller's logs, and to its trace wherever the caller's sampler kept it."""
+    if _tracer is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")

@@ -169,7 +169,7 @@ def test_access_log_never_raises(monkeypatch):
     def broken():
         raise RuntimeError("no tracer state")
 
-    monkeypatch.setattr(tracing, "trace_ids", broken)  # the handler's filter calls it
+    monkeypatch.setattr(tracing, "log_ids", broken)  # the handler's filter calls it
     log_access(protocol="http", method="POST", route="/x", status=200, duration_s=0.01)
     assert buffer.getvalue() == ""
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -12,6 +15,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from service import tracing
@@ -67,7 +71,14 @@ async def test_a_request_is_one_server_span_continuing_the_callers_trace(make_ap
     assert server.attributes["http.response.status_code"] == 200
     assert server.attributes["swin.model"] == "fake_swin_32"
     assert server.status.status_code is StatusCode.UNSET
-    assert children(spans, server) == ["decode image", "queue", "read body", "response"]
+    # The model run is a child too: it is sampled with the first request of its batch.
+    assert children(spans, server) == [
+        "decode image",
+        "model run",
+        "queue",
+        "read body",
+        "response",
+    ]
     (queue,) = by_name(spans, "queue")
     (run,) = by_name(spans, "model run")
     assert [link.context.span_id for link in queue.links] == [run.context.span_id]
@@ -91,7 +102,8 @@ async def test_a_batched_run_is_one_span_linked_to_every_request_it_served(make_
     servers = {s.context.span_id for s in by_name(spans, "POST /classify")}
     linked = {link.context.span_id for link in run.links}
     assert len(linked) == n and linked <= servers
-    assert run.parent is None  # a root: the links, not a parent, say whose it is
+    # A child of one request, so that it is sampled with it; linked to each of them.
+    assert run.parent is not None and run.parent.span_id in linked
     assert run.attributes["swin.model"] == "fake_swin_32"
     assert run.attributes["swin.provider"] == "FakeExecutionProvider"
     back = [
@@ -223,7 +235,8 @@ def test_configure_builds_the_exporter_the_protocol_names(monkeypatch):
         try:
             assert tracing.configure(environ)
             provider = tracing._provider
-            (exporter,) = tracing._exporters_seen(provider)
+            assert tracing.exporter_names == ["OTLPSpanExporter"]
+            (exporter,) = tracing._exporters(environ)
             assert type(exporter).__module__ == module
             assert provider.resource.attributes["service.name"] == "swin-eu-1"
         finally:
@@ -263,6 +276,58 @@ def test_the_service_name_defaults_to_swin_serve(monkeypatch, environ, service_n
         assert tracing.configure(settings)
         provider = tracing._provider
         assert provider.resource.attributes["service.name"] == service_name
-        assert len(tracing._exporters_seen(provider)) == 1
+        assert tracing.exporter_names == ["OTLPSpanExporter"]
     finally:
         tracing.shutdown(timeout_s=0.5)
+
+
+async def test_a_caller_that_did_not_sample_gets_no_spans_and_no_orphan_run(make_app, serve, spans):
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    async with serve(make_app()) as client:
+        answer = await client.post(
+            "/classify", files={"file": image_bytes()}, headers={"traceparent": unsampled}
+        )
+    assert answer.status_code == 200
+    assert spans.get_finished_spans() == ()  # the run too: it would link to nothing kept
+
+
+async def test_with_a_ratio_sampler_every_kept_run_and_link_leads_to_a_kept_request(
+    make_app, serve
+):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        async with serve(make_app(max_batch_size=1)) as client:
+            for _ in range(24):
+                await client.post("/classify", files={"file": image_bytes()})
+    finally:
+        tracing.uninstall()
+    kept = exporter.get_finished_spans()
+    servers = {s.context.span_id for s in kept if s.kind is SpanKind.SERVER}
+    runs = {s.context.span_id for s in kept if s.name == "model run"}
+    assert 0 < len(servers) < 24 and len(runs) == len(servers)
+    for span in kept:
+        if span.name == "model run":
+            assert {link.context.span_id for link in span.links} <= servers
+        if span.name == "queue":
+            assert {link.context.span_id for link in span.links} <= runs
+
+
+async def test_a_method_http_does_not_define_never_names_a_span(make_app, serve, spans):
+    async with serve(make_app()) as client:
+        await client.request("SECRET-TOKEN", "/readyz")
+    (server,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert server.name == "HTTP" and server.attributes["http.request.method"] == "_OTHER"
+
+
+def test_a_propagator_the_sdk_lacks_falls_back_to_w3c_rather_than_crash():
+    code = (
+        "from opentelemetry.sdk.trace import TracerProvider; from service import tracing; "
+        "tracing.install(TracerProvider()); print(type(tracing._propagator).__name__)"
+    )
+    env = {**os.environ, "OTEL_PROPAGATORS": "b3multi"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "CompositePropagator"
