@@ -323,7 +323,8 @@ class Batcher:
         n = len(batch)
         started = time.monotonic()
         for item in batch:
-            self._metrics.queue_wait.observe(started - item.enqueued)
+            wait = started - item.enqueued
+            self._metrics.queue_wait.observe(wait, exemplar(tracing.context_ids(item.request)))
         self._metrics.batch_size.observe(n)
         span = None
         if tracing.tracer() is not None:

@@ -26,6 +26,7 @@ from service.batcher import (
     Overloaded,
 )
 from service.errors import ApiError, ErrorCode
+from service.metrics import exemplar
 from service.models import LoadedModel
 from service.preprocess import decode_image
 from service.state import RequestTimings, ServiceState
@@ -82,7 +83,7 @@ async def decode_all(
         finally:
             elapsed = time.perf_counter() - t0
             timings.decode_s += elapsed
-            decode_time.observe(elapsed)
+            decode_time.observe(elapsed, exemplar(tracing.trace_ids()))
     return inputs
 
 
@@ -94,6 +95,10 @@ async def submit(
     try:
         results = await batcher.submit(inputs, deadline)
     except BatcherError as exc:
+        # The wait still shows in the trace: a deadline passed in the queue is worth seeing.
+        tracing.record_queue_wait(
+            enqueued, time.monotonic(), [], **{"error.type": type(exc).__name__}
+        )
         # By class, subclasses included: a new kind of BatcherError must not become a KeyError.
         code, prefix = next(_SUBMIT_ERRORS[c] for c in type(exc).__mro__ if c in _SUBMIT_ERRORS)
         raise ApiError(code, f"{prefix}{exc}"[:500]) from exc

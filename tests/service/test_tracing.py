@@ -331,3 +331,19 @@ def test_a_propagator_the_sdk_lacks_falls_back_to_w3c_rather_than_crash():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "CompositePropagator"
+
+
+async def test_a_request_whose_deadline_passed_in_the_queue_still_shows_its_wait(
+    make_app, serve, spans
+):
+    engine = FakeEngine(delay_s=0.4)
+    async with serve(make_app(engine, max_batch_size=1, parallel_batches=1)) as client:
+        first = asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
+        await asyncio.sleep(0.05)
+        late = await client.post(
+            "/classify", files={"file": image_bytes()}, headers={"X-Request-Timeout-Ms": "100"}
+        )
+        await first
+    assert late.status_code == 503
+    waits = [q for q in by_name(spans, "queue") if "error.type" in q.attributes]
+    assert [q.attributes["error.type"] for q in waits] == ["DeadlineExceeded"]
