@@ -27,9 +27,9 @@ from bench.common import (
     progress,
     write_json,
 )
-from bench.loadgen import lua_script, run_wrk
+from bench.loadgen import lua_script
 from bench.server import Server
-from bench.service import alone, load_once, running, service_server, summary_line
+from bench.service import load_in_turn, running, service_server, warm_up_each
 
 CONNECTIONS = 16
 FULL = {"rounds": 6, "duration_s": 15.0, "warmup_s": 8.0}
@@ -70,36 +70,19 @@ def compare(
     servers: dict[str, Server], cfg: dict[str, Any], loadgen_cpus: list[int] | None
 ) -> dict[str, Any]:
     """Warm both up, then rounds in alternating order; the ratio is this tree's over the base's."""
-    both = list(servers.values())
     rounds = []
+    load = {"connections": CONNECTIONS, "loadgen_cpus": loadgen_cpus}
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
         script = Path(tmp) / "post_jpeg.lua"
         script.write_text(lua_script(SAMPLE_IMAGE))
-        with running(both):
-            for name, server in servers.items():
-                progress(f"warm-up {name}: c={CONNECTIONS} for {cfg['warmup_s']:g} s")
-                with alone(server, both):
-                    run_wrk(
-                        f"{server.base}/classify",
-                        script,
-                        connections=CONNECTIONS,
-                        duration_s=cfg["warmup_s"],
-                        cpus=loadgen_cpus,
-                    )
-                    server.wait_idle()
+        with running(list(servers.values())):
+            warm_up_each(servers, script, duration_s=cfg["warmup_s"], **load)
             for i in range(cfg["rounds"]):
                 order = ("base", "head") if i % 2 == 0 else ("head", "base")
-                runs = {}
-                for name in order:
-                    with alone(servers[name], both):
-                        runs[name] = load_once(
-                            servers[name],
-                            script,
-                            connections=CONNECTIONS,
-                            duration_s=cfg["duration_s"],
-                            loadgen_cpus=loadgen_cpus,
-                        )
-                    progress(f"round {i + 1}/{cfg['rounds']} {name:<4} {summary_line(runs[name])}")
+                label = f"round {i + 1}/{cfg['rounds']}"
+                runs = load_in_turn(
+                    servers, order, script, duration_s=cfg["duration_s"], label=label, **load
+                )
                 ratio = runs["head"]["throughput_rps"] / runs["base"]["throughput_rps"]
                 rounds.append({"round": i + 1, "order": list(order), "runs": runs, "ratio": ratio})
     ratios = [r["ratio"] for r in rounds]

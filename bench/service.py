@@ -81,10 +81,16 @@ def scrape_histograms(server: Server) -> dict[str, tuple[float, float]]:
         return histogram_totals(r.read().decode())
 
 
-def service_server(model: Path, cpus: list[int] | None, env: dict[str, str]) -> Server:
+def service_server(
+    model: Path | None,
+    cpus: list[int] | None,
+    env: dict[str, str],
+    description: str = "swin-serve (ORT fp32, dynamic batching)",
+) -> Server:
+    """The service on ``model``; with None, ``env`` says what it serves (a repository)."""
     port = free_port()
     full_env = {
-        "SWIN_MODEL_PATH": str(model),
+        **({"SWIN_MODEL_PATH": str(model)} if model is not None else {}),
         "SWIN_HOST": "127.0.0.1",
         "SWIN_PORT": str(port),
         "SWIN_LOG_LEVEL": "warning",
@@ -94,7 +100,7 @@ def service_server(model: Path, cpus: list[int] | None, env: dict[str, str]) -> 
     }
     return Server(
         "service",
-        "swin-serve (ORT fp32, dynamic batching)",
+        description,
         [sys.executable, "-m", "service"],
         full_env,
         port,
@@ -323,6 +329,54 @@ def run_service_benchmark(
         }
         for s in servers
     }
+
+
+def warm_up_each(
+    servers: dict[str, Server],
+    script: Path,
+    *,
+    connections: int,
+    duration_s: float,
+    loadgen_cpus: list[int] | None,
+) -> None:
+    """Load each server alone for ``duration_s`` (the others paused), then wait until it is idle."""
+    every = list(servers.values())
+    for name, server in servers.items():
+        progress(f"warm-up {name}: c={connections} for {duration_s:g} s")
+        with alone(server, every):
+            run_wrk(
+                f"{server.base}/classify",
+                script,
+                connections=connections,
+                duration_s=duration_s,
+                cpus=loadgen_cpus,
+            )
+            server.wait_idle()
+
+
+def load_in_turn(
+    servers: dict[str, Server],
+    order: tuple[str, ...],
+    script: Path,
+    *,
+    connections: int,
+    duration_s: float,
+    loadgen_cpus: list[int] | None,
+    label: str,
+) -> dict[str, dict[str, Any]]:
+    """One round of interleaved runs: each server of ``order`` loaded alone, in that order."""
+    every, runs = list(servers.values()), {}
+    for name in order:
+        with alone(servers[name], every):
+            runs[name] = load_once(
+                servers[name],
+                script,
+                connections=connections,
+                duration_s=duration_s,
+                loadgen_cpus=loadgen_cpus,
+            )
+        progress(f"{label} {name:<4} {summary_line(runs[name])}")
+    return runs
 
 
 def summary_line(r: dict[str, Any]) -> str:

@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import urllib.request
@@ -54,7 +53,8 @@ from bench.common import (
 )
 from bench.models import BenchModels
 from bench.proctree import PeakRss
-from bench.server import Server, free_port
+from bench.server import Server
+from bench.service import scrape_histograms, service_server
 
 FULL = {"rounds": 6, "warmup_s": 8.0, "before_s": 10.0}  # three swaps each way
 QUICK = {"rounds": 1, "warmup_s": 3.0, "before_s": 4.0}
@@ -150,23 +150,8 @@ def medians(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def repository_server(repo: Path, cpus: list[int] | None) -> Server:
-    port = free_port()
-    env = {
-        "SWIN_MODEL_REPOSITORY": str(repo),
-        "SWIN_HOST": "127.0.0.1",
-        "SWIN_PORT": str(port),
-        "SWIN_GRPC_PORT": "0",
-        "SWIN_LOG_LEVEL": "info",  # the load and swap lines
-    }
-    server = Server(
-        "service",
-        "swin-serve, model repository",
-        [sys.executable, "-m", "service"],
-        env,
-        port,
-        cpus,
-        info={"env": {k: v for k, v in env.items() if k not in ("SWIN_PORT",)}},
-    )
+    env = {"SWIN_MODEL_REPOSITORY": str(repo), "SWIN_LOG_LEVEL": "info"}  # the swap lines
+    server = service_server(None, cpus, env, "swin-serve, model repository")
     server.inherit_settings = False  # the defaults, whatever this shell exports
     return server
 
@@ -190,12 +175,6 @@ def models_index(server: Server) -> dict[str, dict[str, Any]]:
     """``/v1/models``: every model's status by name."""
     with urllib.request.urlopen(f"{server.base}/v1/models", timeout=10) as r:
         return {m["name"]: m for m in json.loads(r.read())["models"]}
-
-
-def scrape(server: Server) -> dict[str, tuple[float, float]]:
-    from bench.service import scrape_histograms
-
-    return scrape_histograms(server)
 
 
 def publish(src: Path, repo: Path, name: str) -> Path:
@@ -293,7 +272,7 @@ def swap_round(
     log_before = whole_log(server)
     swapped_before = len(load_times(log_before, NAME, "swapped"))
     unloaded_before = unloads(log_before, NAME)
-    metrics_before = scrape(server)
+    metrics_before = scrape_histograms(server)
     time.sleep(cfg["before_s"])
     rss_before = server.rss_mb()
     with PeakRss(server.proc.pid) as peak:
@@ -311,7 +290,7 @@ def swap_round(
                 break
             time.sleep(POLL_S)
         unloaded_s = time.monotonic() - t_hup
-    metrics_after = scrape(server)
+    metrics_after = scrape_histograms(server)
     log_times = load_times(whole_log(server), NAME, "swapped")[swapped_before:]
     samples = list(load.samples)
     return {

@@ -59,10 +59,10 @@ from bench.common import (
     read_json,
     write_json,
 )
-from bench.loadgen import lua_script, run_wrk
+from bench.loadgen import lua_script
 from bench.protocols import is_clean
 from bench.server import Server, measure_idle
-from bench.service import alone, load_once, running, service_server, summary_line
+from bench.service import load_in_turn, running, service_server, warm_up_each
 
 OFF, ON = "off", "on"
 MODES = (OFF, ON)
@@ -371,34 +371,18 @@ def run_tracing_benchmark(
         script = Path(tmp) / "post_jpeg.lua"
         script.write_text(lua_script(SAMPLE_IMAGE))
         with running(both):
-            for mode, server in servers.items():
-                progress(f"warm-up {mode}: c={connections} for {warmup_s:g} s")
-                with alone(server, both):
-                    run_wrk(
-                        f"{server.base}/classify",
-                        script,
-                        connections=connections,
-                        duration_s=warmup_s,
-                        cpus=loadgen_cpus,
-                    )
-                    server.wait_idle()
+            load = {"connections": connections, "loadgen_cpus": loadgen_cpus}
+            warm_up_each(servers, script, duration_s=warmup_s, **load)
             idle = measure_idle(both, idle_s)
             progress(
                 "idle CPU, % of a core: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in idle.items())
             )
             done = []
             for i in range(rounds):
-                runs = {}
-                for mode in round_order(i):
-                    with alone(servers[mode], both):
-                        runs[mode] = load_once(
-                            servers[mode],
-                            script,
-                            connections=connections,
-                            duration_s=duration_s,
-                            loadgen_cpus=loadgen_cpus,
-                        )
-                    progress(f"round {i + 1}/{rounds} {mode:<3} {summary_line(runs[mode])}")
+                label = f"round {i + 1}/{rounds}"
+                runs = load_in_turn(
+                    servers, round_order(i), script, duration_s=duration_s, label=label, **load
+                )
                 done.append(
                     {
                         "round": i + 1,

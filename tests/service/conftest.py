@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,8 +17,12 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from PIL import Image
 
+from service import tracing
 from service.app import create_app
 from service.contract import Manifest
 from service.engine import EngineError, FatalEngineError
@@ -265,3 +269,15 @@ def pngs() -> Callable[[int], list[bytes]]:
 @pytest.fixture
 def manifest() -> Manifest:
     return tiny_manifest()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for the test, every span sampled and kept in memory; off again after it."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    yield exporter
+    tracing.uninstall()
+    provider.shutdown()

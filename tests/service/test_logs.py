@@ -8,9 +8,6 @@ import logging
 import re
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service import tracing
 from service.logs import ACCESS_LOGGER, UVICORN_LOGGERS, configure_logging, log_access
@@ -36,18 +33,6 @@ def restore_logging():
         lg.setLevel(level)
     for lg, propagate, disabled in flags:
         lg.propagate, lg.disabled = propagate, disabled
-
-
-@pytest.fixture
-def traced():
-    """Tracing on, with finished spans kept in memory."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
-    yield exporter
-    tracing.uninstall()
-    provider.shutdown()
 
 
 def configured(monkeypatch, **env: str) -> io.StringIO:
@@ -124,22 +109,22 @@ def test_access_line_has_the_text_summary_and_the_json_fields(monkeypatch):
     assert {k: line[k] for k in expected} == expected
 
 
-def test_a_line_logged_in_a_span_carries_exactly_that_spans_ids(monkeypatch, traced):
+def test_a_line_logged_in_a_span_carries_exactly_that_spans_ids(monkeypatch, spans):
     buffer = configured(monkeypatch, log_format="json")
     with tracing.tracer().start_as_current_span("POST /classify"):
         log_access(protocol="http", method="POST", route="/classify", status=200, duration_s=0.002)
-    (span,) = traced.get_finished_spans()
+    (span,) = spans.get_finished_spans()
     (line,) = json_lines(buffer)
     assert line["trace_id"] == format(span.context.trace_id, "032x")
     assert line["span_id"] == format(span.context.span_id, "016x")
 
 
-def test_text_lines_in_a_span_end_with_its_ids(monkeypatch, traced):
+def test_text_lines_in_a_span_end_with_its_ids(monkeypatch, spans):
     buffer = configured(monkeypatch)
     with tracing.tracer().start_as_current_span("step"):
         logging.getLogger("service.test").info("inside")
     logging.getLogger("service.test").info("after")
-    (span,) = traced.get_finished_spans()
+    (span,) = spans.get_finished_spans()
     inside, after = buffer.getvalue().splitlines()
     ids = f"trace_id={span.context.trace_id:032x} span_id={span.context.span_id:016x}"
     assert inside.endswith(f"inside {ids}")
