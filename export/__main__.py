@@ -8,18 +8,52 @@ from pathlib import Path
 
 from model import PRESETS
 from model.weights import CHOICES
-from service.contract import RANDOM_WEIGHTS_WARNING
+from service.contract import IMAGENET_MEAN, IMAGENET_STD, RANDOM_WEIGHTS_WARNING
 
 from .checks import PARITY_BATCH_SIZES
 from .graph import DEFAULT_OPSET
 from .pipeline import ExportOptions, ExportResult, run_export
+from .preprocessing import TransformFlags, parse_triple
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     _add_model_arguments(parser)
+    _add_transform_arguments(parser.add_argument_group(TRANSFORM_HELP))
     _add_output_arguments(parser)
     return parser
+
+
+TRANSFORM_HELP = (
+    "input transform (default: the checkpoint's own preprocessor_config.json or timm "
+    "pretrained_cfg, else the official evaluation at the input size; each flag overrides "
+    "that field; docs/export.md#preprocessing)"
+)
+
+
+def _add_transform_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--resize",
+        choices=("crop", "squash"),
+        default=None,
+        help="crop: shorter side to S / crop_pct, then a centre crop; squash: both sides to "
+        "S / crop_pct (aspect not kept), then a centre crop",
+    )
+    group.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="the fraction of the resized image the crop keeps (default 0.875 with crop, "
+        "1 with squash)",
+    )
+    group.add_argument(
+        "--interpolation",
+        choices=("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"),
+        default=None,
+        help="the resize filter (PIL's)",
+    )
+    group.add_argument("--mean", default=None, help="R,G,B after /255, or imagenet")
+    group.add_argument("--std", default=None, help="R,G,B after /255, or imagenet")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,9 +120,23 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_transform(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TransformFlags:
+    if args.crop_pct is not None and not 0.0 < args.crop_pct <= 1.0:
+        parser.error(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+    try:
+        mean = None if args.mean is None else parse_triple(args.mean, IMAGENET_MEAN)
+        std = None if args.std is None else parse_triple(args.std, IMAGENET_STD)
+    except ValueError as exc:
+        parser.error(f"--mean/--std: {exc}")
+    if std is not None and min(std) <= 0:
+        parser.error(f"--std must be positive, got {args.std}")
+    return TransformFlags(args.resize, args.crop_pct, args.interpolation, mean, std)
+
+
 def parse_args(argv: list[str] | None) -> ExportOptions:
     parser = build_parser()
     args = parser.parse_args(argv)
+    transform = parse_transform(parser, args)
     try:
         batch_sizes = tuple(int(b) for b in args.parity_batch_sizes.split(","))
     except ValueError:
@@ -109,6 +157,7 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
         triton_repo=args.triton_repo,
         parity_batch_sizes=batch_sizes,
         seed=args.seed,
+        transform=transform,
     )
 
 
@@ -129,6 +178,7 @@ def summary(result: ExportResult) -> str:
         "  outputs:  " + "  ".join(f"{k} {list(v)}" for k, v in info.outputs.items()),
         f"  labels:   {len(info.labels)} ({', '.join(info.labels[:3])}"
         f"{', ...' if len(info.labels) > 3 else ''}) from {info.labels_source}",
+        f"  input:    {info.preprocess.describe()}\n            from {info.preprocessing_source}",
         f"  parity:   PASS, worst {worst['rel_diff']:.2e} ({worst_name}) <= {parity['tolerance']:g}, batch {parity['batch_sizes']} (traced at {parity['trace_batch_size']})",
         f"  startup:  {startup['preoptimized_s']:.2f} s pre-optimised vs {startup['raw_graph_s']:.2f} s raw graph",
     ]

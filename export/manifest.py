@@ -16,14 +16,12 @@ import onnx
 
 from model import SwinConfig, class_labels
 from service.contract import (
-    CROP_PCT,
     FORMAT_VERSION,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     INPUT_NAME,
     MANIFEST_KEY,
     OUTPUT_NAMES,
     Manifest,
+    PreprocessSpec,
     WeightsRecord,
     manifest_from_metadata,
     parse_manifest,
@@ -52,12 +50,14 @@ def build_manifest(
     exporter: dict[str, Any],
     labels: tuple[str, ...] | None = None,
     labels_source: str | None = None,
+    preprocess: PreprocessSpec,
+    preprocessing_source: str,
 ) -> Manifest:
     """The manifest of an fp32 export; `labels` default to the shipped names for the head."""
     size = config.img_size
     return Manifest.model_validate(
         {
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if preprocess.is_version_1() else FORMAT_VERSION,
             "name": name,
             "variant": variant,
             "precision": "fp32",
@@ -68,17 +68,8 @@ def build_manifest(
                 "shape": ["batch", config.in_chans, size, size],
             },
             "outputs": output_shapes(config),
-            "preprocess": {
-                "resize_shorter": int(size / CROP_PCT),
-                "crop_size": size,
-                "crop_pct": CROP_PCT,
-                "interpolation": "bicubic",
-                "mean": IMAGENET_MEAN,
-                "std": IMAGENET_STD,
-                "color": "RGB",
-                "layout": "NCHW",
-                "scale": 255.0,
-            },
+            "preprocess": preprocess.model_dump(),
+            "preprocessing_source": preprocessing_source,
             "labels": labels if labels is not None else class_labels(config.num_classes),
             **({"labels_source": labels_source} if labels_source else {}),
             "weights": weights,

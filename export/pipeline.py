@@ -30,6 +30,7 @@ from service.sessions import cpu_session
 from . import checks, golden, manifest, optimize, triton, variants
 from .graph import DEFAULT_OPSET, TRACE_BATCH, save_atomically, trace_to_onnx
 from .labels import Head, decide_head, huggingface_labels
+from .preprocessing import Transform, TransformFlags, decide_transform
 from .progress import Progress
 
 VARIANT_CHECK_BATCH = 16
@@ -50,6 +51,7 @@ class ExportOptions:
     triton_repo: Path | None = None
     parity_batch_sizes: tuple[int, ...] = checks.PARITY_BATCH_SIZES
     seed: int = 0
+    transform: TransformFlags = field(default_factory=TransformFlags)
 
 
 @dataclass
@@ -150,6 +152,7 @@ def artefact_name(options: ExportOptions, config: SwinConfig) -> str:
 def _load_weights(work: _Work) -> None:
     options = work.options
     head = _decide_head(options)
+    transform = _decide_transform(options, work.config.img_size)
     work.config = get_config(
         options.variant, num_classes=head.num_classes, img_size=options.img_size
     )
@@ -172,6 +175,8 @@ def _load_weights(work: _Work) -> None:
         exporter=_exporter_info(options.opset),
         labels=head.labels,
         labels_source=head.labels_source,
+        preprocess=transform.spec,
+        preprocessing_source=transform.source,
     )
 
 
@@ -188,6 +193,11 @@ def _decide_head(options: ExportOptions) -> Head:
             huggingface_labels(options.checkpoint) if local and options.labels is None else None
         ),
     )
+
+
+def _decide_transform(options: ExportOptions, size: int) -> Transform:
+    # Read before any weight is loaded, so a transform that cannot be served fails at once.
+    return decide_transform(options.checkpoint, size, options.transform)
 
 
 def _trace(work: _Work) -> None:
@@ -235,10 +245,11 @@ def _verify(work: _Work) -> None:
 
 
 def _record_golden(work: _Work) -> None:
-    assert work.model is not None and work.session is not None
-    work.golden_text = golden.record(work.model)
+    assert work.model is not None and work.session is not None and work.manifest is not None
+    spec = work.manifest.preprocess
+    work.golden_text = golden.record(work.model, spec)
     summary = golden.summary(work.golden_text)
-    summary["export_check"] = golden.check(work.session, work.golden_text, "fp32")
+    summary["export_check"] = golden.check(work.session, work.golden_text, "fp32", spec)
     work.record(golden=summary)
 
 
@@ -277,7 +288,9 @@ def _write_variant(precision: str, work: _Work) -> None:
         "agreement": agreement,
         "golden": {
             **(work.manifest.golden or {}),
-            "export_check": golden.check(session, work.golden_text, precision),
+            "export_check": golden.check(
+                session, work.golden_text, precision, work.manifest.preprocess
+            ),
         },
     }
     if precision == "int8":

@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 MANIFEST_KEY = "swin.manifest"
 GOLDEN_KEY = "swin.golden"  # the golden answers of the start-up self-check (service/selfcheck.py)
-FORMAT_VERSION = 1
+# 2: a transform that a version-1 server would misread (it knows neither resize_mode nor
+# crop_offset nor the box and hamming filters). An export that needs none of them still writes 1,
+# so older servers keep reading it; one that does writes 2, which they refuse rather than serve
+# with the wrong transform.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 
 INPUT_NAME = "pixel_values"
 # ``stage1..stage4`` are (C_i, H_i, W_i) maps, ``embedding`` the pooled (C_4,) vector.
@@ -23,7 +28,9 @@ FEATURE_NAMES = ("stage1", "stage2", "stage3", "stage4", "embedding")
 OUTPUT_NAMES = ("logits", "embedding", "stage1", "stage2", "stage3", "stage4")  # graph order
 FeatureName = Literal[FEATURE_NAMES]  # type: ignore[valid-type]  # one spelling of the names
 
-CROP_PCT = 0.875  # the official evaluation: resize to size / 0.875, then center-crop
+# The official evaluation of the 224 checkpoints (TEST.CROP: True): resize the shorter side to
+# int(size / 0.875), then centre-crop. Its 384 checkpoints are evaluated uncropped (a squash).
+CROP_PCT = 0.875
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,12 +68,29 @@ class InputSpec(_Part):
 
 
 class PreprocessSpec(_Part):
-    """The official eval transform: resize shorter side, center crop, /scale, (x - mean) / std."""
+    """The whole input transform; service/preprocess.py implements it, docs/export.md explains it.
+
+    - ``resize_mode`` "crop": the shorter side to ``resize_shorter`` (aspect kept, the longer side
+      truncated), then a centre crop of ``crop_size`` (torchvision's and timm's eval, the official
+      224 evaluation, HF's ``shortest_edge`` + ``center_crop``).
+    - ``resize_mode`` "squash": both sides to ``resize_shorter`` (aspect not kept), then a centre
+      crop of ``crop_size``, a no-op when the two are equal (HF's ``{height, width}``, the official
+      384 evaluation, timm's ``crop_mode="squash"``).
+    - ``crop_offset``: where a centre crop starts, "round" ``round((size - crop) / 2)`` as
+      torchvision, or "floor" ``(size - crop) // 2`` as transformers' ``center_crop``.
+    - Then ``x / scale``, ``(x - mean) / std``, HWC -> CHW.
+
+    Manifests written before ``resize_mode`` existed describe the crop mode, and read as it.
+    """
 
     resize_shorter: int = Field(gt=0)
     crop_size: int = Field(gt=0)
     crop_pct: float = Field(gt=0.0, le=1.0)
-    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos"] = "bicubic"
+    resize_mode: Literal["crop", "squash"] = "crop"
+    crop_offset: Literal["round", "floor"] = "round"
+    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"] = (
+        "bicubic"
+    )
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     color: Literal["RGB"] = "RGB"
@@ -80,6 +104,28 @@ class PreprocessSpec(_Part):
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
         return self
+
+    def is_version_1(self) -> bool:
+        """What a version-1 manifest could state: the shorter side, torchvision's crop offsets,
+        and the four filters it knew."""
+        old_filters = ("bicubic", "bilinear", "nearest", "lanczos")
+        return (
+            self.resize_mode == "crop"
+            and self.crop_offset == "round"
+            and self.interpolation in old_filters
+        )
+
+    def describe(self) -> str:
+        """One line for people: what happens to an image before the model sees it."""
+        r, s = self.resize_shorter, self.crop_size
+        if self.resize_mode == "squash":
+            steps = f"resize to {r}x{r} (aspect not kept)"
+            steps += f", centre crop {s}" if r != s else ""
+        else:
+            steps = f"resize shorter side to {r}, centre crop {s}"
+        mean = ", ".join(f"{v:g}" for v in self.mean)
+        std = ", ".join(f"{v:g}" for v in self.std)
+        return f"{steps} ({self.interpolation}), /{self.scale:g}, mean ({mean}), std ({std})"
 
 
 class WeightsInfo(BaseModel):
@@ -116,6 +162,7 @@ class Manifest(_Part):
     preprocess: PreprocessSpec
     labels: tuple[str, ...]
     labels_source: str | None = None  # where the exporter found the names
+    preprocessing_source: str | None = None  # where the exporter found the transform
     weights: WeightsRecord
     exporter: dict[str, Any] = Field(default_factory=dict)
     created: str | None = None
@@ -128,11 +175,13 @@ class Manifest(_Part):
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in READ_VERSIONS:
             raise ValueError(
                 f"unsupported format_version {self.format_version} "
-                f"(this server reads {FORMAT_VERSION})"
+                f"(this server reads {', '.join(map(str, READ_VERSIONS))})"
             )
+        if self.format_version < FORMAT_VERSION and not self.preprocess.is_version_1():
+            raise ValueError("a format_version 1 manifest cannot state this transform")
         if len(self.labels) != self.config.num_classes:
             raise ValueError(f"{len(self.labels)} labels for num_classes={self.config.num_classes}")
         missing = set(OUTPUT_NAMES) - set(self.outputs)

@@ -1,9 +1,11 @@
-"""Image bytes -> model input, exactly as the official Swin evaluation (timm/torchvision eval):
+"""Image bytes -> model input, by the transform the model's manifest states (``PreprocessSpec``):
 
-    resize shorter side to ``resize_shorter`` (= int(crop / crop_pct)) with bicubic,
-    center crop ``crop_size``, divide by ``scale`` (255), normalise with mean/std, HWC -> CHW.
+    resize (the shorter side, or both sides: ``resize_mode``) to ``resize_shorter`` with the
+    manifest's filter, centre crop ``crop_size``, divide by ``scale``, normalise, HWC -> CHW.
 
-All parameters come from the model's manifest. Runs in a worker thread, never on the event loop.
+Each step is the same Pillow or NumPy call that torchvision, timm and transformers' PIL image
+processors make, so the tensor equals theirs (tests/service/test_preprocess_frameworks.py).
+Runs in a worker thread, never on the event loop.
 Bad input raises ApiError (400/413/415); nothing here can produce a 5xx for any byte string.
 """
 
@@ -82,6 +84,8 @@ _RESAMPLING: Final = {
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
 
 
@@ -215,17 +219,29 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return int(shorter * width / height), shorter
 
 
-def center_crop_offsets(width: int, height: int, crop: int) -> tuple[int, int]:
-    """torchvision ``CenterCrop``: (left, top) = round((size - crop) / 2)."""
+def center_crop_offsets(width: int, height: int, crop: int, rule: str = "round") -> tuple[int, int]:
+    """(left, top) of a centre crop: torchvision's ``round((size - crop) / 2)``, or with
+    ``rule="floor"`` transformers' ``(size - crop) // 2``; they differ when size - crop is odd."""
+    if rule == "floor":
+        return (width - crop) // 2, (height - crop) // 2
     return round((width - crop) / 2.0), round((height - crop) / 2.0)
+
+
+def resize_plan(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top): the size the image is resized to and where the crop starts."""
+    if spec.resize_mode == "squash":
+        new_w = new_h = spec.resize_shorter
+    else:
+        new_w, new_h = resized_size(width, height, spec.resize_shorter)
+    left, top = center_crop_offsets(new_w, new_h, spec.crop_size, spec.crop_offset)
+    return new_w, new_h, left, top
 
 
 def to_model_input(rgb: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """8-bit RGB image -> float32 (3, S, S): resize, center crop, scale, normalise."""
     crop = spec.crop_size
     resample = _RESAMPLING[spec.interpolation]
-    new_w, new_h = resized_size(rgb.width, rgb.height, spec.resize_shorter)
-    left, top = center_crop_offsets(new_w, new_h, crop)
+    new_w, new_h, left, top = resize_plan(rgb.width, rgb.height, spec)
     if new_w * new_h > _BOX_RESIZE_FACTOR * crop * crop:
         # Resample only the region that survives the crop. Same filter, same scale factor and the
         # same source coordinates as a full resize followed by the crop, so the values agree to
@@ -236,7 +252,7 @@ def to_model_input(rgb: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     else:
         resized = np.asarray(rgb.resize((new_w, new_h), resample))  # new_h, new_w, 3 uint8
         cropped = resized[top : top + crop, left : left + crop]  # S, S, 3
-    x = cropped.astype(np.float32) * np.float32(1.0 / spec.scale)  # S, S, 3 in [0, 1]
+    x = cropped.astype(np.float32) * np.float32(1.0 / spec.scale)  # S, S, 3
     x -= np.asarray(spec.mean, dtype=np.float32)
     x /= np.asarray(spec.std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # 3, S, S

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from export import checks, manifest
 from export.__main__ import main as export_main
 from export.graph import TRACE_BATCH
+from export.preprocessing import TransformFlags, decide_transform
 from export.variants import FP16_KEEP_FP32
 from export.verify import main as verify_main
 from export.verify import rebuild_reference
@@ -83,6 +84,7 @@ def test_manifest_round_trips_through_the_onnx_metadata_and_the_json_report(tiny
     assert len(stored["labels"]) == stored["config"]["num_classes"] == 1000
     assert stored["labels"][0] == "tench"
     assert stored["preprocess"]["resize_shorter"] == int(64 / 0.875) == 73
+    assert stored["format_version"] == 1  # a crop: what older servers read correctly
     assert stored["weights"]["random"] is True and "RANDOM" in stored["weights"]["warning"]
     assert stored["exporter"]["opset"] == 18 and stored["exporter"]["torch"].startswith("2.13")
     assert stored["outputs"]["stage2"] == ["batch", 48, 8, 8]
@@ -95,6 +97,8 @@ def test_labels_follow_the_head_size():
         config=get_config(MICRO, num_classes=21841),
         weights=WeightsRecord(source="random", random=True, seed=0),
         exporter={},
+        preprocess=decide_transform("random", 64, TransformFlags()).spec,
+        preprocessing_source="the official evaluation",
     )
     assert len(info.labels) == 21841
 

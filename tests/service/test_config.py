@@ -124,7 +124,8 @@ def test_missing_manifest_says_what_to_do():
     [
         lambda d: d["labels"].pop(),  # labels != num_classes
         lambda d: d["outputs"].pop("stage3"),
-        lambda d: d.update(format_version=2),
+        lambda d: d.update(format_version=3),
+        lambda d: d["preprocess"].update(resize_mode="squash"),  # version 1 cannot say it
         lambda d: d["preprocess"].update(resize_shorter=10),
     ],
 )
