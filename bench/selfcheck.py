@@ -3,7 +3,9 @@
 For each artefact: the time to open it (ONNX Runtime session and manifest, as the server does),
 and the time of the self-check itself, the median of ``--reps`` runs after one unmeasured run
 (the first run of a fresh session also pays for its allocations; the server's self-check is
-that first run, so both are reported). Single-threaded ONNX Runtime unless ``--threads``.
+that first run, so both are reported), and the golden preprocessing check's own share (one
+decode and transform of the stored image; Pillow's, so ``--threads`` does not change it).
+Single-threaded ONNX Runtime unless ``--threads``.
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ def measure(path: Path, reps: int, threads: int) -> dict[str, float | str]:
     engine = OnnxEngine.load(Settings(model_path=path, providers="cpu", intra_op_threads=threads))
     load_ms = (time.perf_counter() - start) * 1e3
 
-    def check() -> float:
+    def check() -> tuple[float, float | None]:
         report = check_engine(engine)
         assert report.status == "passed", report
-        return report.took_ms
+        pre = report.preprocess
+        return report.took_ms, pre.took_ms if pre and pre.status == "passed" else None
 
-    first = check()
+    first, first_pre = check()
     warm = [check() for _ in range(reps)]
+    pre_warm = [p for _, p in warm if p is not None]
     return {
         "precision": engine.manifest.precision,
         "open_ms": round(load_ms, 1),
         "self_check_first_ms": round(first, 1),
-        "self_check_warm_median_ms": round(statistics.median(warm), 1),
+        "self_check_warm_median_ms": round(statistics.median(t for t, _ in warm), 1),
+        "preprocess_check_first_ms": first_pre,
+        "preprocess_check_warm_median_ms": (
+            round(statistics.median(pre_warm), 1) if pre_warm else None
+        ),
     }
 
 

@@ -11,10 +11,12 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
+from PIL import Image
 
 from model import SwinTransformer
-from service.contract import GOLDEN_KEY
+from service.contract import GOLDEN_KEY, PreprocessSpec
 from service.cpu import cpu_features
+from service.preprocess_check import golden_image, transform
 from service.selfcheck import (
     Golden,
     encode_golden,
@@ -27,11 +29,14 @@ from .checks import CheckFailed, run_session
 from .graph import reference_outputs
 
 
-def record(model: SwinTransformer) -> str:
-    """The golden inputs and the PyTorch fp32 outputs for them, encoded for the metadata."""
+def record(model: SwinTransformer, spec: PreprocessSpec) -> str:
+    """The golden inputs and the PyTorch fp32 outputs for them, and the golden image with the
+    tensor ``spec`` makes of it, encoded for the metadata."""
     x = golden_inputs(model.config.img_size)
     outputs = reference_outputs(model, torch.from_numpy(x))
-    return encode_golden(Golden(x, {k: v.numpy() for k, v in outputs.items()}))
+    image = golden_image(spec.crop_size)
+    answers = {k: v.numpy() for k, v in outputs.items()}
+    return encode_golden(Golden(x, answers, image, transform(image, spec), Image.__version__))
 
 
 def summary(golden_text: str) -> dict[str, Any]:
@@ -44,7 +49,9 @@ def summary(golden_text: str) -> dict[str, Any]:
     }
 
 
-def check(session: ort.InferenceSession, golden_text: str, precision: str) -> dict[str, Any]:
+def check(
+    session: ort.InferenceSession, golden_text: str, precision: str, spec: PreprocessSpec
+) -> dict[str, Any]:
     """The self-check the server will run, run here on the CPU; raises CheckFailed on failure."""
     report = run_self_check(
         lambda x: run_session(session, x),
@@ -52,6 +59,7 @@ def check(session: ort.InferenceSession, golden_text: str, precision: str) -> di
         precision=precision,
         provider="CPUExecutionProvider",
         cpu=cpu_features(),
+        spec=spec,
     )
     if report.status != "passed":
         raise CheckFailed(report.failure_message(f"the {precision} model"))

@@ -128,13 +128,24 @@ def self_check(engine: Engine, source: object) -> SelfCheckReport:
     else:
         bounds = {k: v for k, v in asdict(report.tolerance).items() if v is not None}
         log.info(
-            "%s: golden self-check passed: %d inputs, every output within %s, in %.0f ms",
+            "%s: golden self-check passed: %d inputs, every output within %s, in %.0f ms; %s",
             source,
             report.inputs,
             bounds,
             report.took_ms,
+            _preprocessing_line(report),
         )
     return report
+
+
+def _preprocessing_line(report: SelfCheckReport) -> str:
+    pre = report.preprocess
+    if pre is None or pre.status == "skipped":
+        return f"preprocessing not checked ({pre.reason if pre else 'no transform given'})"
+    return (
+        f"preprocessing of the golden {pre.image} within {pre.max_levels:.2g} grey levels "
+        f"(bound {pre.bound_levels:g}), in {pre.took_ms:.0f} ms"
+    )
 
 
 def announce(engine: Engine, name: str) -> None:

@@ -17,6 +17,9 @@ Each output gets three scores against the fp32 answer (``compare``); each precis
   cannot see, such as weights multiplied after export.
 - int8: cosine >= 0.99 and scale within 2%, the same reasoning with dynamic int8's coarser
   rounding. A kernel that saturates falls well below the cosine bound.
+
+The same metadata carries one golden image and the tensor its transform gave at export; the
+server's preprocessing is checked on it too (service/preprocess_check.py).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.contract import GOLDEN_KEY
+from service.contract import GOLDEN_KEY, PreprocessSpec
 from service.cpu import cpu_features
+from service.preprocess_check import PreprocessCheck, check_preprocessing
 
 GOLDEN_COUNT = 2  # a batch of two: the batch axis is exercised too
 _COARSE = 8  # the golden images are smooth blobs over an 8x8 grid, plus fine noise
@@ -84,6 +88,9 @@ def tolerance_for(precision: str, provider: str) -> Tolerance:
 class Golden:
     inputs: np.ndarray  # float32 (G, 3, S, S)
     outputs: dict[str, np.ndarray]  # name -> float32 (G, ...)
+    image: bytes | None = None  # an encoded image (service/preprocess_check.py)
+    pixels: np.ndarray | None = None  # float32 (3, S, S): what the transform made of it
+    pillow: str | None = None  # the Pillow that made ``pixels``
 
 
 def golden_inputs(size: int, count: int = GOLDEN_COUNT, seed: int = 0) -> np.ndarray:
@@ -101,10 +108,16 @@ def golden_inputs(size: int, count: int = GOLDEN_COUNT, seed: int = 0) -> np.nda
 
 def encode_golden(golden: Golden) -> str:
     buffer = io.BytesIO()
+    extra: dict[str, np.ndarray] = {}
+    if golden.image is not None and golden.pixels is not None:
+        extra["pre_image"] = np.frombuffer(golden.image, dtype=np.uint8)
+        extra["pre_pixels"] = golden.pixels.astype(np.float32)
+        extra["pre_pillow"] = np.array(golden.pillow or "unknown")
     np.savez_compressed(
         buffer,
         inputs=golden.inputs.astype(np.float16),
         **{f"out_{k}": v.astype(np.float32) for k, v in golden.outputs.items()},
+        **extra,
     )
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -112,7 +125,15 @@ def encode_golden(golden: Golden) -> str:
 def decode_golden(text: str) -> Golden:
     with np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False) as npz:
         outputs = {k.removeprefix("out_"): npz[k] for k in npz.files if k.startswith("out_")}
-        return Golden(npz["inputs"].astype(np.float32), outputs)
+        if "pre_image" not in npz.files:
+            return Golden(npz["inputs"].astype(np.float32), outputs)
+        return Golden(
+            npz["inputs"].astype(np.float32),
+            outputs,
+            npz["pre_image"].tobytes(),
+            npz["pre_pixels"],
+            str(npz["pre_pillow"]),
+        )
 
 
 def golden_digest(text: str) -> str:
@@ -153,11 +174,14 @@ class SelfCheckReport:
     inputs: int = 0
     took_ms: float = 0.0
     reason: str | None = None
+    preprocess: PreprocessCheck | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def failure_message(self, source: str) -> str:
+        if self.preprocess is not None and self.preprocess.status == "failed":
+            return f"{source}: the golden self-check failed: {self.preprocess.failure()}"
         broken = "; ".join(
             f"output {name!r}: {', '.join(found)}" for name, found in (self.failures or {}).items()
         )
@@ -176,8 +200,10 @@ def run_self_check(
     precision: str,
     provider: str,
     cpu: dict[str, bool | None],
+    spec: PreprocessSpec | None = None,
 ) -> SelfCheckReport:
-    """Run the golden inputs through ``run`` and compare; the report says pass or fail.
+    """Run the golden inputs through ``run`` and compare, and, given the model's transform
+    ``spec``, the golden image through it; the report says pass or fail.
 
     Raises SelfCheckFailed when the golden answers cannot be read or do not fit the model.
     """
@@ -191,6 +217,11 @@ def run_self_check(
     took_ms = (time.perf_counter() - start) * 1e3
     scores = compare(golden.outputs, got)
     failures = {n: found for n, v in scores.items() if (found := tolerance.violations(v))}
+    pre = None
+    if spec is not None:
+        pre = check_preprocessing(golden.image, golden.pixels, spec, golden.pillow)
+        if pre.status == "failed":
+            failures["preprocessing"] = [pre.failure()]
     return SelfCheckReport(
         "failed" if failures else "passed",
         precision,
@@ -201,6 +232,7 @@ def run_self_check(
         failures=failures,
         inputs=len(golden.inputs),
         took_ms=round(took_ms, 1),
+        preprocess=pre,
     )
 
 
@@ -212,6 +244,7 @@ def check_engine(engine: Any) -> SelfCheckReport:
         precision=engine.manifest.precision,
         provider=engine.provider,
         cpu=cpu_features(),
+        spec=engine.manifest.preprocess,
     )
 
 

@@ -6,6 +6,7 @@ file exit codes and messages: tests/service/test_config.py.)
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ import httpx
 import onnx
 import pytest
 from onnx import numpy_helper
+
+from service.contract import MANIFEST_KEY
 
 
 def test_a_failing_model_run_fails_only_its_batch(start_server, jpeg):
@@ -72,7 +75,23 @@ def _weights_changed(source: Path, dest: Path) -> str:
     return "the golden self-check failed (fp32 on CPUExecutionProvider): output 'logits'"
 
 
-@pytest.mark.parametrize("damage", [_truncated, _weights_changed], ids=["corrupt", "tampered"])
+def _transform_changed(source: Path, dest: Path) -> str:
+    # The manifest's resize filter changed after export, the golden image and its tensor kept:
+    # what a transform bug or a Pillow that resamples differently looks like from the server.
+    proto = onnx.load(source)
+    entry = next(p for p in proto.metadata_props if p.key == MANIFEST_KEY)
+    info = json.loads(entry.value)
+    info["preprocess"]["interpolation"] = "bilinear"
+    entry.value = json.dumps(info)
+    onnx.save(proto, dest)
+    return "the golden self-check failed: preprocessing: the stored PNG"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_truncated, _weights_changed, _transform_changed],
+    ids=["corrupt", "tampered", "transform"],
+)
 def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_path, helpers, damage):
     damaged = tmp_path / "damaged.onnx"
     expected_message = damage(tiny_model_path, damaged)
