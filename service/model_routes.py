@@ -68,6 +68,7 @@ def model_card(state: ServiceState, entry: ModelEntry, model: LoadedModel) -> Mo
         warning=RANDOM_WEIGHTS_WARNING if manifest.weights.random else None,
         outputs={k: list(v) for k, v in manifest.outputs.items()},
         preprocess=manifest.preprocess.model_dump(),
+        preprocessing_source=manifest.preprocessing_source,
         parity=manifest.parity,
         exporter=manifest.exporter,
         self_check=model.self_check.as_dict(),

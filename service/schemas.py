@@ -85,6 +85,12 @@ class SelfCheckInfo(BaseModel):
     inputs: int = 0
     took_ms: float = 0.0
     reason: str | None = None
+    preprocess: dict[str, Any] | None = Field(
+        None,
+        description="The golden image through this server's preprocessing against the "
+        "exporter's tensor: status, max_levels (worst difference in 8-bit grey levels), "
+        "bound_levels, the two Pillow versions, took_ms",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -103,7 +109,15 @@ class ModelInfo(BaseModel):
     weights: WeightsInfo
     warning: str | None = Field(None, description="Loud notice when the weights are random")
     outputs: dict[str, list[int | str]]
-    preprocess: dict[str, Any]
+    preprocess: dict[str, Any] = Field(
+        description="The input transform the model was exported with: resize_mode (crop or "
+        "squash), resize_shorter, crop_size, crop_offset, interpolation, scale, mean, std"
+    )
+    preprocessing_source: str | None = Field(
+        None,
+        description="Where the exporter found the transform (null: an artefact exported before "
+        "it was recorded, served with the fixed crop_pct 0.875 rule)",
+    )
     parity: dict[str, Any] | None = Field(
         None, description="Exporter's PyTorch-vs-ONNX parity report"
     )

@@ -212,7 +212,9 @@
     const rows = [
       ["Variant", m.variant],
       ["Precision", m.precision],
-      ["Input", `${m.input_size}×${m.input_size} centre crop, ${m.num_classes} classes`],
+      ["Input", `${m.input_size}×${m.input_size}, ${m.num_classes} classes`],
+      ["Preprocessing", describeTransform(m.preprocess)],
+      ["Preprocessing from", m.preprocessing_source || "not recorded (crop_pct 0.875 rule)"],
       ["Provider", m.provider + (m.provider_warning ? ` · ${m.provider_warning}` : "")],
       ["Weights", weights],
       ["Class names", m.labels_source || "not recorded"],
@@ -408,6 +410,19 @@
     }
   }
 
+  // Says in words what PreprocessSpec.describe says on the server.
+  function describeTransform(pre) {
+    if (!pre) return "not recorded";
+    const r = pre.resize_shorter;
+    const s = pre.crop_size;
+    const steps =
+      pre.resize_mode === "squash"
+        ? `resize to ${r}×${r} (aspect not kept)` + (r !== s ? `, centre crop ${s}` : "")
+        : `resize shorter side to ${r}, centre crop ${s}`;
+    const nums = (v) => v.map((x) => +x.toFixed(4)).join(", ");
+    return `${steps} (${pre.interpolation}), /${pre.scale}, mean (${nums(pre.mean)}), std (${nums(pre.std)})`;
+  }
+
   function drawHeatmap(canvas, stage, map, bitmap, alpha) {
     const ctx = canvas.getContext("2d");
     const size = canvas.width;
@@ -415,13 +430,16 @@
     ctx.fillStyle = "#777";
     ctx.fillRect(0, 0, size, size);
     if (bitmap) {
-      // The square the model sees: resize the shorter side to resize_shorter, crop crop_size.
+      // The region the model sees: the centre crop_size of the image resized to resize_shorter
+      // (the shorter side when cropping; both sides, aspect not kept, when squashing).
       const pre = (model && model.preprocess) || {};
       const frac = pre.crop_size && pre.resize_shorter ? pre.crop_size / pre.resize_shorter : 0.875;
-      const side = Math.min(bitmap.width, bitmap.height) * frac;
-      const sx = (bitmap.width - side) / 2;
-      const sy = (bitmap.height - side) / 2;
-      ctx.drawImage(bitmap, sx, sy, side, side, 0, 0, size, size);
+      const squash = pre.resize_mode === "squash";
+      const sw = (squash ? bitmap.width : Math.min(bitmap.width, bitmap.height)) * frac;
+      const sh = (squash ? bitmap.height : Math.min(bitmap.width, bitmap.height)) * frac;
+      const sx = (bitmap.width - sw) / 2;
+      const sy = (bitmap.height - sh) / 2;
+      ctx.drawImage(bitmap, sx, sy, sw, sh, 0, 0, size, size);
     }
     let lo = Infinity;
     let hi = -Infinity;

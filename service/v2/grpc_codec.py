@@ -89,4 +89,9 @@ def infer_response(
 
 
 def metadata_response(name: str, manifest: Manifest) -> Any:
-    return messages.ModelMetadataResponse(**model_metadata(name, manifest))
+    fields = model_metadata(name, manifest)
+    parameters = fields.pop("parameters")
+    response = messages.ModelMetadataResponse(**fields)
+    for key, value in parameters.items():
+        response.parameters[key].string_param = value
+    return response

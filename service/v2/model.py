@@ -71,4 +71,16 @@ def model_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
         "platform": PLATFORM,
         "inputs": input_metadata(manifest),
         "outputs": output_metadata(manifest),
+        "parameters": metadata_parameters(manifest),
+    }
+
+
+def metadata_parameters(manifest: Manifest) -> dict[str, str]:
+    """What a client that sends FP32 pixel_values must do to its images, and where that came
+    from: strings, so that they fit the gRPC InferParameter too."""
+    pre = manifest.preprocess
+    return {
+        "preprocessing": pre.describe(),
+        "preprocessing_source": manifest.preprocessing_source or "not recorded (crop_pct 0.875)",
+        "preprocess": pre.model_dump_json(),
     }

@@ -643,3 +643,16 @@ async def test_an_inference_call_is_refused_before_its_message_is_read(make_app,
             await observed(None, context)
     assert context.reads == 0
     assert context.aborted[0] is Code.UNAVAILABLE
+
+
+async def test_model_metadata_carries_the_transform_as_parameters_triton_can_skip(grpc_serving):
+    """The protocol's optional model parameters: what a client sending pixel_values must do.
+    Triton's own message lacks the field, and still parses the answer."""
+    async with grpc_serving() as served:
+        meta = await served.call("ModelMetadata", name=MODEL)
+    parameters = {k: v.string_param for k, v in meta.parameters.items()}
+    assert parameters["preprocessing_source"] == "not recorded (crop_pct 0.875)"
+    assert parameters["preprocessing"].startswith("resize shorter side to 36, centre crop 32")
+    assert '"resize_shorter":36' in parameters["preprocess"]
+    theirs = triton_pb2.ModelMetadataResponse.FromString(meta.SerializeToString())
+    assert theirs.name == MODEL and [i.name for i in theirs.inputs] == ["image", "pixel_values"]

@@ -117,6 +117,10 @@ async def test_server_and_model_metadata(make_app, serve, manifest):
     meta = model.json()
     assert versioned.json() == meta
     assert meta["name"] == MODEL and meta["versions"] == ["1"]
+    assert meta["parameters"]["preprocessing_source"] == "not recorded (crop_pct 0.875)"
+    assert json.loads(meta["parameters"]["preprocess"]) == manifest.preprocess.model_dump(
+        mode="json"
+    )
     assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
