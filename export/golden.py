@@ -34,7 +34,7 @@ def record(model: SwinTransformer, spec: PreprocessSpec) -> str:
     tensor ``spec`` makes of it, encoded for the metadata."""
     x = golden_inputs(model.config.img_size)
     outputs = reference_outputs(model, torch.from_numpy(x))
-    image = golden_image(spec.crop_size)
+    image = golden_image(spec)
     answers = {k: v.numpy() for k, v in outputs.items()}
     return encode_golden(Golden(x, answers, image, transform(image, spec), Image.__version__))
 

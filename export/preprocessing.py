@@ -85,8 +85,9 @@ def _checkpoint_fields(checkpoint: str, size: int) -> tuple[dict[str, Any], str]
     if is_local(checkpoint):
         processor = beside_checkpoint(checkpoint, HF_FILE)
         if processor is not None:
-            fields = huggingface_transform(read_json(processor), str(processor))
-            return fields, f"the checkpoint's {HF_FILE} (transformers)"
+            data = read_json(processor)
+            fields = huggingface_transform(data, str(processor))
+            return fields, f"the checkpoint's {HF_FILE} (transformers){_fast_note(data)}"
         config = beside_checkpoint(checkpoint, "config.json")
         timm_cfg = read_json(config).get("pretrained_cfg") if config is not None else None
         if isinstance(timm_cfg, dict):
@@ -96,13 +97,21 @@ def _checkpoint_fields(checkpoint: str, size: int) -> tuple[dict[str, Any], str]
     return official_fields(size), f"the official evaluation at {size}px ({rule})"
 
 
+def _fast_note(data: dict[str, Any]) -> str:
+    kind = data.get("image_processor_type")
+    if isinstance(kind, str) and kind.endswith("Fast"):
+        return f"; saved by {kind}, whose torchvision backend differs by a few grey levels"
+    return ""
+
+
 def _apply_flags(fields: dict[str, Any], size: int, flags: TransformFlags) -> dict[str, Any]:
     fields = dict(fields)
     if flags.resize is not None or flags.crop_pct is not None:
         mode = flags.resize or fields["resize_mode"]
         pct = flags.crop_pct or (CROP_PCT if mode == "crop" else 1.0)
         geometry = _crop(size, pct) if mode == "crop" else _squash(size, pct)
-        fields.update(geometry)
+        # The source's own crop arithmetic (transformers floors the offset) is kept.
+        fields.update(geometry, crop_offset=fields["crop_offset"])
     for name in ("interpolation", "mean", "std"):
         if getattr(flags, name) is not None:
             fields[name] = getattr(flags, name)
@@ -135,6 +144,8 @@ def parse_triple(text: str, imagenet: tuple[float, float, float]) -> tuple[float
             f"expected three comma-separated numbers (R,G,B) or imagenet, got {text!r}"
         )
     r, g, b = (float(p) for p in parts)
+    if not all(math.isfinite(v) for v in (r, g, b)):
+        raise ValueError(f"expected finite numbers, got {text!r}")
     return (r, g, b)
 
 

@@ -35,6 +35,7 @@ _VIT_TYPES = {"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFas
 _VIT_DEFAULTS: dict[str, Any] = {
     "do_resize": True,
     "size": {"height": 224, "width": 224},
+    "default_to_square": True,
     "resample": 2,
     "do_center_crop": False,
     "do_rescale": True,
@@ -57,7 +58,6 @@ _HF_HARMLESS = {
     "device",
     "disable_grouping",
     "crop_size",
-    "do_center_crop",
 }
 
 
@@ -110,7 +110,16 @@ def huggingface_transform(data: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: field 'do_resize' is false: images would reach the model at their own "
             "size, which a fixed-size model cannot take"
         )
-    fields = _hf_geometry(field("size"), data, where)
+    size = field("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        # The feature extractors' form: a square, or (CLIP and others) the shorter side.
+        size = (
+            {"height": size, "width": size}
+            if field("default_to_square")
+            else {"shortest_edge": size}
+        )
+    crop = _hf_crop(field("do_center_crop"), data.get("crop_size"), where)
+    fields = _hf_geometry(size, crop, where)
     fields["interpolation"] = _pil_filter(field("resample"), where)
     fields["scale"] = _hf_scale(field("do_rescale"), field("rescale_factor"), where)
     if field("do_normalize"):
@@ -136,24 +145,20 @@ def _refuse_unknown_hf_keys(data: dict[str, Any], where: str) -> None:
             )
 
 
-def _hf_geometry(size: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """`size` (+ `do_center_crop`, `crop_size`) -> resize_mode, resize_shorter, crop_size."""
-    if isinstance(size, int):  # the feature extractors' form: a square, or the shorter side
-        square = data.get("default_to_square", True)
-        size = {"height": size, "width": size} if square else {"shortest_edge": size}
+def _hf_geometry(size: Any, crop: int | None, where: str) -> dict[str, Any]:
+    """`size` (and the centre crop, if any) -> resize_mode, resize_shorter, crop_size."""
     if not isinstance(size, dict):
         raise TransformConfigError(f"{where}: field 'size' ({size!r}) is not understood")
     keys = {k for k, v in size.items() if v is not None}
-    crop = _hf_crop(data, where)
     if keys == {"height", "width"}:
         if size["height"] != size["width"]:
             raise TransformConfigError(
                 f"{where}: field 'size' {size} is not square; Swin takes square inputs"
             )
-        side = int(size["height"])
+        side = _positive_int(size["height"], "size", where)
         return _geometry("squash", side, crop if crop is not None else side, where)
     if keys == {"shortest_edge"} and crop is not None:
-        return _geometry("crop", int(size["shortest_edge"]), crop, where)
+        return _geometry("crop", _positive_int(size["shortest_edge"], "size", where), crop, where)
     if keys == {"shortest_edge"}:
         raise TransformConfigError(
             f"{where}: field 'size' {size} without 'do_center_crop' keeps each image's aspect, so "
@@ -162,15 +167,20 @@ def _hf_geometry(size: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
     raise TransformConfigError(f"{where}: field 'size' {size} is not reproduced here")
 
 
-def _hf_crop(data: dict[str, Any], where: str) -> int | None:
-    if not data.get("do_center_crop"):
+def _hf_crop(do_center_crop: Any, crop: Any, where: str) -> int | None:
+    if not do_center_crop:
         return None
-    crop = data.get("crop_size")
-    if isinstance(crop, int):
-        return crop
     if isinstance(crop, dict) and crop.get("height") == crop.get("width") is not None:
-        return int(crop["height"])
+        crop = crop["height"]
+    if isinstance(crop, int) and not isinstance(crop, bool) and crop > 0:
+        return crop
     raise TransformConfigError(f"{where}: field 'crop_size' ({crop!r}) is not a square size")
+
+
+def _positive_int(value: Any, name: str, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    raise TransformConfigError(f"{where}: field {name!r} ({value!r}) is not a positive integer")
 
 
 def _geometry(mode: str, resize: int, crop: int, where: str) -> dict[str, Any]:
@@ -199,7 +209,7 @@ def _pil_filter(resample: Any, where: str) -> str:
 def _hf_scale(do_rescale: Any, factor: Any, where: str) -> float:
     if not do_rescale:
         return 1.0
-    if not isinstance(factor, int | float) or factor <= 0:
+    if not _finite(factor) or factor <= 0:
         raise TransformConfigError(f"{where}: field 'rescale_factor' ({factor!r}) is not positive")
     return 1.0 / float(factor)
 
@@ -209,9 +219,15 @@ def _triple(value: Any, name: str, where: str) -> tuple[float, float, float]:
         value = [value] * 3
     if not (isinstance(value, list) and len(value) == 3):
         raise TransformConfigError(f"{where}: field {name!r} ({value!r}) is not 3 numbers (RGB)")
-    if not all(isinstance(v, int | float) for v in value):
+    if not all(_finite(v) for v in value):
         raise TransformConfigError(f"{where}: field {name!r} ({value!r}) is not 3 numbers (RGB)")
+    if name in ("image_std", "std") and min(value) <= 0:
+        raise TransformConfigError(f"{where}: field {name!r} ({value!r}) is not positive")
     return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def timm_transform(cfg: dict[str, Any], where: str) -> dict[str, Any]:
@@ -221,8 +237,11 @@ def timm_transform(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         raise TransformConfigError(
             f"{where}: field 'input_size' ({size!r}) is not [3, S, S] (Swin takes square inputs)"
         )
-    side = int(size[1])
-    crop_pct = cfg.get("crop_pct") or TIMM_DEFAULT_CROP_PCT
+    side = _positive_int(size[1], "input_size", where)
+    crop_pct = cfg.get("crop_pct")
+    crop_pct = TIMM_DEFAULT_CROP_PCT if crop_pct is None else crop_pct
+    if not (_finite(crop_pct) and 0 < crop_pct <= 1):
+        raise TransformConfigError(f"{where}: field 'crop_pct' ({crop_pct!r}) is not in (0, 1]")
     mode = cfg.get("crop_mode") or "center"
     if mode not in ("center", "squash"):
         raise TransformConfigError(

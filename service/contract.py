@@ -9,6 +9,7 @@ example. This module imports neither torch nor onnx, so both sides can use it.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -101,6 +102,9 @@ class PreprocessSpec(_Part):
     def _check(self) -> PreprocessSpec:
         if self.resize_shorter < self.crop_size:
             raise ValueError("resize_shorter must be >= crop_size")
+        numbers = (*self.mean, *self.std, self.scale, self.crop_pct)
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError("mean, std, scale and crop_pct must be finite numbers")
         if any(s <= 0 for s in self.std):
             raise ValueError("std must be positive")
         return self
@@ -108,12 +112,18 @@ class PreprocessSpec(_Part):
     def is_version_1(self) -> bool:
         """What a version-1 manifest could state: the shorter side, torchvision's crop offsets,
         and the four filters it knew."""
-        old_filters = ("bicubic", "bilinear", "nearest", "lanczos")
-        return (
-            self.resize_mode == "crop"
-            and self.crop_offset == "round"
-            and self.interpolation in old_filters
-        )
+        return not self.beyond_version_1()
+
+    def beyond_version_1(self) -> list[str]:
+        """The fields, as ``name=value``, that a version-1 manifest could not state."""
+        beyond = []
+        if self.resize_mode != "crop":
+            beyond.append(f"resize_mode={self.resize_mode}")
+        if self.crop_offset != "round":
+            beyond.append(f"crop_offset={self.crop_offset}")
+        if self.interpolation not in ("bicubic", "bilinear", "nearest", "lanczos"):
+            beyond.append(f"interpolation={self.interpolation}")
+        return beyond
 
     def describe(self) -> str:
         """One line for people: what happens to an image before the model sees it."""
@@ -181,7 +191,8 @@ class Manifest(_Part):
                 f"(this server reads {', '.join(map(str, READ_VERSIONS))})"
             )
         if self.format_version < FORMAT_VERSION and not self.preprocess.is_version_1():
-            raise ValueError("a format_version 1 manifest cannot state this transform")
+            fields = ", ".join(self.preprocess.beyond_version_1())
+            raise ValueError(f"a format_version 1 manifest cannot state preprocess {fields}")
         if len(self.labels) != self.config.num_classes:
             raise ValueError(f"{len(self.labels)} labels for num_classes={self.config.num_classes}")
         missing = set(OUTPUT_NAMES) - set(self.outputs)

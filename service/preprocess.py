@@ -77,7 +77,9 @@ _DECODE_ERRORS: Final = (
 
 # Resize via a box (only the pixels that survive the crop) once the full resize would exceed this
 # many times the crop area: a 10000x10 strip would otherwise resize to a ~200-megapixel image.
-_BOX_RESIZE_FACTOR: Final = 4
+# Pillow computes a box's sample positions with different rounding, so a few values move by a
+# grey level or more (nearest: many): only strips past about 64:1 pay that, never a photo.
+_BOX_RESIZE_FACTOR: Final = 64
 
 _RESAMPLING: Final = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -221,7 +223,8 @@ def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
 
 def center_crop_offsets(width: int, height: int, crop: int, rule: str = "round") -> tuple[int, int]:
     """(left, top) of a centre crop: torchvision's ``round((size - crop) / 2)``, or with
-    ``rule="floor"`` transformers' ``(size - crop) // 2``; they differ when size - crop is odd."""
+    ``rule="floor"`` transformers' ``(size - crop) // 2``. Python rounds halves to even, so they
+    differ only when size - crop is 3 modulo 4."""
     if rule == "floor":
         return (width - crop) // 2, (height - crop) // 2
     return round((width - crop) / 2.0), round((height - crop) / 2.0)
@@ -243,9 +246,9 @@ def to_model_input(rgb: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     resample = _RESAMPLING[spec.interpolation]
     new_w, new_h, left, top = resize_plan(rgb.width, rgb.height, spec)
     if new_w * new_h > _BOX_RESIZE_FACTOR * crop * crop:
-        # Resample only the region that survives the crop. Same filter, same scale factor and the
-        # same source coordinates as a full resize followed by the crop, so the values agree to
-        # rounding; memory stays O(crop^2) for extreme aspect ratios.
+        # Resample only the region that survives the crop: same filter, scale factor and source
+        # coordinates as a full resize then the crop, up to Pillow's rounding of the box's
+        # positions; memory stays O(crop^2) however extreme the aspect ratio.
         sx, sy = rgb.width / new_w, rgb.height / new_h
         box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
         cropped = np.asarray(rgb.resize((crop, crop), resample, box=box))  # S, S, 3 uint8

@@ -27,7 +27,7 @@ from PIL import Image
 
 from service.contract import PreprocessSpec
 from service.errors import ApiError
-from service.preprocess import decode_image
+from service.preprocess import decode_image, resize_plan
 
 MAX_LEVELS = 0.5  # largest difference, in 8-bit grey levels, still taken as float rounding
 _MAX_PIXELS = 1 << 24  # the golden image is about 1.9 S^2 pixels: room for S up to 2900
@@ -61,11 +61,24 @@ class PreprocessCheck:
         )
 
 
-def golden_image(size: int) -> bytes:
-    """A deterministic, non-square RGB PNG a little larger than the model's input side, so that
-    both a crop and a squash downsample it: gradients, hard edges (which every filter treats
-    differently) and mild noise."""
+def golden_size(spec: PreprocessSpec) -> tuple[int, int]:
+    """A non-square size a little larger than the input side, so that both a crop and a squash
+    downsample it; in crop mode its width makes ``size - crop`` 3 modulo 4, where the two crop
+    offset rules (round halves to even, floor) pick different columns."""
+    size = spec.crop_size
     width, height = size * 3 // 2 + 7, size * 5 // 4 + 3
+    for candidate in range(width, width + 16):
+        new_w, _, _, _ = resize_plan(candidate, height, spec)
+        if (new_w - size) % 4 == 3:
+            return candidate, height
+    return width, height
+
+
+def golden_image(spec: PreprocessSpec) -> bytes:
+    """A deterministic RGB PNG of ``golden_size``: gradients, hard edges (which every filter
+    treats differently) and mild noise."""
+    size = spec.crop_size
+    width, height = golden_size(spec)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     rgb = np.stack(
         [255 * xx / width, 255 * yy / height, 128 + 100 * np.sin(xx / 7.0) * np.cos(yy / 11.0)],

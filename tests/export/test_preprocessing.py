@@ -138,6 +138,13 @@ def test_no_rescale_and_no_normalise_are_kept(tmp_path):
         ({"size": 224, "image_mean": [0.5, 0.5]}, "'image_mean'"),
         ({"size": 224, "auto_map": {"AutoImageProcessor": "x.Y"}}, "'auto_map'"),
         ({"image_processor_type": "ConvNextImageProcessor", "size": 224}, "'do_resize'"),
+        ({"size": {"height": "abc", "width": "abc"}}, "'size'"),
+        ({"size": 0}, "'size'"),
+        ({"size": 224, "rescale_factor": float("nan")}, "'rescale_factor'"),
+        ({"size": 224, "image_std": [0.5, 0, 0.5]}, "'image_std'"),
+        ({"size": 224, "image_mean": [float("nan"), 0.5, 0.5]}, "'image_mean'"),
+        ({"size": 224, "image_std": [float("inf"), 0.5, 0.5]}, "'image_std'"),
+        ({"size": 224, "do_center_crop": True, "crop_size": 0}, "'crop_size'"),
     ],
 )
 def test_a_processor_that_cannot_be_reproduced_is_refused_naming_the_field(
@@ -179,6 +186,12 @@ def test_a_timm_pretrained_cfg_gives_its_crop_pct_and_crop_mode(tmp_path):
         ({"crop_mode": "border"}, "'crop_mode'"),
         ({"interpolation": "random"}, "'interpolation'"),
         ({"input_size": [3, 224, 192]}, "'input_size'"),
+        ({"input_size": [3, "a", "a"]}, "'input_size'"),
+        ({"crop_pct": float("nan")}, "'crop_pct'"),
+        ({"crop_pct": "0.9"}, "'crop_pct'"),
+        ({"crop_pct": 1.5}, "'crop_pct'"),
+        ({"crop_pct": -0.9}, "'crop_pct'"),
+        ({"mean": [float("nan"), 0.4, 0.4]}, "'mean'"),
     ],
 )
 def test_a_timm_cfg_that_cannot_be_reproduced_is_refused(tmp_path, change, field):
@@ -212,9 +225,48 @@ def test_flags_override_the_checkpoints_fields_and_say_so(tmp_path):
     assert spec.resize_mode == "squash" and spec.mean == HALF and spec.std == (1.0, 1.0, 1.0)
 
 
+def test_an_int_size_of_another_processor_class_needs_default_to_square_written(tmp_path):
+    """CLIP and others read an int `size` as the shorter side, ViT as a square: a class whose
+    default is not known here must say which."""
+    clip = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": 73}
+    clip |= {"do_center_crop": True, "crop_size": 64, "resample": 3, "do_rescale": True}
+    clip |= {"rescale_factor": 1 / 255, "do_normalize": True}
+    clip |= {"image_mean": list(HALF), "image_std": list(HALF)}
+    with pytest.raises(TransformConfigError, match="'default_to_square'"):
+        decide_transform(str(hf_folder(tmp_path, clip)), 64, TransformFlags())
+    written = hf_folder(tmp_path, {**clip, "default_to_square": False})
+    spec = decide_transform(str(written), 64, TransformFlags()).spec
+    assert (spec.resize_mode, spec.resize_shorter, spec.crop_size) == ("crop", 73, 64)
+    no_crop = {k: v for k, v in clip.items() if k != "do_center_crop"}
+    with pytest.raises(TransformConfigError, match="'do_center_crop'"):
+        decide_transform(
+            str(hf_folder(tmp_path, {**no_crop, "default_to_square": False})), 64, TransformFlags()
+        )
+
+
+def test_crop_pct_over_a_huggingface_crop_keeps_its_floor_offset(tmp_path):
+    processor = {"size": {"shortest_edge": 73}, "do_center_crop": True, "crop_size": 64}
+    folder = str(hf_folder(tmp_path, processor))
+    spec = decide_transform(folder, 64, TransformFlags(crop_pct=0.875)).spec
+    assert (spec.resize_shorter, spec.crop_offset) == (73, "floor")
+
+
+def test_a_fast_processor_is_served_with_the_pil_arithmetic_and_says_so(tmp_path):
+    folder = hf_folder(tmp_path, {"image_processor_type": "ViTImageProcessorFast", "size": 64})
+    t = decide_transform(str(folder), 64, TransformFlags())
+    assert "ViTImageProcessorFast" in t.source and "torchvision" in t.source
+
+
 @pytest.mark.parametrize(
     "flags",
-    [["--crop-pct", "1.5"], ["--crop-pct", "0"], ["--mean", "0.5,0.5"], ["--std", "0,1,1"]],
+    [
+        ["--crop-pct", "1.5"],
+        ["--crop-pct", "0"],
+        ["--mean", "0.5,0.5"],
+        ["--std", "0,1,1"],
+        ["--mean", "nan,0.5,0.5"],
+        ["--std", "inf,1,1"],
+    ],
 )
 def test_bad_transform_flags_are_usage_errors(flags, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -127,12 +127,21 @@ def test_missing_manifest_says_what_to_do():
         lambda d: d.update(format_version=3),
         lambda d: d["preprocess"].update(resize_mode="squash"),  # version 1 cannot say it
         lambda d: d["preprocess"].update(resize_shorter=10),
+        lambda d: d["preprocess"].update(mean=[float("nan"), 0.4, 0.4]),
+        lambda d: d["preprocess"].update(std=[float("inf"), 0.2, 0.2]),
     ],
 )
 def test_inconsistent_manifest_is_refused(manifest, mutate):
     data = json.loads(manifest.model_dump_json())
     mutate(data)
     with pytest.raises(ManifestError):
+        parse_manifest(json.dumps(data))
+
+
+def test_a_version_1_manifest_refusal_names_the_fields_it_cannot_state(manifest):
+    data = json.loads(manifest.model_dump_json())
+    data["preprocess"].update(resize_mode="squash", interpolation="box")
+    with pytest.raises(ManifestError, match="resize_mode=squash, interpolation=box"):
         parse_manifest(json.dumps(data))
 
 
