@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ from service import tracing
 from service.logs import ACCESS_LOGGER
 from service.v2 import messages
 from tests.service.conftest import FakeEngine, image_bytes
-from tests.support import free_port
+from tests.support import ROOT, checkout_env, free_port, until
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +39,14 @@ def children(exporter: InMemorySpanExporter, parent: ReadableSpan) -> list[str]:
         for s in exporter.get_finished_spans()
         if s.parent is not None and s.parent.span_id == parent.context.span_id
     )
+
+
+async def _until(condition, what: str, timeout_s: float = 30.0) -> None:
+    """``until``, failing with what it waited for."""
+    try:
+        await until(condition, timeout_s)
+    except AssertionError:
+        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
 
 
 async def test_a_request_is_one_server_span_continuing_the_callers_trace(make_app, serve, spans):
@@ -74,14 +81,23 @@ async def test_a_request_is_one_server_span_continuing_the_callers_trace(make_ap
     assert queue.start_time < queue.end_time <= run.end_time
 
 
-async def test_a_batched_run_is_one_span_linked_to_every_request_it_served(make_app, serve, spans):
+async def test_a_batched_run_is_one_span_linked_to_every_request_it_served(
+    make_app, serve, spans, gated_engine
+):
     n = 4
-    engine = FakeEngine(delay_s=0.2)
-    async with serve(make_app(engine, max_batch_size=n, max_batch_delay_ms=200)) as client:
+    engine, release = gated_engine  # the model is busy until release is set
+    app = make_app(engine, max_batch_size=n, parallel_batches=1)
+    lifecycle = app.state.service.lifecycle
+    async with serve(app) as client:
         # One image first, to hold the single run slot; the next four then queue and batch.
         first = asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
-        await asyncio.sleep(0.05)
-        rest = [client.post("/classify", files={"file": image_bytes()}) for _ in range(n)]
+        await _until(lambda: engine.calls, "the first image to reach the model")
+        rest = [
+            asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
+            for _ in range(n)
+        ]
+        await _until(lambda: lifecycle.model.batcher.depth == n, f"{n} images queued behind it")
+        release.set()
         answers = await asyncio.gather(first, *rest)
     assert all(a.status_code == 200 for a in answers)
     runs = by_name(spans, "model run")
@@ -104,22 +120,21 @@ async def test_a_batched_run_is_one_span_linked_to_every_request_it_served(make_
 
 
 @pytest.mark.parametrize(
-    ("make_request", "status", "error"),
+    ("make_request", "status"),
     [
         (
             lambda c: c.post(
                 "/classify", content=b"x" * 2_000_000, headers={"content-type": "image/png"}
             ),
             413,
-            False,
         ),
-        (lambda c: c.post("/v1/models/nope/classify", files={"file": image_bytes()}), 404, False),
-        (lambda c: c.post("/classify", files={"file": b"not an image"}), 400, False),
+        (lambda c: c.post("/v1/models/nope/classify", files={"file": image_bytes()}), 404),
+        (lambda c: c.post("/classify", files={"file": b"not an image"}), 400),
     ],
     ids=["413", "404", "400"],
 )
 async def test_a_refused_request_ends_its_span_with_its_status(
-    make_app, serve, spans, make_request, status, error
+    make_app, serve, spans, make_request, status
 ):
     async with serve(make_app()) as client:
         answer = await make_request(client)
@@ -316,22 +331,26 @@ def test_a_propagator_the_sdk_lacks_falls_back_to_w3c_rather_than_crash():
         "from opentelemetry.sdk.trace import TracerProvider; from service import tracing; "
         "tracing.install(TracerProvider()); print(type(tracing._propagator).__name__)"
     )
-    env = {**os.environ, "OTEL_PROPAGATORS": "b3multi"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    env = {**checkout_env(), "OTEL_PROPAGATORS": "b3multi"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "CompositePropagator"
 
 
 async def test_a_request_whose_deadline_passed_in_the_queue_still_shows_its_wait(
-    make_app, serve, spans
+    make_app, serve, spans, gated_engine
 ):
-    engine = FakeEngine(delay_s=0.4)
+    engine, release = gated_engine  # the model is busy until release is set
     async with serve(make_app(engine, max_batch_size=1, parallel_batches=1)) as client:
         first = asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
-        await asyncio.sleep(0.05)
+        await _until(lambda: engine.calls, "the first image to reach the model")
+        # The only run slot is held, so this one's 100 ms pass in the queue.
         late = await client.post(
             "/classify", files={"file": image_bytes()}, headers={"X-Request-Timeout-Ms": "100"}
         )
+        release.set()
         await first
     assert late.status_code == 503
     waits = [q for q in by_name(spans, "queue") if "error.type" in q.attributes]
