@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 
 import pytest
 
@@ -17,6 +16,22 @@ pytestmark = pytest.mark.anyio
 
 def _ready_gauge(lifecycle) -> float:
     return metric(parse_metrics(lifecycle.metrics.render().decode()), "swin_ready")
+
+
+async def _until(condition, what: str, timeout_s: float = 30.0) -> None:
+    """``until``, failing with what it waited for."""
+    try:
+        await until(condition, timeout_s)
+    except AssertionError:
+        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
+
+
+async def _within(awaitable, what: str, timeout_s: float = 30.0):
+    """``await awaitable``, failing with what it waited for if that takes over ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
 
 
 async def test_phases_follow_load_warm_up_drain_and_stop_with_the_readiness_gauge(
@@ -62,26 +77,33 @@ async def test_a_warm_up_that_fails_is_fatal_and_never_ready(make_app, make_engi
     assert engine.calls == []
 
 
-async def test_the_drain_deadline_answers_unfinished_requests_before_the_budget_ends(
-    make_app, make_engine, serve, pngs
+async def test_the_drain_deadline_answers_unfinished_requests_while_the_model_is_still_busy(
+    make_app, gated_engine, serve, pngs
 ):
-    # One image on the model for 3 s, one queued behind it; a drain budget of 1 s.
-    budget_s = 1.0
-    engine = make_engine(delay_s=3.0)
-    app = make_app(engine, max_batch_size=1, parallel_batches=1, drain_timeout_s=budget_s)
+    # One image held on the model until the test releases it, one queued behind it; a drain
+    # budget of 1 s. While the run is held, only the drain deadline can answer either of them.
+    engine, release = gated_engine
+    app = make_app(engine, max_batch_size=1, parallel_batches=1, drain_timeout_s=1.0)
     lifecycle = app.state.service.lifecycle
     async with serve(app) as client:
         requests = [
             asyncio.create_task(client.post("/classify", files={"file": im})) for im in pngs(2)
         ]
-        await until(lambda: engine.calls and lifecycle.model.batcher.depth == 1)
-        t_drain = time.monotonic()
+        await _until(
+            lambda: engine.calls and lifecycle.model.batcher.depth == 1,
+            "one image on the model and one queued behind it",
+        )
+        in_flight_at_drain = not release.is_set() and not any(r.done() for r in requests)
         lifecycle.begin_drain()  # what SIGTERM does; nothing else happens until the deadline
-        answers = await asyncio.gather(*requests)
-        answered_after = time.monotonic() - t_drain
+        answers = await _within(asyncio.gather(*requests), "the drain deadline's answers")
+        answered_while_held = not release.is_set()
+        release.set()  # the run ends only now; its answer has nobody left to go to
+    assert in_flight_at_drain, "the drain began after a request had already ended"
+    assert answered_while_held, "the requests were answered only once the run ended"
     assert [r.status_code for r in answers] == [503, 503]
     assert {r.json()["error"]["code"] for r in answers} == {"draining"}
-    assert answered_after < budget_s  # before the budget's end, not after the 3 s run
+    # The drain deadline's own words: not a refusal at the door, not the run's end.
+    assert all("drain budget ran out" in r.json()["error"]["message"] for r in answers)
 
 
 async def test_a_signal_begins_the_drain_on_the_event_loop(make_app, serve):
