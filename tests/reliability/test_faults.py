@@ -20,6 +20,10 @@ from onnx import numpy_helper
 
 from service.contract import MANIFEST_KEY
 
+# Loading, the golden self-check and exiting take seconds; a server still running after this
+# long is one that did not refuse its model.
+EXIT_WITHIN_S = 120
+
 
 def test_a_failing_model_run_fails_only_its_batch(start_server, jpeg):
     # Batch size 1: the first run after warm-up fails, so exactly one request gets 500.
@@ -51,7 +55,10 @@ def test_fatal_device_error_makes_readiness_fail_and_the_process_exit_70(start_s
         ready_status = httpx.get(f"{server.base}/readyz", timeout=2).status_code
     except httpx.TransportError:
         ready_status = None
-    rc = server.proc.wait(timeout=60)  # catches a process that never exits, not a slow one
+    try:
+        rc = server.proc.wait(timeout=60)  # catches a process that never exits, not a slow one
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not exit within 60 s of a fatal device error:\n{server.log()}")
     assert [r.status_code for r in responses] == [500] * 4, [r.text for r in responses]
     assert {r.json()["error"]["code"] for r in responses} == {"inference_failed"}
     assert ready_status in (503, None)
@@ -106,20 +113,30 @@ def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_pat
         text=True,
     )
     accepted = 0
+    start = time.monotonic()
     try:
         # Poll the port for the whole life of the process: a half-alive server would accept.
-        while proc.poll() is None:
+        # Until the first connection it accepts, or a deadline: a server that took the damaged
+        # file and serves fails here, with its output, rather than at pytest-timeout.
+        while proc.poll() is None and not accepted and time.monotonic() < start + EXIT_WITHIN_S:
             try:
                 httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
                 accepted += 1
             except httpx.TransportError:
                 pass
             time.sleep(0.02)
-        out = proc.communicate(timeout=30)[0]
     finally:
-        if proc.poll() is None:
+        still_running = proc.poll() is None
+        if still_running:
             proc.kill()
-            proc.wait()
+        out = proc.communicate(timeout=30)[0]
+    if still_running:
+        pytest.fail(
+            f"python -m service on a damaged model ({damage.__name__}) was still running after "
+            f"{time.monotonic() - start:.0f} s and had accepted {accepted} connections; waited "
+            f"for exit code 3 with {expected_message!r}, within {EXIT_WITHIN_S} s and without "
+            f"ever listening. Its output:\n{out}"
+        )
     assert proc.returncode == 3, out
     assert expected_message in out and str(damaged) in out
     assert accepted == 0

@@ -11,6 +11,7 @@ from service.cpu import cpu_features
 from service.selfcheck import (
     Golden,
     SelfCheckFailed,
+    Tolerance,
     compare,
     decode_golden,
     encode_golden,
@@ -65,6 +66,21 @@ def test_a_faithful_model_passes_and_a_changed_one_fails_naming_the_output():
     assert "max_rel_diff 0.00999" in message and "(bound 0.0001)" in message and "m.onnx" in message
 
 
+@pytest.mark.parametrize("bad_row", [0, 1])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_one_bad_golden_input_fails_the_check_however_good_the_other(precision, bad_row):
+    # Each score is the worst over the golden inputs: one faithful row must not hide a broken
+    # one, whichever row it is and whichever precision's bounds judge it.
+    golden = _golden()
+    broken = {k: v.copy() for k, v in golden.outputs.items()}
+    broken["logits"][bad_row] *= -1.0  # wrong in direction, scale and values at once
+    report = _check(golden, lambda x: broken, precision)
+    assert report.status == "failed" and list(report.failures) == ["logits"], report.failures
+    scores = report.outputs["logits"]
+    assert scores["min_cosine"] < -0.99 and scores["max_rel_diff"] > 0.5, scores
+    assert report.outputs["embedding"]["min_cosine"] > 0.999999
+
+
 def test_nan_fails_every_metric():
     golden = _golden()
     nan = {k: np.full_like(v, np.nan) for k, v in golden.outputs.items()}
@@ -94,6 +110,33 @@ def test_reduced_precisions_are_judged_by_direction_and_scale():
         assert all("scale_error" in " ".join(f) for f in report.failures.values())
 
 
+def _turned(golden: Golden, cosine: float) -> dict[str, np.ndarray]:
+    """Every output row turned to ``cosine`` of its golden direction, its norm kept."""
+    rng = np.random.default_rng(1)
+    turned = {}
+    for name, ref in golden.outputs.items():
+        a = ref.reshape(len(ref), -1).astype(np.float64)
+        noise = rng.standard_normal(a.shape)
+        unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+        perp = noise - (noise * unit).sum(1, keepdims=True) * unit  # orthogonal to each row
+        perp /= np.linalg.norm(perp, axis=1, keepdims=True)
+        b = np.linalg.norm(a, axis=1, keepdims=True) * (
+            cosine * unit + np.sqrt(1 - cosine**2) * perp
+        )
+        turned[name] = b.reshape(ref.shape).astype(np.float32)
+    return turned
+
+
+def test_int8_fails_a_turned_answer_of_the_right_scale_below_cosine_0_99():
+    golden = _golden()
+    # Between a loose bound (0.9) and the real one: only the cosine bound can fail these.
+    for cosine in (0.95, 0.985):
+        report = _check(golden, lambda x, c=cosine: _turned(golden, c), "int8")
+        assert report.status == "failed", (cosine, report.outputs)
+        assert all(f == [f[0]] and "min_cosine" in f[0] for f in report.failures.values())
+    assert _check(golden, lambda x: _turned(golden, 0.995), "int8").status == "passed"
+
+
 def test_unreadable_or_mismatched_golden_answers_are_refused_clearly():
     golden = _golden()
     for unreadable in ("not base64!", ""):
@@ -110,11 +153,16 @@ def test_unreadable_or_mismatched_golden_answers_are_refused_clearly():
 
 
 def test_tolerances_per_precision_and_provider():
-    assert tolerance_for("fp32", "CPUExecutionProvider").max_rel_diff == 1e-4
+    # Every bound, and every bound left unchecked, pinned (the docstring of service/selfcheck.py).
+    assert tolerance_for("fp32", "CPUExecutionProvider") == Tolerance(max_rel_diff=1e-4)
     # TF32 on CUDA has fp16's mantissa, so it gets fp16's bounds.
     assert tolerance_for("fp32", "CUDAExecutionProvider") == tolerance_for("fp16", "X")
-    assert tolerance_for("fp16", "CUDAExecutionProvider").min_cosine == 0.999
-    assert tolerance_for("int8", "CPUExecutionProvider").max_scale_error == 0.02
+    assert tolerance_for("fp16", "CUDAExecutionProvider") == Tolerance(
+        min_cosine=0.999, max_scale_error=0.01
+    )
+    assert tolerance_for("int8", "CPUExecutionProvider") == Tolerance(
+        min_cosine=0.99, max_scale_error=0.02
+    )
     with pytest.raises(SelfCheckFailed, match="bf16"):
         tolerance_for("bf16", "CPUExecutionProvider")
 
