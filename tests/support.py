@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 IMAGE_SUFFIXES = frozenset({".jpg", ".png", ".gif", ".bmp", ".webp"})
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -106,6 +109,12 @@ def skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+def need_wrk() -> None:
+    """The load generator of the benchmarks, from the OS (`.ci/run` installs it)."""
+    if shutil.which("wrk") is None:
+        skip_unless_ci("wrk is not installed (apt-get install wrk)")
+
+
 async def until(condition: Callable[[], object], timeout_s: float = 10.0) -> None:
     """Wait until ``condition()`` is true: an order of events made certain, where a fixed sleep
     only makes it likely (on a busy machine the other task may not have run yet)."""
@@ -114,3 +123,11 @@ async def until(condition: Callable[[], object], timeout_s: float = 10.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.005)
+
+
+def checkout_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``environ`` with this checkout's root first on PYTHONPATH: a Python started with it
+    imports ``service`` from here, never from wherever the editable install points (another
+    checkout) nor from an inherited PYTHONPATH entry."""
+    rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}

@@ -1,15 +1,19 @@
 """Fixtures for the reliability suite: the real server as a separate process, on loopback only.
 
-``start_server(**settings)`` runs ``tests/reliability/harness.py`` (the real ``service.__main__``,
-optionally with a slowed or failing engine) on a free 127.0.0.1 port with the tiny exported model,
-waits for readiness and stops it at teardown (SIGTERM, then SIGKILL of that one PID). Shared
-helpers live in ``tests/support.py``; the ``helpers`` fixture hands them on.
+``start_server(**settings)`` runs ``python -m tests.reliability.harness`` (the real
+``service.__main__``, optionally with a slowed or failing engine) on a free 127.0.0.1 port with the
+tiny exported model, waits for readiness and stops it at teardown (SIGTERM, then SIGKILL of that
+one PID). Shared helpers live in ``tests/support.py``; the ``helpers`` fixture hands them on.
+
+The server runs this checkout's code, whatever the virtualenv's editable install points at: it
+starts from the repository root with the root first on PYTHONPATH (``checkout_env``), so
+``import service`` never falls through to the install's finder (tests/reliability/
+test_harness_tree.py guards this).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -22,10 +26,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support import free_port, metric, parse_metrics, wait_for_readyz
+from tests.support import checkout_env, free_port, metric, parse_metrics, wait_for_readyz
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("harness.py")
+HARNESS_COMMAND = (sys.executable, "-m", "tests.reliability.harness")  # run with cwd=ROOT
 
 
 class LiveServer:
@@ -73,11 +78,12 @@ class LiveServer:
 
 
 def server_env(model_path: Path, port: int, **settings: Any) -> dict[str, str]:
-    """The environment for a server process: no inherited SWIN_*/HARNESS_*, then ``settings``
-    (keys are setting names, ``harness_*`` keys configure the harness)."""
+    """The environment for a server process: this checkout first on PYTHONPATH, no inherited
+    SWIN_*/HARNESS_*, then ``settings`` (keys are setting names, ``harness_*`` keys configure the
+    harness)."""
     env = {
         k: v
-        for k, v in os.environ.items()
+        for k, v in checkout_env().items()
         if not k.startswith(("SWIN_", "HARNESS_", "OMP_", "MKL_"))
     }
     base: dict[str, Any] = {
@@ -110,7 +116,7 @@ class Launcher:
         log_path = self.log_dir / f"server-{port}.log"
         with log_path.open("w") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, str(HARNESS)],
+                list(HARNESS_COMMAND),
                 cwd=ROOT,
                 env=server_env(self.model_path, port, **settings),
                 stdout=log_file,
@@ -162,7 +168,9 @@ def helpers():
         metric = staticmethod(metric)
         free_port = staticmethod(free_port)
         server_env = staticmethod(server_env)
+        checkout_env = staticmethod(checkout_env)
         harness = HARNESS
+        harness_command = HARNESS_COMMAND
         root = ROOT
 
     return Helpers

@@ -1,7 +1,10 @@
 """Runs the real server (``service.__main__.main``) with its ONNX engine wrapped, for tests.
 
-Run as a script (``python tests/reliability/harness.py``) with the usual ``SWIN_*`` settings. The
-wrapping is configured by ``HARNESS_*`` variables, which production code never reads:
+Run as a module from the repository root (``python -m tests.reliability.harness``, as
+tests/reliability/conftest.py does, with the root first on PYTHONPATH) with the usual ``SWIN_*``
+settings. Its first line of output names the folder of the ``service`` package it imported, so a
+test can check that the server runs this checkout's code. The wrapping is configured by
+``HARNESS_*`` variables, which production code never reads:
 
 - ``HARNESS_BATCH_DELAY_MS``: every model run also sleeps this long, so the server's capacity is
   known (max_batch_size images per delay) whatever the machine.
@@ -18,6 +21,7 @@ import sys
 import threading
 import time
 
+import service
 from service.__main__ import main
 from service.engine import EngineError, FatalEngineError, OnnxEngine
 from service.settings import Settings
@@ -65,4 +69,6 @@ _real_load = OnnxEngine.load
 OnnxEngine.load = staticmethod(lambda settings, path=None: _wrap(_real_load(settings, path)))  # type: ignore[method-assign]
 
 if __name__ == "__main__":
+    # Read by tests/reliability/test_harness_tree.py: the tree this server really runs.
+    print(f"harness: service imported from {os.path.dirname(service.__file__)}", flush=True)
     sys.exit(main())

@@ -2,11 +2,14 @@
 
 Strengthens tests/service/test_engine.py::test_sigterm_drains_in_flight_requests_and_exits_zero:
 here readiness is observed after the signal, refusal is observed while requests are still in
-flight, and the exit is timed against the configured drain bound.
+flight, and the drain's end is the one the server reports (every request finished, or its own
+drain budget ran out and the rest were answered 503). Only orders and counts are asserted; the
+waits are bounded, as hang guards, far above what the drain takes.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
@@ -16,7 +19,8 @@ import httpx
 
 RUN_DELAY_MS = 300  # per batch of 2: 8 requests need 4 runs, ~1.2 s
 DRAIN_TIMEOUT_S = 5.0
-EXIT_SLACK_S = 1.0  # uvicorn's 0.1 s tick, its 0.1 s pause, the lifespan's last 0.5 s
+HANG_GUARD_S = 30.0  # for any wait on the server: only a hung drain takes this long
+ABANDONED = re.compile(r"drain budget spent: answered (\d+) unfinished images with 503")
 
 
 def start_requests(server, jpeg, n: int) -> tuple[list[threading.Thread], list]:
@@ -76,43 +80,47 @@ def test_sigterm_with_queued_and_running_requests(start_server, jpeg):
         max_batch_delay_ms=5,
         drain_timeout_s=DRAIN_TIMEOUT_S,
         harness_batch_delay_ms=RUN_DELAY_MS,
+        log_level="info",  # the drain's outcome is read from the log
     )
     probe = server.connect()  # a keep-alive connection opened before the signal
     assert raw_get(probe, "/readyz") == 200
     threads, results = start_requests(server, jpeg, 8)
     wait_until_decoded(server, 8)
 
-    t_signal = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     readiness: list[int | str] = []
     try:
         readiness.append(raw_get(probe, "/readyz"))
     except OSError as exc:  # closed by the shutdown already
         readiness.append(type(exc).__name__)
-    refused_at = None
-    while time.monotonic() - t_signal < 2.0:
+    # Until new connections are refused, or every accepted request has finished (then the
+    # refusal came too late, and the assertions below say so).
+    refused = False
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not refused and any(t.is_alive() for t in threads) and time.monotonic() < deadline:
         try:
             readiness.append(httpx.get(f"{server.base}/readyz", timeout=1).status_code)
         except httpx.ConnectError:
-            refused_at = time.monotonic() - t_signal
-            break
-        time.sleep(0.005)
+            refused = True
+        else:
+            time.sleep(0.005)
     in_flight_when_refused = sum(t.is_alive() for t in threads)
     for t in threads:
-        t.join(timeout=DRAIN_TIMEOUT_S + 5)
-    rc = server.proc.wait(timeout=DRAIN_TIMEOUT_S + 5)
-    exit_after = time.monotonic() - t_signal
+        t.join(timeout=HANG_GUARD_S)
+    rc = server.proc.wait(timeout=HANG_GUARD_S)
     probe.close()
 
     assert 200 not in readiness, readiness  # readiness is 503 from the signal on
     assert 503 in readiness, readiness  # and was seen to be (over the keep-alive connection)
     # New connections were refused while accepted requests were still running: the order the
     # drain promises, whatever the machine's speed.
-    assert refused_at is not None, readiness
+    assert refused, readiness
     assert in_flight_when_refused > 0
     assert results == [200] * 8, results  # every accepted request completed
     assert rc == 0, server.log()
-    assert exit_after < DRAIN_TIMEOUT_S + EXIT_SLACK_S, exit_after
+    # The drain ended because the work was done, not because its budget ran out.
+    assert "drained (all requests finished)" in server.log(), server.log()
+    assert not ABANDONED.search(server.log()), server.log()
 
 
 def test_drain_that_cannot_finish_still_exits_within_the_bound(start_server, jpeg):
@@ -123,18 +131,21 @@ def test_drain_that_cannot_finish_still_exits_within_the_bound(start_server, jpe
         max_batch_delay_ms=5,
         drain_timeout_s=drain_s,
         harness_batch_delay_ms=1000,
+        log_level="info",  # the drain's outcome is read from the log
     )
     threads, results = start_requests(server, jpeg, 12)
     wait_until_decoded(server, 12)
-    t_signal = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
-    rc = server.proc.wait(timeout=drain_s + 10)
-    exit_after = time.monotonic() - t_signal
+    rc = server.proc.wait(timeout=HANG_GUARD_S)  # a hang guard: the bound is the server's own
     for t in threads:
-        t.join(timeout=10)
-    assert rc == 0, server.log()
-    assert exit_after < drain_s + EXIT_SLACK_S, exit_after
-    # What finished in time is a 200; the rest are answered 503 (retry elsewhere) just before
-    # the budget ends, rather than cancelled by uvicorn (which would send a bare text 500).
+        t.join(timeout=HANG_GUARD_S)
+    log = server.log()
+    assert rc == 0, log
+    # The server's drain budget ran out (its timer, not the work, ended the drain): what had not
+    # finished was answered 503 (retry elsewhere) just before, rather than cancelled by uvicorn
+    # (which would send a bare text 500); what finished in time is a 200.
+    abandoned = ABANDONED.search(log)
+    assert abandoned, log
     assert 200 in results and 503 in results, results
     assert set(results) <= {200, 503}, results
+    assert results.count(503) == int(abandoned.group(1)), (results, log)

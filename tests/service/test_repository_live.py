@@ -56,6 +56,9 @@ def start_server(repo: Path, log_path: Path, default_model: str) -> ServerProces
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("SWIN_", "OMP_", "MKL_"))}
     environ.update(
+        # This checkout's service, first: never the one an inherited PYTHONPATH or the
+        # virtualenv's editable install (another checkout) would give.
+        PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         SWIN_MODEL_REPOSITORY=str(repo),
         SWIN_DEFAULT_MODEL=default_model,
         SWIN_HOST="127.0.0.1",
@@ -147,12 +150,16 @@ class Answer:
 
 @dataclass
 class Load:
-    """``clients`` threads, each POSTing one image to ``url`` again and again until stopped."""
+    """``clients`` threads, each POSTing one image to ``url`` again and again until stopped.
+
+    A client that dies of an exception (an answer it cannot read, a bug here) fails the test:
+    ``stop()`` and ``wait_for()`` raise it, rather than leaving a warning and fewer answers."""
 
     url: str
     image: bytes
     clients: int
     answers: list[Answer] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -164,22 +171,41 @@ class Load:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._join()  # the test's own exception, if any, is the one to see: stop() raises
 
     def stop(self) -> list[Answer]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=70)
+        self._join()
+        self._raise_errors()
+        hung = [t.name for t in self._threads if t.is_alive()]
+        assert not hung, f"load clients still running after the stop: {hung}"
         return self.answers
 
     def wait_for(self, condition: Callable[[list[Answer]], object], what: str) -> None:
         deadline = time.monotonic() + TIMEOUT_S
         while not condition(list(self.answers)):
+            self._raise_errors()
             if time.monotonic() > deadline:
                 pytest.fail(f"{what}: not within {TIMEOUT_S:.0f} s ({len(self.answers)} answers)")
             time.sleep(0.05)
 
+    def _join(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=70)
+
+    def _raise_errors(self) -> None:
+        if self.errors:
+            raise AssertionError(
+                f"{len(self.errors)} load client(s) failed: {self.errors!r}"
+            ) from self.errors[0]
+
     def _client(self, client: int) -> None:
+        try:
+            self._post_until_stopped(client)
+        except BaseException as exc:  # handed to the test by stop() and wait_for()
+            self.errors.append(exc)
+
+    def _post_until_stopped(self, client: int) -> None:
         files = {"file": ("hopper.jpg", self.image, "image/jpeg")}
         with httpx.Client(timeout=60) as http:
             while not self._stop.is_set():
