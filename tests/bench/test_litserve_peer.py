@@ -4,7 +4,6 @@ the service, on the micro model (nothing here asserts a duration)."""
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 
 import pytest
@@ -18,8 +17,7 @@ from bench.service import (
     running,
     service_server,
 )
-
-pytest.importorskip("litserve", reason="LitServe comes with the bench extra (make bench)")
+from tests.support import need_wrk
 
 
 def _top5(base: str) -> list[int]:
@@ -59,8 +57,8 @@ def test_peers_are_chosen_by_name_or_family_and_unknown_names_refused():
         bench_main.parse_peers("litserve_w4t1", 2)
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make bench does)")
 def test_a_benchmark_with_litserve_records_idle_cpu_peak_rss_and_answers(tiny_export):
+    need_wrk()
     servers = [
         service_server(tiny_export.model_path, None, {"SWIN_PROVIDERS": "cpu"}),
         litserve_server(tiny_export.model_path, None, workers=1, threads=1),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 
 import pytest
@@ -29,6 +28,7 @@ from bench.protocols import (
 from bench.service import others_load, running, service_server
 from service.v2.http_codec import parse_request, split_body
 from service.v2.tensors import BYTES
+from tests.support import need_wrk
 
 JPEG = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"
 
@@ -182,8 +182,8 @@ def test_a_path_that_does_not_answer_200_stops_the_benchmark_before_any_load(tin
         check_answers(server.base, by_name)
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make bench does)")
 def test_interleaved_rounds_against_a_real_server_are_clean_and_recorded(tiny_export):
+    need_wrk()
     server = _micro_server(tiny_export)
     by_name = routes(SAMPLE_IMAGE.read_bytes(), tiny_export.manifest.name)
     res = run_protocols_benchmark(

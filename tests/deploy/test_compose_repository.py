@@ -7,8 +7,12 @@ environment variables.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +147,26 @@ def test_the_documented_publish_command_never_shows_a_half_written_model(match, 
     temp, target = Path(temp), Path(target)
     assert temp.parent == target.parent
     assert model_name(temp) is None and model_name(target) is not None
-    # Run it: while the copy is written, a scan sees nothing; after the rename, the model.
-    folder = tmp_path / "repo"
-    folder.mkdir()
+    # Run the command itself, with a `cp` that records what a scan of the folder sees the
+    # moment the copy is written, before the `mv`.
     (tmp_path / "new.onnx").write_bytes(b"onnx")
-    (folder / temp.name).write_bytes(b"on")  # half-written
-    assert not scan(folder).stamps
-    (folder / temp.name).replace(folder / target.name)
-    assert set(scan(folder).stamps) == {model_name(target)}
+    (tmp_path / temp.parent).mkdir(parents=True)
+    seen = tmp_path / "seen_after_cp.json"
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "cp").write_text(
+        "#!/bin/sh\n"
+        f'{shutil.which("cp")} "$@" || exit $?\n'
+        f"exec {sys.executable} -c 'import json, sys, pathlib; from service.repository import scan; "
+        f'json.dump(sorted(scan(pathlib.Path(sys.argv[1])).stamps), open(sys.argv[2], "w"))\' '
+        f"{tmp_path / temp.parent} {seen}\n"
+    )
+    (shim / "cp").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        ["sh", "-c", match[0]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(seen.read_text()) == []  # written, but under a name the server skips
+    assert (tmp_path / target).read_bytes() == b"onnx" and not (tmp_path / temp).exists()
+    assert set(scan(tmp_path / target.parent).stamps) == {model_name(target)}
