@@ -1,4 +1,4 @@
-"""``python -m bench [all|engine|service|protocols|profile|report|swap|tracing|baseline]
+"""``python -m bench [all|engine|service|protocols|profile|report|swap|tracing|baseline|fine-tune]
 [--quick]``: the benchmark suite.
 
 ``all`` (the default, what ``make bench`` runs) = engine + service (against the naive peer and
@@ -20,6 +20,14 @@ every request to a local collector, interleaved at c=16, and reports the through
 ``baseline --rev REV`` (not part of ``all``) loads this tree's server and the server of git
 revision REV side by side, interleaved at c=16, and reports the throughput ratio (bench.baseline);
 it writes ``baseline.json`` and ``baseline.md``.
+
+``fine-tune`` (not part of ``all``) measures a genuinely trained model's held-out accuracy in
+transformers and through every served path, and through the old fixed preprocessing rule
+(bench.fine_tune); it writes ``fine_tune.json`` and ``fine_tune.md``.
+
+``overload-refusal`` (not part of ``all``) offers the server twice its measured capacity and
+reports how fast it refuses (503) what its queue cannot hold (bench.overload_refusal); it writes
+``overload_refusal.json``.
 """
 
 from __future__ import annotations
@@ -364,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
             "swap",
             "tracing",
             "baseline",
+            "fine-tune",
+            "overload-refusal",
         ],
     )
     parser.add_argument(
@@ -496,6 +506,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {**cfg, "protocol_rounds": args.rounds}
     out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.what == "fine-tune":
+        from bench import fine_tune
+
+        return fine_tune.main()
+    if args.what == "overload-refusal":
+        from bench import overload_refusal
+
+        server_cpus, loadgen_cpus, _ = plan_cpus()
+        return overload_refusal.main(
+            out_dir, quick=args.quick, server_cpus=server_cpus, client_cpus=loadgen_cpus
+        )
     if args.what == "swap":
         from bench import swap
 
