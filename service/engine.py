@@ -15,6 +15,7 @@ import numpy as np
 
 from service import providers
 from service.contract import GOLDEN_KEY, Manifest, ManifestError, manifest_from_metadata
+from service.repository import ModelFile
 from service.sessions import CUDA_PROVIDER_OPTIONS, session_options
 from service.settings import Settings
 
@@ -92,13 +93,45 @@ def _options(settings: Settings, *, on_gpu: bool):
     )
 
 
-def _open(path: Path, options, wanted: list):
+# Where ORT looks for external data files of a model loaded from bytes (else: the working
+# directory). The model file itself is given: nothing can lie below a file, so any external data
+# fails to load, as it must, since the digest of the file does not cover it.
+_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
+
+
+def _open(file: ModelFile, options, wanted: list):
+    """A session on ``file``'s bytes (not its path, which may hold another file by now)."""
     import onnxruntime as ort
 
+    options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, str(file.path))
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        session = ort.InferenceSession(file.data, sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own pybind types; all mean "cannot serve this"
-        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+        if "external data" in str(exc).lower():
+            raise ModelLoadError(
+                f"cannot load ONNX model {file.path}: it keeps weights in external data files, "
+                "which the server does not load (its digest covers one file): export it as one "
+                f"file ({exc})"
+            ) from exc
+        raise ModelLoadError(f"cannot load ONNX model {file.path}: {exc}") from exc
+    # ORT keeps the bytes (as large as the model) for as long as the session lives, only to
+    # re-create the session on another provider after a provider error. Without its fallback
+    # such an error reaches the batcher (a failed batch, or a fatal device error) instead of
+    # quietly moving a GPU-configured session to the CPU.
+    session.disable_fallback()
+    if hasattr(session, "_model_bytes"):
+        session._model_bytes = None
+    return session
+
+
+def _read(settings: Settings, path: Path | str | None) -> ModelFile:
+    path = Path(settings.model_path if path is None else path)
+    try:
+        return ModelFile.read(path)
+    except FileNotFoundError:
+        return ModelFile(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
 
 
 class OnnxEngine:
@@ -123,13 +156,15 @@ class OnnxEngine:
         self._use_io_binding = use_io_binding
 
     @classmethod
-    def load(cls, settings: Settings, path: Path | None = None) -> OnnxEngine:
-        """Open ``path`` (default ``settings.model_path``); raises ModelLoadError with a message
-        a human can act on."""
+    def load(cls, settings: Settings, source: ModelFile | Path | str | None = None) -> OnnxEngine:
+        """An engine on ``source``: a file read already (the loader's, whose digest it then
+        serves under), or a path read here (default ``settings.model_path``). Raises
+        ModelLoadError with a message a human can act on."""
         import onnxruntime as ort  # imported here so that importing the service stays light
 
-        path = Path(settings.model_path if path is None else path)
-        if not path.is_file():
+        file = source if isinstance(source, ModelFile) else _read(settings, source)
+        path = file.path
+        if file.data is None:
             raise ModelLoadError(
                 f"model file not found: {path.resolve()} (set SWIN_MODEL_PATH, or run `make export`)"
             )
@@ -144,7 +179,7 @@ class OnnxEngine:
             [(providers.CUDA, CUDA_PROVIDER_OPTIONS), providers.CPU] if on_cuda else [providers.CPU]
         )
         options = _options(settings, on_gpu=on_cuda)
-        session = _open(path, options, wanted)
+        session = _open(file, options, wanted)
         try:
             choice = providers.check_started(choice, session.get_providers()[0], settings.providers)
         except providers.ProviderError as exc:
@@ -153,7 +188,7 @@ class OnnxEngine:
             # CUDA did not start and the session fell back to the CPU: the batcher will now run
             # CPU batches side by side, which the CPU's options are made for.
             options = _options(settings, on_gpu=False)
-            session = _open(path, options, [providers.CPU])
+            session = _open(file, options, [providers.CPU])
         engine = cls._from_session(session, path, use_io_binding=choice.cuda)
         engine.provider_warning = choice.warning
         if choice.warning:

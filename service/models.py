@@ -21,12 +21,15 @@ from service.batcher import Batcher
 from service.contract import RANDOM_WEIGHTS_WARNING
 from service.engine import Engine, ModelLoadError, warmup_batch_sizes
 from service.metrics import ModelMetrics
+from service.repository import FileStamp, ModelFile
 from service.selfcheck import SelfCheckFailed, SelfCheckReport, check_engine
 from service.settings import Settings
 
 log = logging.getLogger("service")
 
-Opener = Callable[[Path], Engine]  # a model file -> an engine on it (raises ModelLoadError)
+# A model file, read once -> an engine on those very bytes (raises ModelLoadError). The bytes
+# are released once it returns; ``ModelFile.data`` is None when the path holds no file.
+Opener = Callable[[ModelFile], Engine]
 
 
 class LoadAbandoned(ModelLoadError):
@@ -41,8 +44,9 @@ class LoadedModel:
     engine: Engine
     batcher: Batcher
     self_check: SelfCheckReport
-    digest: str | None = None  # SHA-256 of the file it was loaded from (None: not from a file)
+    digest: str | None = None  # SHA-256 of the bytes it was loaded from (None: not from a file)
     path: Path | None = None
+    stamp: FileStamp | None = None  # the file those bytes were read from, as it was then
     warm: bool = False  # warm-up finished: its batcher may be given requests
     open_s: float = 0.0  # what loading and self-checking it took
     loaded_at: float = field(default_factory=time.time)

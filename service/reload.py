@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.engine import ModelLoadError
+from service.engine import Engine, ModelLoadError
 from service.metrics import Metrics
 from service.models import (
     LoadAbandoned,
@@ -37,8 +37,8 @@ from service.repository import (
     SETTLE_S,
     FileStamp,
     Listing,
+    ModelFile,
     check_directory,
-    content_digest,
     scan,
     single_file,
 )
@@ -118,8 +118,7 @@ class Loader:
                 f"{model.name!r} (a one-model repository): unset it, or set SWIN_MODEL_REPOSITORY"
             )
         self._single_name = self._default = model.name
-        stamp = _stamp_or_none(path)
-        entry = ModelEntry(model.name, ModelState.LOADING, path, model=model, stamp=stamp)
+        entry = ModelEntry(model.name, ModelState.LOADING, path, model=model, stamp=model.stamp)
         self.registry.entries[model.name] = entry
         self._initial.append((entry, model))
 
@@ -292,23 +291,23 @@ class Loader:
                 self._refuse(entry)
                 return
             self._on_change()
-            await self._load(entry, path, digest=None)
+            await self._load(entry, path)
         elif entry.refused:
             if not self._at_capacity(entry):
                 entry.state, entry.refused, entry.reason = ModelState.LOADING, False, None
                 entry.stamp = stamp
-                await self._load(entry, path, digest=None)
+                await self._load(entry, path)
         elif entry.stamp != stamp:
             await self._changed(entry, path, stamp)
 
     async def _changed(self, entry: ModelEntry, path: Path, stamp: FileStamp) -> None:
-        try:
-            digest = await asyncio.to_thread(content_digest, path)
+        try:  # the one read: what is compared here is what loads below
+            file = await asyncio.to_thread(ModelFile.read, path)
         except OSError as exc:
             log.warning("repository: %s: cannot be read yet: %s", entry.name, exc)
             return
         entry.stamp = stamp
-        if entry.model is not None and digest == entry.model.digest:
+        if entry.model is not None and file.digest == entry.model.digest:
             entry.reason = None  # back to what serves: a failed replacement is moot
             self._on_change()
             return
@@ -323,7 +322,7 @@ class Loader:
             log.info(
                 "model %s: new content in %s; loading it beside the serving one", entry.name, path
             )
-        await self._load(entry, path, digest=digest)
+        await self._load(entry, path, file)
 
     def _at_capacity(self, entry: ModelEntry) -> bool:
         """SWIN_MAX_MODELS other names are served (loading or ready) already."""
@@ -336,10 +335,10 @@ class Loader:
         self.registry.fail(entry, reason, outcome="refused")
         self._on_change()
 
-    async def _load(self, entry: ModelEntry, path: Path, digest: str | None) -> None:
+    async def _load(self, entry: ModelEntry, path: Path, file: ModelFile | None = None) -> None:
         started = time.monotonic()
         try:
-            model = await self._open(entry.name, path, digest)
+            model = await self._open(entry.name, path, file)
         except Exception as exc:
             self._load_failed(entry, path, exc)
             return
@@ -378,12 +377,13 @@ class Loader:
 
     # -- one model -------------------------------------------------------------------------------
 
-    async def _open(self, name: str | None, path: Path, digest: str | None = None) -> LoadedModel:
-        """Load ``path`` and replay its golden answers; its batcher runs, but it is not warm."""
+    async def _open(
+        self, name: str | None, path: Path, file: ModelFile | None = None
+    ) -> LoadedModel:
+        """Load ``path`` (``file``: read already) and replay its golden answers; its batcher
+        runs, but it is not warm."""
         started = time.monotonic()
-        if digest is None and path.is_file():
-            digest = await asyncio.to_thread(content_digest, path)
-        engine = await asyncio.to_thread(self._opener, path)
+        engine, file = await asyncio.to_thread(self._open_file, path, file)
         name = name or engine.manifest.name
         self._check_open()
         report = await asyncio.to_thread(self_check, engine, f"model {name} ({path})")
@@ -392,9 +392,24 @@ class Loader:
         metrics = self.metrics.for_model(name)
         batcher = new_batcher(engine, self.settings, metrics, self._on_fatal)
         batcher.start()
-        model = LoadedModel(name, engine, batcher, report, digest, path)
+        model = LoadedModel(name, engine, batcher, report, file.digest, path, file.stamp)
         model.open_s = time.monotonic() - started
         return model
+
+    def _open_file(self, path: Path, file: ModelFile | None) -> tuple[Engine, ModelFile]:
+        """An engine on one read of ``path``, and that read (its bytes released: the session
+        holds the model now). A worker thread's work."""
+        if file is None:
+            try:
+                file = ModelFile.read(path)
+            except FileNotFoundError:
+                file = ModelFile(path)  # the opener says what no file means
+            except OSError as exc:
+                raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+        try:
+            return self._opener(file), file
+        finally:
+            file.release()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -418,10 +433,3 @@ class Loader:
         log.error("model %s: %s: %s", entry.name, verb, exc)
         self.registry.fail(entry, f"{type(exc).__name__}: {exc}")
         self._on_change()
-
-
-def _stamp_or_none(path: Path) -> FileStamp | None:
-    try:
-        return FileStamp.of(path)
-    except OSError:
-        return None

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.engine import ModelLoadError
+from service.repository import ModelFile
 from service.settings import Settings
 from tests.service.conftest import FakeEngine, image_bytes, running, tiny_manifest
 from tests.support import free_port, metric, parse_metrics, until
@@ -43,10 +44,12 @@ OPENING = threading.Event()  # set by the opener of a file that says ``gate``
 GATE = threading.Event()  # ... which then waits for it
 
 
-def fake_opener(path: Path) -> FakeEngine:
+def fake_opener(file: ModelFile) -> FakeEngine:
     """A FakeEngine as the file describes it; ``broken`` anywhere in it fails the load, ``vanish``
     removes the file while it loads, ``gate`` holds the load until GATE is set."""
-    text = path.read_text()
+    path = file.path
+    assert file.data is not None, f"{path}: the loader reads every repository file it opens"
+    text = file.data.decode()
     if "broken" in text:
         raise ModelLoadError(f"cannot load ONNX model {path}: INVALID_PROTOBUF")
     if "vanish" in text:
