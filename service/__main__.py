@@ -15,12 +15,14 @@ import signal
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from types import FrameType  # noqa: E402
 
 from pydantic import ValidationError  # noqa: E402
 
 from service.app import create_app  # noqa: E402
+from service.decoding import DecodePool  # noqa: E402
 from service.logs import configure_logging  # noqa: E402
 from service.server import EXIT_FATAL_DEVICE, DrainingServer, uvicorn_config  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -53,12 +55,31 @@ def main() -> int:
         signal.signal(sig, _ignore_after_drain)
     signal.signal(signal.SIGHUP, lambda sig, frame: lifecycle.request_reload())
     server.run()
+    status = _exit_status(server)
+    _exit_now_if_decoding(app.state.service.decoder, status)
+    return status
+
+
+def _exit_status(server: DrainingServer) -> int:
     if server.exit_code:
         return server.exit_code
     if not server.started:
         log.error("start-up failed (see above); exiting with status %d", EXIT_STARTUP_FAILED)
         return EXIT_STARTUP_FAILED
     return 0
+
+
+def _exit_now_if_decoding(decoder: DecodePool | None, status: int) -> None:
+    """Exit at once while abandoned decodes still run: at a normal exit Python joins every
+    worker thread, so a decode nobody waits for (its request long answered) would hold the
+    process past its drain bound, for as long as the decode takes."""
+    if decoder is None or not decoder.running:
+        return
+    log.warning("exiting with %d abandoned decodes still running", decoder.running)
+    logging.shutdown()  # flush the log first: os._exit skips the interpreter's clean-up
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _ignore_after_drain(sig: int, frame: FrameType | None) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import tracing
+from service.auth import install_api_keys
+from service.decoding import DecodePool
 from service.engine import Engine, OnnxEngine
 from service.errors import ApiError, ErrorCode, code_for_status, is_v2_path
 from service.lifecycle import FatalHook, Lifecycle
@@ -26,6 +26,7 @@ from service.middleware import (
 from service.model_routes import router as model_router
 from service.models import Opener
 from service.preprocess import configure_pillow
+from service.repository import ModelFile
 from service.routes import router
 from service.settings import Settings
 from service.state import RequestSlots, ServiceState
@@ -90,7 +91,7 @@ def create_app(
 
 
 def _always(engine: Engine) -> Opener:
-    def opener(path: Path) -> Engine:
+    def opener(file: ModelFile) -> Engine:
         return engine
 
     return opener
@@ -99,15 +100,17 @@ def _always(engine: Engine) -> Opener:
 def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_pillow()
+        configure_pillow(state.settings.max_image_pixels)
         # The OTEL_* variables may turn tracing on (a test may have installed its own tracer).
         traced_here = tracing.tracer() is None and tracing.configure()
         # A missing or corrupt model raises here: uvicorn then exits non-zero with the message,
         # rather than serving a half-alive process.
         await state.lifecycle.start()
-        state.decode_executor = ThreadPoolExecutor(
-            max_workers=state.settings.resolved_decode_threads(), thread_name_prefix="swin-decode"
+        state.decoder = DecodePool(
+            state.settings.resolved_decode_threads(),
+            state.settings.resolved_max_abandoned_decodes(),
         )
+        state.lifecycle.track_decodes(state.decoder)
         grpc_server = None
         try:
             grpc_server = await _start_grpc(state)
@@ -116,7 +119,7 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
             if grpc_server is not None:  # its calls finish before the batcher drains
                 await grpc_server.stop()
             await state.lifecycle.stop()
-            state.decode_executor.shutdown(wait=False, cancel_futures=True)
+            state.decoder.shutdown()
             if traced_here:
                 tracing.shutdown()  # sends the spans still buffered, briefly
 
@@ -149,6 +152,7 @@ def _install_middleware(app: FastAPI, state: ServiceState) -> None:
         metrics=metrics,
     )
     app.add_middleware(ConcurrencyLimitMiddleware, slots=state.slots, metrics=metrics)
+    install_api_keys(app, settings, metrics)  # 401s take no slot, and are counted and logged
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
 

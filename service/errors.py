@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image", 400
     BAD_REQUEST = "bad_request", 400  # malformed multipart, no image
     INVALID_TENSOR = "invalid_tensor", 400  # v2: a tensor's name, datatype, shape or data
+    UNAUTHENTICATED = "unauthenticated", 401  # API keys on, and no valid one came
     NOT_FOUND = "not_found", 404
     METHOD_NOT_ALLOWED = "method_not_allowed", 405
     NOT_ACCEPTABLE = "not_acceptable", 406
@@ -182,7 +183,7 @@ INFERENCE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         **_example(ErrorCode.INFERENCE_FAILED, "model run failed"),
     },
     503: {
-        "description": "Overloaded, deadline passed while queued, not ready or draining; retry later",
+        "description": "Overloaded, deadline passed while queued or decoding, not ready or draining; retry later",
         "headers": _RETRY_HEADER,
         **_example(ErrorCode.OVERLOADED, "queue full"),
     },

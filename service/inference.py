@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from starlette.requests import ClientDisconnect, Request
 
 from service import tracing
 from service.batcher import (
@@ -44,8 +45,40 @@ _SUBMIT_ERRORS: dict[type[BatcherError], tuple[ErrorCode, str]] = {
 
 
 async def off_loop(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on the decode threads: CPU-heavy work never runs on the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(state.decode_executor, fn, *args)
+    """``fn(*args)`` on the decode threads: CPU-heavy work never runs on the event loop.
+
+    For work whose cost the body's size bounds (parsing, encoding answers); an image decode goes
+    through ``decode_all``, whose cost the body does not bound, under the request's deadline."""
+    executor = state.decoder.executor if state.decoder is not None else None
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+async def unless_client_left(request: Request, work: Awaitable[T]) -> T:
+    """``work``, cancelled as soon as the HTTP client disconnects (ClientDisconnect, logged and
+    counted as 499): a decode or a queued image that nobody will read must not hold a decode
+    thread or a queue slot, and the log must not call it a 503 the client never saw.
+
+    Only once the body has been read: uvicorn's ``receive`` then returns nothing but the
+    disconnect."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done():  # the client left first: let the work see its cancellation
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with has nobody to go to
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def effective_deadline(state: ServiceState, started: float, *requested_ms: float | None) -> float:
@@ -65,13 +98,21 @@ def refuse_if_full(batcher: Batcher, n: int = 1) -> None:
 
 
 async def decode_all(
-    state: ServiceState, model: LoadedModel, timings: RequestTimings, bodies: Sequence[bytes]
+    state: ServiceState,
+    model: LoadedModel,
+    timings: RequestTimings,
+    bodies: Sequence[bytes],
+    deadline: float,
 ) -> list[np.ndarray]:
-    """Each body decoded and preprocessed for ``model`` on the decode threads, one after another."""
+    """Each body decoded and preprocessed for ``model`` on the decode threads, one after another,
+    answered by ``deadline`` (``time.monotonic()``) even while a decode still runs."""
+    if state.decoder is None:
+        raise ApiError(ErrorCode.NOT_READY, "server is not serving yet")
     decode = functools.partial(
         decode_image,
         spec=model.engine.manifest.preprocess,
         max_pixels=state.settings.max_image_pixels,
+        max_scans=state.settings.max_jpeg_scans,
     )
     decode_time = state.metrics.decode_time.labels(model=model.name)
     inputs = []
@@ -79,7 +120,7 @@ async def decode_all(
         t0 = time.perf_counter()
         try:
             with tracing.step("decode image", **{"swin.model": model.name}):
-                inputs.append(await off_loop(state, decode, data))
+                inputs.append(await state.decoder.run(decode, data, deadline=deadline))
         finally:
             elapsed = time.perf_counter() - t0
             timings.decode_s += elapsed

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from service.batcher import Batcher, Draining
+from service.decoding import DecodePool
 from service.metrics import Metrics
 from service.models import LoadAbandoned, LoadedModel, Opener
 from service.registry import Registry
@@ -75,12 +76,17 @@ class Lifecycle:
         self._warm_up_over = asyncio.Event()  # warmed up, or failed trying
         self._drain_started: float | None = None  # time.monotonic()
         self._drain_deadline: asyncio.TimerHandle | None = None
+        self._decodes: DecodePool | None = None
 
     # -- what the routes ask ----------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self.phase is Phase.READY and self.registry.default_ready()
+        return (
+            self.phase is Phase.READY
+            and self.registry.default_ready()
+            and not (self._decodes is not None and self._decodes.saturated)
+        )
 
     @property
     def draining(self) -> bool:
@@ -108,6 +114,13 @@ class Lifecycle:
         if self._drain_started is None:
             return self.settings.drain_timeout_s
         return self.settings.drain_timeout_s - (time.monotonic() - self._drain_started)
+
+    def track_decodes(self, pool: DecodePool) -> None:
+        """The decode threads: readiness is 503 while abandoned decodes fill their spare room,
+        the drain deadline answers the requests still decoding, and the drain's last log line
+        counts the decodes it leaves running."""
+        self._decodes = pool
+        pool.on_saturated = lambda saturated: self._refresh_ready()
 
     def on_ready(self, hook: Callable[[], None]) -> None:
         """Call ``hook()`` once the default model is warm and the server first turns ready."""
@@ -203,7 +216,7 @@ class Lifecycle:
             task.cancel()
         await asyncio.gather(*self.loader.retirements, return_exceptions=True)
         self._advance(Phase.DRAINING, Phase.STOPPED)
-        log.info("drained (%s)", "all requests finished" if all(finished) else "timed out")
+        self._log_drained(all(finished))
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -247,6 +260,25 @@ class Lifecycle:
     def _abandon_all(self) -> None:
         for model in self.registry.live_models():
             _abandon(model.batcher)
+        if self._decodes is not None:
+            answered = self._decodes.abandon_all()
+            if answered:
+                log.error(
+                    "drain budget spent: answered %d requests still decoding with 503; "
+                    "their decodes are abandoned",
+                    answered,
+                )
+
+    def _log_drained(self, batchers_finished: bool) -> None:
+        """The drain's outcome: "all requests finished" only if nothing at all is left running."""
+        decoding = self._decodes.running if self._decodes is not None else 0
+        if decoding:
+            log.warning(
+                "drained (requests answered; abandoned %d decodes still running, not waited for)",
+                decoding,
+            )
+        else:
+            log.info("drained (%s)", "all requests finished" if batchers_finished else "timed out")
 
 
 def _abandon(batcher: Batcher) -> None:

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.contract import PreprocessSpec
 from service.errors import ApiError, ErrorCode
+from service.jpeg_scans import DEFAULT_MAX_SCANS, count_scans
 
 # The formats whose Pillow decoders we expose. Pillow otherwise picks a parser by magic bytes from
 # ~40 plugins, including EPS (runs Ghostscript). BMP is served: RGB BMP is common from Windows
@@ -91,14 +92,20 @@ _RESAMPLING: Final = {
 }
 
 
-def configure_pillow() -> None:
+def configure_pillow(max_pixels: int | None = None) -> None:
     """Process-wide Pillow policy: a DecompressionBombWarning is an error, never just a log line.
 
-    Our own pixel cap (checked before load) normally fires first; this covers a cap configured
-    above Pillow's. Installed once at start-up, because ``warnings.catch_warnings`` is not
-    thread-safe and decoding runs on several threads.
+    Pillow checks its own limit inside ``Image.open``, before our cap (SWIN_MAX_IMAGE_PIXELS) can
+    look at ``im.size``; ``max_pixels`` raises Pillow's limit to at least ours, so that whenever
+    Pillow's check fires the image is over our cap too, and the 413 can name our setting.
+    (Raised only, never lowered: other code in the process may open large images.) Installed
+    once at start-up, because ``warnings.catch_warnings`` is not thread-safe and decoding runs on
+    several threads.
     """
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None and limit is not None and limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def sniff_refused_format(data: bytes) -> str | None:
@@ -111,22 +118,29 @@ def sniff_refused_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> np.ndarray:
+def decode_image(
+    data: bytes, spec: PreprocessSpec, *, max_pixels: int, max_scans: int = DEFAULT_MAX_SCANS
+) -> np.ndarray:
     """Decode one image and preprocess it: bytes -> float32 (3, S, S), S = ``spec.crop_size``.
 
-    Raises ApiError: 400 invalid_image, 413 image_too_large (decided from the header, before any
-    pixel is decoded) or 415 unsupported_media_type.
+    Raises ApiError: 400 invalid_image, 413 image_too_large (over ``max_pixels`` pixels or, for
+    a JPEG, ``max_scans`` scans: decided from the header and markers, before any pixel is
+    decoded) or 415 unsupported_media_type.
     """
     if not data:
         raise ApiError(ErrorCode.INVALID_IMAGE, "empty image body")
     try:
-        rgb = load_rgb(data, spec, max_pixels=max_pixels)
+        rgb = load_rgb(data, spec, max_pixels=max_pixels, max_scans=max_scans)
         return to_model_input(rgb, spec)
     except ApiError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check, inside Image.open: configure_pillow keeps its limit at or above
+        # ours, so the image is over ours too; Pillow's figure would only confuse the client.
         raise ApiError(
-            ErrorCode.IMAGE_TOO_LARGE, f"image refused as a decompression bomb: {exc}"
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"image refused before decoding: its header declares more than "
+            f"SWIN_MAX_IMAGE_PIXELS = {max_pixels} pixels (width*height)",
         ) from exc
     except UnidentifiedImageError as exc:
         refused = sniff_refused_format(data)
@@ -144,7 +158,9 @@ def decode_image(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> np.nd
         ) from exc
 
 
-def load_rgb(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> Image.Image:
+def load_rgb(
+    data: bytes, spec: PreprocessSpec, *, max_pixels: int, max_scans: int = DEFAULT_MAX_SCANS
+) -> Image.Image:
     """Open, size-check, decode (first frame, EXIF orientation applied) and convert to 8-bit RGB."""
     im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     width, height = im.size
@@ -154,13 +170,28 @@ def load_rgb(data: bytes, spec: PreprocessSpec, *, max_pixels: int) -> Image.Ima
     if width * height > max_pixels:
         raise ApiError(
             ErrorCode.IMAGE_TOO_LARGE,
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+            f"image is {width}x{height} = {width * height} pixels; "
+            f"SWIN_MAX_IMAGE_PIXELS is {max_pixels}",
         )
     if im.format in ("JPEG", "MPO"):
+        _check_scans(data, max_scans)
         _draft_jpeg(im, spec)
     im.load()  # first frame only: we never seek
     im = _apply_exif_orientation(im)
     return to_rgb(im)
+
+
+def _check_scans(data: bytes, max_scans: int) -> None:
+    """413 for a JPEG that declares more scans than ``max_scans``: libjpeg would run every one
+    over every block, so the decode's cost is its pixels times its scans (service/jpeg_scans.py).
+    """
+    scans = count_scans(data, stop_after=max_scans)
+    if scans > max_scans:
+        raise ApiError(
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"JPEG declares more than {max_scans} scans (SWIN_MAX_JPEG_SCANS); progressive "
+            "encoders write at most a few dozen",
+        )
 
 
 def _draft_jpeg(im: Image.Image, spec: PreprocessSpec) -> None:

@@ -26,6 +26,7 @@ from service.inference import (
     off_loop,
     refuse_if_full,
     submit,
+    unless_client_left,
 )
 from service.metrics import OPENMETRICS_CONTENT_TYPE
 from service.models import LoadedModel
@@ -108,8 +109,20 @@ async def infer_images(
     """Read, decode (worker threads) and batch-run every image of the request."""
     refuse_if_full(model.batcher)
     bodies = await read_image_bodies(request, state.settings.max_images_per_request)
-    inputs = await decode_all(state, model, timings, bodies)
-    del bodies
+    work = _run_images(state, model, timings, bodies, deadline)
+    del bodies  # only the work holds them now, and drops them once decoded
+    return await unless_client_left(request, work)
+
+
+async def _run_images(
+    state: ServiceState,
+    model: LoadedModel,
+    timings: RequestTimings,
+    bodies: list[bytes],
+    deadline: float,
+) -> list[ImageResult]:
+    inputs = await decode_all(state, model, timings, bodies, deadline)
+    del bodies  # the encoded images: their memory is free while they wait for the model
     return await submit(model.batcher, inputs, deadline, timings)
 
 

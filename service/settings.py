@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.jpeg_scans import DEFAULT_MAX_SCANS
 
 Providers = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -29,7 +31,12 @@ class Settings(BaseSettings):
     """All server settings. Environment variables are the field names upper-cased with ``SWIN_``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SWIN_", extra="ignore", protected_namespaces=(), frozen=True
+        env_prefix="SWIN_",
+        extra="ignore",
+        protected_namespaces=(),
+        frozen=True,
+        # An error must not echo its input: that would print SWIN_API_KEYS to the log.
+        hide_input_in_errors=True,
     )
 
     model_path: Path = Field(
@@ -143,6 +150,22 @@ class Settings(BaseSettings):
         le=1024,
         description="Image-decode worker threads; 0 = auto (one per CPU, at least 2).",
     )
+    # Decode work: what one image may cost before and after its answer (docs/reliability.md).
+    max_jpeg_scans: int = Field(
+        DEFAULT_MAX_SCANS,
+        ge=1,
+        le=100_000,
+        description="Most scans a JPEG may declare, counted from its markers before decoding "
+        "(413 past it): a progressive JPEG's decode time is its pixels times its scans.",
+    )
+    max_abandoned_decodes: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Decodes that may still run after their request was answered (deadline, "
+        "client gone, drain), each on a spare thread; at the limit new decodes get 503 and "
+        "readiness is 503 until one ends. 0 = auto (as many as decode threads).",
+    )
     drain_timeout_s: float = Field(
         8.0,
         gt=0.0,
@@ -196,6 +219,27 @@ class Settings(BaseSettings):
         "max_concurrent_requests: past it uvicorn itself answers a plain-text 503.",
     )
 
+    # API keys (docs/production.md#api-keys): off while both are unset.
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys (each at least 16 of A-Z a-z 0-9 -._~+/=). Set, "
+        "API calls must carry one (HTTP Authorization: Bearer <key>, gRPC metadata "
+        "authorization); probes, /metrics, /docs and the web page's files stay open.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of API keys, one per line (blank and # lines skipped), such as a "
+        "mounted Kubernetes Secret; added to api_keys. Read at start.",
+    )
+
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        # Here, not in service.auth's import: it imports modules that import this one.
+        from service.auth import configured_keys
+
+        configured_keys(self)  # ApiKeyError (a ValueError) names the variable, never a key
+        return self
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
         if self.max_images_per_request > self.queue_capacity:
@@ -236,3 +280,6 @@ class Settings(BaseSettings):
 
     def resolved_decode_threads(self) -> int:
         return self.decode_threads or max(2, available_cpus())
+
+    def resolved_max_abandoned_decodes(self) -> int:
+        return self.max_abandoned_decodes or self.resolved_decode_threads()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from service.decoding import DecodePool
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.settings import Settings
@@ -53,5 +53,5 @@ class ServiceState:
     metrics: Metrics
     lifecycle: Lifecycle  # the phase, and the model once loaded
     slots: RequestSlots  # shared by the HTTP middleware and the gRPC server
-    decode_executor: ThreadPoolExecutor | None = None  # started and shut down by the lifespan
+    decoder: DecodePool | None = None  # the decode threads: started and shut down by the lifespan
     grpc_port: int | None = None  # the gRPC endpoint's bound port, while it serves

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from service import tracing
 from service.deps import ServedDep, StateDep, TimingsDep, unavailable
-from service.inference import effective_deadline, off_loop, refuse_if_full
+from service.inference import effective_deadline, off_loop, refuse_if_full, unless_client_left
 from service.models import LoadedModel
 from service.registry import ModelState, not_ready
 from service.routes import TimeoutHeader
@@ -46,7 +46,7 @@ _ERROR_CAUSES = {
     415: "An image format that is not accepted",
     422: "A bad X-Request-Timeout-Ms header",
     500: "The model run failed (only this batch)",
-    503: "Overloaded, deadline passed while queued, not ready or draining; retry later",
+    503: "Overloaded, deadline passed while queued or decoding, not ready or draining; retry later",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
 
@@ -198,7 +198,7 @@ async def _infer(
     parsed = await off_loop(state, parse_body, body, header_length, name, version)
     del body
     deadline = effective_deadline(state, started, timeout_ms)
-    outputs = await infer.run(state, model, parsed, timings, deadline)
+    outputs = await unless_client_left(request, infer.run(state, model, parsed, timings, deadline))
     with tracing.step("response"):
         body, header_length = await off_loop(
             state, response_body, parsed, outputs, warning(model.engine.manifest)

@@ -110,7 +110,7 @@ async def run(
     outputs = check_outputs(request, manifest)
     tensor = request.inputs[0]
     if tensor.name == IMAGE_INPUT:
-        inputs = await decode_all(state, model, timings, tensor.data)  # type: ignore[arg-type]
+        inputs = await decode_all(state, model, timings, tensor.data, deadline)  # type: ignore[arg-type]
     else:
         inputs = await off_loop(state, _pixel_rows, tensor, n, manifest.image_size)
     results = await submit(model.batcher, inputs, deadline, timings)

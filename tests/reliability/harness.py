@@ -12,6 +12,9 @@ test can check that the server runs this checkout's code. The wrapping is config
   raise an ordinary EngineError.
 - ``HARNESS_FATAL_AT``: index of the run after warm-up that raises a fatal device error (the
   message ONNX Runtime gives for a CUDA illegal address).
+- ``HARNESS_DECODE_GATE``: a file path. Decoding an image whose bytes hold ``SLOW_DECODE_MARK``
+  (e.g. in a JPEG comment) first appends a line to ``<path>.started``, then blocks its decode
+  thread until ``<path>`` exists: a decode as slow as the test wants, that no deadline can stop.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import service
+import service.inference
 from service.__main__ import main
 from service.engine import EngineError, FatalEngineError, OnnxEngine
 from service.settings import Settings
@@ -64,6 +69,28 @@ def _wrap(engine: OnnxEngine) -> OnnxEngine:
     engine.warmup = warmup  # type: ignore[method-assign]
     return engine
 
+
+SLOW_DECODE_MARK = b"harness:slow-decode"
+GATE_HANG_GUARD_S = 120.0  # a gate nobody opens: the decode ends, the test has failed by then
+
+
+def _gate_decodes(gate: Path) -> None:
+    real_decode = service.inference.decode_image
+
+    def decode_image(data, spec, **limits):
+        if SLOW_DECODE_MARK in data:
+            with Path(f"{gate}.started").open("a") as started:
+                started.write("decode started\n")
+            deadline = time.monotonic() + GATE_HANG_GUARD_S
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)  # another process opens it: a file is the simplest gate
+        return real_decode(data, spec, **limits)
+
+    service.inference.decode_image = decode_image  # looked up at each request
+
+
+if os.environ.get("HARNESS_DECODE_GATE"):
+    _gate_decodes(Path(os.environ["HARNESS_DECODE_GATE"]))
 
 _real_load = OnnxEngine.load
 OnnxEngine.load = staticmethod(lambda settings, path=None: _wrap(_real_load(settings, path)))  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -252,6 +253,64 @@ def test_pillow_bomb_warning_is_an_error_even_with_a_lax_cap(monkeypatch):
     with pytest.raises(ApiError) as err:
         decode(encode(Image.new("RGB", (40, 40)), "PNG"), max_pixels=10**9)  # 1600 px: a warning
     assert err.value.status == 413
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height``, with one tiny IDAT: never decodable."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+
+
+def test_a_header_over_pillows_own_limit_is_refused_naming_our_setting():
+    # 10000x10000 is over Pillow's default limit, whose check inside Image.open fires first.
+    pre.configure_pillow(MAX_PIXELS)
+    with pytest.raises(ApiError) as err:
+        decode(png_header_only(10_000, 10_000))
+    assert err.value.status == 413 and err.value.code == "image_too_large"
+    assert f"SWIN_MAX_IMAGE_PIXELS = {MAX_PIXELS}" in err.value.message, err.value.message
+    assert str(Image.MAX_IMAGE_PIXELS) not in err.value.message  # not Pillow's figure
+    with pytest.raises(ApiError) as ours:
+        decode(png_header_only(7000, 7000))  # under Pillow's limit, over ours: our own check
+    assert f"SWIN_MAX_IMAGE_PIXELS is {MAX_PIXELS}" in ours.value.message, ours.value.message
+
+
+def test_pillows_limit_is_raised_to_ours_and_never_lowered(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    pre.configure_pillow(5000)
+    assert Image.MAX_IMAGE_PIXELS == 5000  # else Pillow would refuse images our cap allows
+    pre.configure_pillow(10)
+    assert Image.MAX_IMAGE_PIXELS == 5000
+
+
+def progressive_with_scans(scans: int) -> bytes:
+    """A progressive grey JPEG (6 scans) whose last scan is repeated up to ``scans`` scans."""
+    data = encode(Image.new("L", (512, 512), 128), "JPEG", progressive=True)
+    last, eoi = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:eoi] + data[last:eoi] * (scans - 6) + data[eoi:]
+
+
+def test_a_jpeg_over_the_scan_limit_is_refused_before_decoding(monkeypatch):
+    bomb = progressive_with_scans(1006)
+    loaded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(1))
+    with pytest.raises(ApiError) as err:
+        pre.decode_image(bomb, SPEC, max_pixels=MAX_PIXELS)
+    assert err.value.status == 413 and err.value.code == "image_too_large"
+    assert "SWIN_MAX_JPEG_SCANS" in err.value.message and "100" in err.value.message
+    assert loaded == []
+
+
+def test_a_jpeg_at_the_scan_limit_is_served():
+    at_limit = progressive_with_scans(20)
+    x = pre.decode_image(at_limit, SPEC, max_pixels=MAX_PIXELS, max_scans=20)
+    assert x.shape == (3, 64, 64)
+    with pytest.raises(ApiError):
+        pre.decode_image(progressive_with_scans(21), SPEC, max_pixels=MAX_PIXELS, max_scans=20)
 
 
 def test_corrupt_exif_is_not_an_error(images_dir):
