@@ -1,6 +1,7 @@
 // The try-the-model page. Plain JS, no dependencies; it calls only the public API:
 // GET /v1/models (the index), GET /v1/models/{name} (the card), and that model's
-// POST /v1/models/{name}/classify and /features.
+// POST /v1/models/{name}/classify and /features. When the server checks API keys (a 401), it
+// asks for one, keeps it in sessionStorage (this tab only) and sends it as a Bearer token.
 "use strict";
 
 (() => {
@@ -35,6 +36,9 @@
     predEmpty: $("pred-empty"),
     timing: document.querySelector("#timing tbody"),
     opacity: $("opacity"),
+    keyForm: $("key-form"),
+    keyTitle: $("key-title"),
+    keyInput: $("key-input"),
     canvases: Object.fromEntries(
       STAGES.map((s) => [s, document.querySelector(`canvas[data-stage="${s}"]`)]),
     ),
@@ -72,11 +76,46 @@
     return out;
   }
 
+  // ---- API key ----------------------------------------------------------------------------
+
+  const KEY_ITEM = "swin-api-key";
+
+  function storedKey() {
+    try {
+      return sessionStorage.getItem(KEY_ITEM) || "";
+    } catch {
+      return ""; // storage disabled: the page works without keys
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      if (key) sessionStorage.setItem(KEY_ITEM, key);
+      else sessionStorage.removeItem(KEY_ITEM);
+    } catch {
+      // storage disabled: nothing to keep
+    }
+  }
+
+  /** Ask for a key; a stored key that earned the 401 is dropped. */
+  function askForKey() {
+    const rejected = storedKey() !== "";
+    storeKey("");
+    ui.keyTitle.textContent = rejected
+      ? "The server did not accept this API key. Please enter another."
+      : "This server needs an API key.";
+    ui.keyForm.hidden = false;
+    ui.keyInput.focus();
+  }
+
   async function callApi(url, init) {
     const started = performance.now();
+    const key = storedKey();
+    const headers = new Headers((init && init.headers) || {});
+    if (key) headers.set("Authorization", "Bearer " + key);
     let resp;
     try {
-      resp = await fetch(url, init);
+      resp = await fetch(url, { ...init, headers });
     } catch (err) {
       throw new ApiFailure(0, "network", String(err), null);
     }
@@ -113,6 +152,7 @@
       invalid_image:
         "This file could not be read as an image. It may be damaged or incomplete.",
       bad_request: "The server could not read the upload. Please choose the file again.",
+      unauthenticated: "This server needs an API key. Please enter it above, then try again.",
       overloaded: "The server is busy right now. Please try again in a few seconds.",
       deadline_exceeded: "The server is busy right now. Please try again in a few seconds.",
       not_ready: "The model is still loading. Please try again in a few seconds.",
@@ -151,6 +191,7 @@
       index = (await callApi("/v1/models")).body;
     } catch (err) {
       ui.summary.textContent = "Could not list the models: " + plainWords(err);
+      if (err.status === 401) askForKey();
       return;
     }
     // A name being unloaded may be listed beside its new version: offer each name once.
@@ -188,6 +229,7 @@
           continue;
         }
         ui.summary.textContent = "Could not load the model card: " + plainWords(err);
+        if (err.status === 401) askForKey();
         return;
       }
     }
@@ -279,6 +321,7 @@
       clearResults();
       showError(failed.reason);
       ui.status.textContent = "";
+      if (failed.reason.status === 401) askForKey();
       return;
     }
     try {
@@ -497,6 +540,16 @@
   for (const type of ["dragover", "drop"]) {
     window.addEventListener(type, (e) => e.preventDefault());
   }
+
+  ui.keyForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    storeKey(ui.keyInput.value.trim());
+    ui.keyInput.value = "";
+    ui.keyForm.hidden = true;
+    ui.error.hidden = true;
+    ui.summary.textContent = "Loading the model card…";
+    loadModels();
+  });
 
   ui.select.addEventListener("change", () => {
     seq++; // an answer still on its way belongs to the model before

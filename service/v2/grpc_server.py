@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service import tracing
+from service.auth import grpc_interceptors
 from service.deps import served_model, unavailable
 from service.errors import ApiError, ErrorCode
 from service.inference import effective_deadline, off_loop, refuse_if_full
@@ -187,6 +188,7 @@ class GrpcServer:
                 ("grpc.http2.bdp_probe", 0),
             ],
             maximum_concurrent_rpcs=settings.max_connections,
+            interceptors=grpc_interceptors(settings, self.state.metrics),
         )
         server.add_generic_rpc_handlers((self._handlers(),))
         address = _address(settings.host, settings.grpc_port)
@@ -227,34 +229,47 @@ class GrpcServer:
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         service = InferenceService(self.state)
+        # Every method is registered as a client stream, though the protocol's are unary (the same
+        # on the wire): gRPC reads a unary call's first message and drops any after it, whereas
+        # here the handler reads the message itself, and then the client's half-close. ModelInfer
+        # also takes its request slot before the message is read, so that a flood of large calls
+        # is refused without holding their bytes.
         handlers = {
-            method: _method_handler(method)(
+            method: grpc.stream_unary_rpc_method_handler(
                 self._observed(method, getattr(service, method)), response_serializer=_serialize
             )
             for method in messages.METHODS
         }
         return grpc.method_handlers_generic_handler(messages.SERVICE, handlers)
 
-    def _observed(self, method: str, handler: Handler) -> Callable[[bytes, Any], Awaitable[Any]]:
+    def _observed(self, method: str, handler: Handler) -> Callable[[Any, Any], Awaitable[Any]]:
         """``handler`` with its request parsed, its answer built, its errors mapped to statuses,
         and the call counted and timed; inference also takes one of the shared request slots."""
         parse, build = messages.request_type(method).FromString, messages.response_type(method)
         state, metrics = self.state, self.state.metrics
+        limit = state.settings.max_upload_bytes
         infers = method == "ModelInfer"
 
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            # ``requests`` stays unread: the call's message comes from context.read().
             with tracing.server_span(*_span_of(method, context, self.port)) as span:
-                return await call(request, context, span)
+                return await call(context, span)
 
-        async def call(request: Any, context: grpc.aio.ServicerContext, span: Any) -> Any:
+        async def call(context: grpc.aio.ServicerContext, span: Any) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.OK
+            reading_from: str | None = None  # the call's peer, while its message is read
             try:
                 if not infers:
-                    result = await handler(_parse(parse, request), context)
+                    reading_from = context.peer()
+                    raw = await _request_message(context, reading_from, limit)
+                    reading_from = None
+                    result = await handler(_parse(parse, raw), context)
                 else:  # admitted before its message is read, then parsed off the loop
                     with self._admitted():
+                        reading_from = context.peer()
                         with tracing.step("read body"):
-                            raw = await context.read()
+                            raw = await _request_message(context, reading_from, limit)
+                        reading_from = None
                         message = await off_loop(state, _parse, parse, raw)
                         result = await handler(message, context)
                 return build(**result) if isinstance(result, dict) else result
@@ -263,7 +278,7 @@ class GrpcServer:
                 code = status_code(exc.code)
                 await context.abort(code, exc.message[:1000])  # metadata has a size limit
             except asyncio.CancelledError:
-                reason, code = _cancelled(context)
+                reason, code = _cancelled(context, reading_from)
                 metrics.rejected(reason)
                 raise
             except Exception:
@@ -314,20 +329,42 @@ class GrpcServer:
                 self._idle.set()
 
 
-def _method_handler(method: str) -> Callable[..., grpc.RpcMethodHandler]:
-    """ModelInfer is a client stream of one message on our side (the same on the wire as a
-    unary call): its request slot is taken before gRPC reads the message, so a flood of large
-    calls is refused without holding their bytes."""
-    if method == "ModelInfer":
-        return grpc.stream_unary_rpc_method_handler
-    return grpc.unary_unary_rpc_method_handler
+async def _request_message(context: grpc.aio.ServicerContext, peer: str, limit: int) -> bytes:
+    """The call's request message, read up to the client's half-close: the protocol's methods
+    take exactly one. INVALID_ARGUMENT for none or for more than one, RESOURCE_EXHAUSTED
+    (``payload_too_large``, as an HTTP body's 413) when gRPC refused it as over ``limit``."""
+    raw = await context.read()
+    extra = await context.read() if isinstance(raw, bytes) else None
+    if _refused_by_grpc(context, peer):
+        raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"request message over {limit} bytes")
+    if not isinstance(raw, bytes):  # grpc.aio.EOF: the client sent no message
+        raise invalid("the call carries no request message")
+    if isinstance(extra, bytes):
+        raise invalid("the call carries more than one request message: the method takes one")
+    return raw
 
 
-def _cancelled(context: grpc.aio.ServicerContext) -> tuple[ErrorCode, grpc.StatusCode]:
-    """Why a call ended before its answer: its deadline passed, or its client went away."""
+def _refused_by_grpc(context: grpc.aio.ServicerContext, peer: str) -> bool:
+    """Whether gRPC itself ended the call while its message was read: it refuses a message over
+    grpc.max_receive_message_length from its length prefix, answers RESOURCE_EXHAUSTED, and the
+    handler sees only the end of the call (EOF, or its task cancelled), as when the client
+    leaves. What tells the two apart is that gRPC then clears the call's peer, and does not when
+    the client cancels or drops its connection (grpcio 1.85; tests/service/test_v2_grpc_limits.py
+    holds it to that)."""
+    return bool(peer) and not context.peer()
+
+
+def _cancelled(
+    context: grpc.aio.ServicerContext, reading_from: str | None
+) -> tuple[ErrorCode, grpc.StatusCode]:
+    """Why a call ended before its answer: its deadline passed, gRPC refused its message as too
+    large (``reading_from``: the call's peer, while its message was being read), or its client
+    went away."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         return ErrorCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED
+    if reading_from is not None and _refused_by_grpc(context, reading_from):
+        return ErrorCode.PAYLOAD_TOO_LARGE, status_code(ErrorCode.PAYLOAD_TOO_LARGE)
     return ErrorCode.CLIENT_DISCONNECTED, grpc.StatusCode.CANCELLED
 
 
@@ -335,9 +372,7 @@ class GrpcStartError(RuntimeError):
     """The gRPC port cannot be bound."""
 
 
-def _parse(parse: Callable[[bytes], Any], raw: Any) -> Any:
-    if not isinstance(raw, bytes):  # grpc.aio.EOF: the client sent no message
-        raise invalid("the call carries no request message")
+def _parse(parse: Callable[[bytes], Any], raw: bytes) -> Any:
     try:
         return parse(raw)
     except DecodeError as exc:
