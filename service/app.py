@@ -111,6 +111,7 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMa
             state.settings.resolved_max_abandoned_decodes(),
         )
         state.lifecycle.track_decodes(state.decoder)
+        state.metrics.decodes_abandoned.set_function(lambda: state.decoder.abandoned)
         grpc_server = None
         try:
             grpc_server = await _start_grpc(state)

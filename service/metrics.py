@@ -158,6 +158,12 @@ class Metrics:
         self.ready = Gauge(
             "swin_ready", "1 when the model is loaded, warmed and not draining.", registry=r
         )
+        self.decodes_abandoned = Gauge(
+            "swin_decodes_abandoned",
+            "Decodes still running after their request was answered (deadline, client gone, "
+            "drain); at SWIN_MAX_ABANDONED_DECODES decodes are refused and readiness is 503.",
+            registry=r,
+        )
         self.model_info = Gauge(
             "swin_model_info",
             "Constant 1 per served model, labelled with what it is.",

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
         5000,
         ge=1,
         le=600_000,
-        description="Default deadline for an image to leave the queue (ms); clients may only shorten it.",
+        description="Default deadline of a request, for decoding its images and waiting in the queue (ms); clients may only shorten it.",
     )
     max_upload_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body, in bytes (413 past it)."

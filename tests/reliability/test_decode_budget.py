@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from service.v2 import messages
-from tests.support import free_port
+from tests.support import free_port, metric
 
 SLOW_MARK = b"harness:slow-decode"  # tests/reliability/harness.py SLOW_DECODE_MARK
 HANG_GUARD_S = 30.0  # any wait on the server: only a hung server takes this long
@@ -189,6 +189,7 @@ def test_a_slow_decode_is_answered_at_its_deadline_and_its_thread_does_not_starv
 
     # That decode still holds a thread, yet the one live slot is free: a normal image is served.
     assert classify(server, jpeg()).status_code == 200
+    assert metric(server.metrics(), "swin_decodes_abandoned") == 1
 
     # A gRPC deadline abandons its decode too; the two abandoned decodes fill the room.
     with pytest.raises(grpc.RpcError) as rpc:
@@ -202,6 +203,7 @@ def test_a_slow_decode_is_answered_at_its_deadline_and_its_thread_does_not_starv
     refused = classify(server, jpeg())
     assert refused.status_code == 503 and error_of(refused)["code"] == "overloaded", refused.text
     assert "past their deadline" in error_of(refused)["message"]
+    assert metric(server.metrics(), "swin_decodes_abandoned") == 2  # what an operator sees
 
     gate.touch()  # both abandoned decodes end
     wait_until(
@@ -209,6 +211,7 @@ def test_a_slow_decode_is_answered_at_its_deadline_and_its_thread_does_not_starv
         "readiness to come back once the abandoned decodes ended",
     )
     assert classify(server, jpeg()).status_code == 200
+    assert metric(server.metrics(), "swin_decodes_abandoned") == 0
 
 
 def test_an_http_client_that_leaves_during_a_decode_is_logged_499(start_server, tmp_path):
