@@ -105,14 +105,22 @@ class DecodePool:
 
     async def _take_slot(self, deadline: float) -> None:
         slot = asyncio.ensure_future(self._slots.acquire())
-        done = await self._first(slot, deadline)
+        try:
+            done = await self._first(slot, deadline)
+        except asyncio.CancelledError:  # the client left while waiting: the slot is not ours
+            self._give_back(slot)
+            raise
         if slot in done:
             return
+        self._give_back(slot)
+        raise self._late("while waiting for a decode thread")
+
+    def _give_back(self, slot: asyncio.Future[Any]) -> None:
+        """Stop waiting for a slot; one granted in the same tick is released, or it would be
+        held for good by nobody."""
         slot.cancel()
-        # A slot granted in the same tick as the timeout is ours: give it back.
         if slot.done() and not slot.cancelled():
             self._slots.release()
-        raise self._late("while waiting for a decode thread")
 
     async def _decode(self, work: Future[T], deadline: float) -> T:
         answer = asyncio.wrap_future(work)

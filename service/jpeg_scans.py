@@ -21,9 +21,12 @@ from typing import Final
 
 # The default limit (SWIN_MAX_JPEG_SCANS). libjpeg's own progressive scripts write 6 scans for
 # grey, 10 for YCbCr and 18 for CMYK, and other encoders' files seen in the wild hold 7 to 11:
-# 100 leaves over 5x room for a hand-tuned script. What one scan costs grows with the pixels, so
-# at the pixel cap even 100 scans can take seconds: the decode deadline covers that remainder.
+# 100 leaves over 5x room for a hand-tuned script on an image of ordinary size.
 DEFAULT_MAX_SCANS: Final = 100
+# Scans times pixels may not exceed this many scans of an image at the pixel cap: room for the
+# 18 scans of libjpeg's CMYK script at the largest size, while a large image can no longer spend
+# all of DEFAULT_MAX_SCANS (a 6300 x 6300 grey file of 100 scans is 161 KB and seconds of CPU).
+SCAN_PASSES: Final = 20
 
 _SOI: Final = b"\xff\xd8"
 _SOS: Final = 0xDA

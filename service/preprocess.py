@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.contract import PreprocessSpec
 from service.errors import ApiError, ErrorCode
-from service.jpeg_scans import DEFAULT_MAX_SCANS, count_scans
+from service.jpeg_scans import DEFAULT_MAX_SCANS, SCAN_PASSES, count_scans
 
 # The formats whose Pillow decoders we expose. Pillow otherwise picks a parser by magic bytes from
 # ~40 plugins, including EPS (runs Ghostscript). BMP is served: RGB BMP is common from Windows
@@ -174,24 +174,38 @@ def load_rgb(
             f"SWIN_MAX_IMAGE_PIXELS is {max_pixels}",
         )
     if im.format in ("JPEG", "MPO"):
-        _check_scans(data, max_scans)
+        _check_scans(data, min(max_scans, scan_budget(width * height, max_pixels)), max_scans)
         _draft_jpeg(im, spec)
     im.load()  # first frame only: we never seek
     im = _apply_exif_orientation(im)
     return to_rgb(im)
 
 
-def _check_scans(data: bytes, max_scans: int) -> None:
-    """413 for a JPEG that declares more scans than ``max_scans``: libjpeg would run every one
-    over every block, so the decode's cost is its pixels times its scans (service/jpeg_scans.py).
-    """
-    scans = count_scans(data, stop_after=max_scans)
-    if scans > max_scans:
-        raise ApiError(
-            ErrorCode.IMAGE_TOO_LARGE,
-            f"JPEG declares more than {max_scans} scans (SWIN_MAX_JPEG_SCANS); progressive "
-            "encoders write at most a few dozen",
+def scan_budget(pixels: int, max_pixels: int) -> int:
+    """The most scans an image of ``pixels`` may declare so that its decode costs no more than
+    SCAN_PASSES scans of the largest image allowed: a large progressive image may not spend all
+    of SWIN_MAX_JPEG_SCANS, which a small one may."""
+    return max(1, SCAN_PASSES * max_pixels // pixels)
+
+
+def _check_scans(data: bytes, limit: int, max_scans: int) -> None:
+    """413 for a JPEG that declares more than ``limit`` scans: libjpeg would run every one over
+    every block, so the decode's cost is its pixels times its scans (service/jpeg_scans.py)."""
+    scans = count_scans(data, stop_after=limit)
+    if scans <= limit:
+        return
+    if limit == max_scans:
+        reason = f"more than {max_scans} scans (SWIN_MAX_JPEG_SCANS)"
+    else:
+        reason = (
+            f"more than {limit} scans at its size: scans x pixels may not exceed "
+            f"{SCAN_PASSES} x SWIN_MAX_IMAGE_PIXELS (SWIN_MAX_JPEG_SCANS caps any image at "
+            f"{max_scans})"
         )
+    raise ApiError(
+        ErrorCode.IMAGE_TOO_LARGE,
+        f"JPEG declares {reason}; progressive encoders write at most a few dozen",
+    )
 
 
 def _draft_jpeg(im: Image.Image, spec: PreprocessSpec) -> None:

@@ -40,6 +40,7 @@ from service.v2.tensors import invalid
 log = logging.getLogger(__name__)
 
 _SEND_GRACE_S = 1.0
+_CANCEL_GRACE_S = 0.05
 TIMEOUT_METADATA = "x-request-timeout-ms"  # as the HTTP header: may only shorten the deadline
 
 # A gRPC status for each HTTP status of the error table.
@@ -247,7 +248,7 @@ class GrpcServer:
         and the call counted and timed; inference also takes one of the shared request slots."""
         parse, build = messages.request_type(method).FromString, messages.response_type(method)
         state, metrics = self.state, self.state.metrics
-        limit = state.settings.max_upload_bytes
+        limit, read_s = state.settings.max_upload_bytes, state.settings.body_timeout_s
         infers = method == "ModelInfer"
 
         async def observed(requests: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -261,14 +262,14 @@ class GrpcServer:
             try:
                 if not infers:
                     reading_from = context.peer()
-                    raw = await _request_message(context, reading_from, limit)
+                    raw = await _request_message(context, reading_from, limit, read_s)
                     reading_from = None
                     result = await handler(_parse(parse, raw), context)
                 else:  # admitted before its message is read, then parsed off the loop
                     with self._admitted():
                         reading_from = context.peer()
                         with tracing.step("read body"):
-                            raw = await _request_message(context, reading_from, limit)
+                            raw = await _request_message(context, reading_from, limit, read_s)
                         reading_from = None
                         message = await off_loop(state, _parse, parse, raw)
                         result = await handler(message, context)
@@ -329,15 +330,33 @@ class GrpcServer:
                 self._idle.set()
 
 
-async def _request_message(context: grpc.aio.ServicerContext, peer: str, limit: int) -> bytes:
+async def _request_message(
+    context: grpc.aio.ServicerContext, peer: str, limit: int, timeout_s: float
+) -> bytes:
     """The call's request message, read up to the client's half-close: the protocol's methods
     take exactly one. INVALID_ARGUMENT for none or for more than one, RESOURCE_EXHAUSTED
-    (``payload_too_large``, as an HTTP body's 413) when gRPC refused it as over ``limit``."""
-    raw = await context.read()
-    extra = await context.read() if isinstance(raw, bytes) else None
+    (``payload_too_large``, as an HTTP body's 413) when gRPC refused it as over ``limit``, and
+    DEADLINE_EXCEEDED (``request_timeout``, as HTTP's 408) when it has not all arrived within
+    ``timeout_s``: a client that never half-closes must not hold its slot for ever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await context.read()
+            extra = await context.read() if isinstance(raw, bytes) else None
+    except TimeoutError:
+        raise ApiError(
+            ErrorCode.REQUEST_TIMEOUT,
+            "request message not received and half-closed within SWIN_BODY_TIMEOUT_S "
+            f"({timeout_s:g} s)",
+        ) from None
+    if not isinstance(raw, bytes) and _deadline_passed(context):
+        raise asyncio.CancelledError  # the call's end, not the client's message: see _cancelled
     if _refused_by_grpc(context, peer):
         raise ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"request message over {limit} bytes")
-    if not isinstance(raw, bytes):  # grpc.aio.EOF: the client sent no message
+    if not isinstance(raw, bytes):
+        # A client that cancels also reads as EOF here, and the cancellation reaches this task
+        # a moment later: wait that moment (only on this error path) so that it is counted as a
+        # client that left, not as a request without a message.
+        await asyncio.sleep(_CANCEL_GRACE_S)
         raise invalid("the call carries no request message")
     if isinstance(extra, bytes):
         raise invalid("the call carries more than one request message: the method takes one")
@@ -360,12 +379,16 @@ def _cancelled(
     """Why a call ended before its answer: its deadline passed, gRPC refused its message as too
     large (``reading_from``: the call's peer, while its message was being read), or its client
     went away."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if _deadline_passed(context):
         return ErrorCode.DEADLINE_EXCEEDED, grpc.StatusCode.DEADLINE_EXCEEDED
     if reading_from is not None and _refused_by_grpc(context, reading_from):
         return ErrorCode.PAYLOAD_TOO_LARGE, status_code(ErrorCode.PAYLOAD_TOO_LARGE)
     return ErrorCode.CLIENT_DISCONNECTED, grpc.StatusCode.CANCELLED
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 class GrpcStartError(RuntimeError):

@@ -233,3 +233,26 @@ def test_a_cancelled_request_abandons_its_decode():
         pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_request_cancelled_while_waiting_for_a_thread_leaves_the_thread_free():
+    """A client that leaves while its image waits for a decode thread must not take the thread
+    with it: the next decode runs at once."""
+
+    async def scenario() -> None:
+        pool = DecodePool(threads=1, max_abandoned=1)
+        gate = Gate()
+        first = asyncio.ensure_future(pool.run(gate, "a", deadline=soon(HANG_GUARD_S)))
+        await wait_for(gate.started, "the first decode to start")
+        waiting = asyncio.ensure_future(pool.run(str.upper, "b", deadline=soon(HANG_GUARD_S)))
+        await until(lambda: pool.live == 2, "the second request to wait for the thread")
+        waiting.cancel()  # as when the HTTP client leaves
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        gate.open()
+        assert await first == "a"
+        assert await pool.run(str.upper, "c", deadline=soon(FREE_THREAD_S)) == "C"
+        assert pool.running == 0
+        pool.shutdown()
+
+    asyncio.run(scenario())

@@ -13,6 +13,7 @@ from PIL import Image
 import service.preprocess as pre
 from service.contract import PreprocessSpec
 from service.errors import ApiError
+from service.jpeg_scans import SCAN_PASSES
 from tests.support import sample_images
 
 SPEC = PreprocessSpec(
@@ -311,6 +312,19 @@ def test_a_jpeg_at_the_scan_limit_is_served():
     assert x.shape == (3, 64, 64)
     with pytest.raises(ApiError):
         pre.decode_image(progressive_with_scans(21), SPEC, max_pixels=MAX_PIXELS, max_scans=20)
+
+
+def test_a_large_jpeg_may_declare_fewer_scans_than_a_small_one():
+    """Scans x pixels is capped at SCAN_PASSES x the pixel cap: at a cap of 20 x 512 x 512 a
+    512 x 512 image may have 20 scans, and 26 are refused naming the rule, not SWIN_MAX_JPEG_SCANS;
+    an image a quarter of the size may have 80."""
+    cap = 512 * 512
+    assert pre.scan_budget(512 * 512, cap) == SCAN_PASSES == 20
+    assert pre.scan_budget(256 * 256, cap) == 4 * SCAN_PASSES
+    assert pre.decode_image(progressive_with_scans(20), SPEC, max_pixels=cap).shape == (3, 64, 64)
+    with pytest.raises(ApiError) as err:
+        pre.decode_image(progressive_with_scans(26), SPEC, max_pixels=cap)
+    assert err.value.status == 413 and "20 x SWIN_MAX_IMAGE_PIXELS" in err.value.message
 
 
 def test_corrupt_exif_is_not_an_error(images_dir):
