@@ -25,6 +25,11 @@ it writes ``baseline.json`` and ``baseline.md``.
 transformers and through every served path, and through the old fixed preprocessing rule
 (bench.fine_tune); it writes ``fine_tune.json`` and ``fine_tune.md``.
 
+``chaos`` (not part of ``all``) runs good and hostile HTTP, v2 and gRPC traffic, clients that
+give up, repository swaps (broken files among them), tracing and 2x overload together for
+``--minutes`` (default 30), then SIGTERM, and checks statuses, models, memory, fds and the exit
+(bench.chaos); it writes ``chaos.json`` and ``chaos.md``.
+
 ``overload-refusal`` (not part of ``all``) offers the server twice its measured capacity and
 reports how fast it refuses (503) what its queue cannot hold (bench.overload_refusal); it writes
 ``overload_refusal.json``.
@@ -374,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
             "baseline",
             "fine-tune",
             "overload-refusal",
+            "chaos",
         ],
     )
     parser.add_argument(
@@ -411,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="protocols, tracing, baseline: interleaved rounds (0: the mode's, 6 full, 2 quick, "
         "1 quick for baseline); swap: swaps (0: 6 full, 1 quick)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="chaos: how long the run lasts (default 30, 2 with --quick)",
     )
     parser.add_argument(
         "--no-page",
@@ -517,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         return overload_refusal.main(
             out_dir, quick=args.quick, server_cpus=server_cpus, client_cpus=loadgen_cpus
         )
+    if args.what == "chaos":
+        from bench import chaos
+
+        return chaos.main(out_dir, quick=args.quick, minutes=args.minutes)
     if args.what == "swap":
         from bench import swap
 
