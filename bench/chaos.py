@@ -44,8 +44,10 @@ The run passes when:
 3. **Swaps**: every swap's new digest shows on the card within ``SWAP_WAIT_S``; every broken file
    is refused (``swin_model_loads_total{outcome="failed"}`` rises) with the card unchanged and
    ``ready``; the card never names a file that is neither model.
-4. **Flat**: over the second half of the run, the settled samples' RSS spread (max - min) is
-   under ``RSS_BAND`` of their median and their fd spread at most ``FD_BAND``.
+4. **Flat**: over the second half of the run, the settled samples' RSS grows (least-squares line)
+   by under ``RSS_BAND`` of their median, and their fd spread is at most ``FD_BAND``. Growth, not
+   spread: each swap loads a model beside the one it replaces, and the allocator returns that
+   memory when it likes, so settled RSS moves up and down by a model or two without leaking.
 5. **Exit**: after SIGTERM the server exits 0 within ``DRAIN_TIMEOUT_S`` + ``EXIT_MARGIN_S``.
 6. **Traced**: the collector received spans.
 

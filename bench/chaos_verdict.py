@@ -238,7 +238,9 @@ class ProcSample:
 
 
 def flatness(samples: Sequence[ProcSample], half_t: float) -> dict[str, Any]:
-    """RSS and fd figures of the samples taken at or after ``half_t``."""
+    """RSS and fd figures of the samples taken at or after ``half_t``. ``rss_growth_mib`` is the
+    least-squares line's rise across those samples: what a leak adds, where the spread (max -
+    min) also holds the allocator's ups and downs as models are swapped in and out."""
     second = [s for s in samples if s.t >= half_t]
     if not second:
         return {"samples": 0}
@@ -248,24 +250,37 @@ def flatness(samples: Sequence[ProcSample], half_t: float) -> dict[str, Any]:
         "samples": len(second),
         "rss_median_mib": round(statistics.median(rss), 1),
         "rss_spread_mib": round(max(rss) - min(rss), 1),
+        "rss_growth_mib": round(_growth([s.t for s in second], rss), 1),
         "rss_first_last_mib": [round(rss[0], 1), round(rss[-1], 1)],
         "fds_min_max": [min(fds), max(fds)],
         "fd_spread": max(fds) - min(fds),
     }
 
 
+def _growth(ts: Sequence[float], ys: Sequence[float]) -> float:
+    """The least-squares slope of ``ys`` over ``ts``, times the span of ``ts``."""
+    if len(ts) < 2 or ts[-1] == ts[0]:
+        return 0.0
+    mean_t, mean_y = statistics.fmean(ts), statistics.fmean(ys)
+    slope = sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys, strict=True)) / sum(
+        (t - mean_t) ** 2 for t in ts
+    )
+    return slope * (ts[-1] - ts[0])
+
+
 def check_flat(
     samples: Sequence[ProcSample], half_t: float, rss_band: float = RSS_BAND, fd_band: int = FD_BAND
 ) -> list[str]:
-    """Criterion 4: over the second half, RSS max - min < ``rss_band`` x median, fds max - min <=
-    ``fd_band``. At least two samples are needed to say anything."""
+    """Criterion 4: over the second half, RSS grows (least-squares) by less than ``rss_band`` x
+    its median, and fds max - min <= ``fd_band``. At least two samples are needed to say
+    anything."""
     f = flatness(samples, half_t)
     if f["samples"] < 2:
         return [f"{f['samples']} settled sample(s) in the second half: run longer"]
     bad = []
-    if f["rss_spread_mib"] >= rss_band * f["rss_median_mib"]:
+    if f["rss_growth_mib"] >= rss_band * f["rss_median_mib"]:
         bad.append(
-            f"RSS spread {f['rss_spread_mib']} MiB >= {rss_band:.0%} of the median "
+            f"RSS grew {f['rss_growth_mib']} MiB >= {rss_band:.0%} of the median "
             f"{f['rss_median_mib']} MiB (first, last {f['rss_first_last_mib']})"
         )
     if f["fd_spread"] > fd_band:
@@ -310,7 +325,8 @@ def judge(
         ("every 200 from the model the card named", model_bad),
         ("swaps seen, broken files refused", check_swaps(swaps, observations, models_by_digest)),
         (
-            f"RSS spread < {RSS_BAND:.0%} of median, fds spread <= {FD_BAND} (second half, settled)",
+            f"RSS growth < {RSS_BAND:.0%} of median, fds spread <= {FD_BAND} (second half, "
+            "settled)",
             check_flat(settled, half_t),
         ),
         (

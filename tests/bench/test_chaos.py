@@ -229,6 +229,12 @@ def test_a_planted_leak_fails_the_flat_check(rss, fds):
     assert len(check_flat(samples(rss, fds), half_t=25.0)) == 1
 
 
+def test_rss_that_swings_with_the_swaps_but_does_not_grow_passes():
+    # Settled samples 12 % apart, up and down, as model swaps leave them; no trend.
+    swings = [180, 166, 187, 168, 186, 167, 185, 169, 186, 168]
+    assert check_flat(samples(swings, [26] * 10), half_t=0.0) == []
+
+
 def test_too_few_samples_fail_the_flat_check():
     assert check_flat(samples([180, 180], [26, 26]), half_t=15.0)
 
