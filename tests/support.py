@@ -109,6 +109,12 @@ def skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+def need_make() -> None:
+    """GNU make, which the README's commands use (CI runs them)."""
+    if shutil.which("make") is None:
+        skip_unless_ci("GNU make is not installed")
+
+
 def need_wrk() -> None:
     """The load generator of the benchmarks, from the OS (`.ci/run` installs it)."""
     if shutil.which("wrk") is None:

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import merge
+from tests.support import need_make
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"
@@ -694,8 +695,7 @@ def test_runtime_serves_a_file_the_export_wrote_for_every_combination(
 
 @pytest.mark.parametrize("target", ["docker", "docker-cpu"])
 def test_make_docker_passes_the_model_arguments_that_are_set(target):
-    if shutil.which("make") is None:
-        pytest.skip("GNU make is not installed")
+    need_make()
     clean = {k: v for k, v in os.environ.items() if k not in EXPORT_ARGS and "MAKE" not in k}
     cmd = ["make", "-n", "--no-print-directory", target, "VARIANT=swin_base_patch4_window7_224"]
     out = subprocess.run(

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import need_make
+
 ROOT = Path(__file__).resolve().parents[2]
-needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 
 
 def commands(script: str) -> list[str]:
@@ -125,8 +126,8 @@ def matches(got: list[str], patterns: list[str]) -> bool:
     )
 
 
-@needs_make
 def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_changes(sandbox):
+    need_make()
     assert make(sandbox, "test").returncode == 0
     assert matches(calls(sandbox), [*install(sandbox, "serve,export,dev"), "-m pytest"])
     assert make(sandbox, "test").returncode == 0
@@ -151,8 +152,8 @@ def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_chang
         )
 
 
-@needs_make
 def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
+    need_make()
     (sandbox / "artefacts/swin_tiny_patch4_window7_224.onnx").unlink()
     result = make(sandbox, "serve")
     assert result.returncode == 0, result.stderr
@@ -170,8 +171,8 @@ def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
     assert "the server logs its URLs once it is ready" in result.stdout
 
 
-@needs_make
 def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox):
+    need_make()
     gpu_python = sandbox / ".venv-gpu/bin/python"
     gpu_python.parent.mkdir(parents=True)
     shutil.copy2(sandbox / ".venv/bin/python", gpu_python)
@@ -202,8 +203,8 @@ def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox)
     )
 
 
-@needs_make
 def test_make_refuses_an_old_python_with_a_clear_message(tmp_path):
+    need_make()
     shutil.copy(ROOT / "Makefile", tmp_path)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     old = tmp_path / "python3.10"
@@ -215,8 +216,8 @@ def test_make_refuses_an_old_python_with_a_clear_message(tmp_path):
     assert not (tmp_path / ".venv").exists()
 
 
-@needs_make
 def test_make_help_lists_the_everyday_targets():
+    need_make()
     out = make(ROOT, "help").stdout
     for target in (
         "serve",

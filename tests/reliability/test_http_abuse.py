@@ -10,14 +10,17 @@ before the configured time. Waits are bounded only as hang guards, far above the
 
 from __future__ import annotations
 
+import io
 import json
 import select
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.support import server_seconds
 
@@ -269,32 +272,56 @@ def test_wrong_content_types(server, jpeg, content_type, status, code):
     assert resp.json()["error"]["code"] == code
 
 
-def test_concurrency_limit_is_a_json_503_and_uvicorns_backstop_is_documented(start_server, jpeg):
+SLOW_DECODE_MARK = b"harness:slow-decode"  # tests/reliability/harness.py
+RAW = {"Content-Type": "image/jpeg"}
+
+
+def jpeg_with_comment(comment: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 80), (120, 200, 40)).save(buf, "JPEG", quality=90, comment=comment)
+    return buf.getvalue()
+
+
+def wait_for_lines(path: Path, n: int, what: str) -> None:
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (path.exists() and len(path.read_text().splitlines()) >= n):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_concurrency_limit_is_a_json_503_and_uvicorns_backstop_is_documented(
+    start_server, jpeg, tmp_path
+):
     """Past max_concurrent_requests: our JSON 503 with Retry-After. Past max_connections open
     TCP connections: uvicorn's own plain-text 503 (the documented exception to the shape)."""
+    gate = tmp_path / "gate"
     server = start_server(
         max_concurrent_requests=2,
         max_connections=6,
         max_batch_size=1,
-        harness_batch_delay_ms=400,
+        harness_decode_gate=gate,
     )
     url = f"{server.base}/classify"
-    results: list[httpx.Response] = []
+    # Two requests hold both slots, their decodes gated (tests/reliability/harness.py); three more
+    # are then refused at the door, before the gate opens.
+    slow = jpeg_with_comment(SLOW_DECODE_MARK)
+    held: list[httpx.Response] = []
     threads = [
-        threading.Thread(target=lambda: results.append(httpx.post(url, files={"file": jpeg()})))
-        for _ in range(5)
+        threading.Thread(target=lambda: held.append(httpx.post(url, content=slow, headers=RAW)))
+        for _ in range(2)
     ]
     for t in threads:
         t.start()
+    wait_for_lines(Path(f"{gate}.started"), 2, "both slow decodes to start")
+    refused = [httpx.post(url, files={"file": jpeg()}, timeout=10) for _ in range(3)]
+    gate.touch()
     for t in threads:
-        t.join(timeout=15)
-    statuses = sorted(r.status_code for r in results)
-    assert statuses == [200, 200, 503, 503, 503], statuses
-    for r in results:
-        if r.status_code == 503:
-            assert r.json()["error"]["code"] == "overloaded"
-            assert r.headers["Retry-After"] == "1"
-            assert server_seconds(r) < 0.4  # refused, not queued behind a 400 ms model run
+        t.join(timeout=HANG_GUARD_S)
+    assert [r.status_code for r in held] == [200, 200], [r.text for r in held]
+    for r in refused:
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "overloaded"
+        assert r.headers["Retry-After"] == "1"
 
     idle = [server.connect() for _ in range(6)]  # open connections that send nothing
     try:

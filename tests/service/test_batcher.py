@@ -208,15 +208,17 @@ async def test_fatal_engine_error_calls_hook_and_stops_admission(make_engine):
     await b.drain(5)
 
 
-async def test_cancelled_request_is_not_run(make_engine):
-    engine = make_engine(delay_s=0.2)
-    b = _batcher(engine, max_batch_size=1)
+async def test_cancelled_request_is_not_run(gated_engine):
+    engine, release = gated_engine
+    b = _batcher(engine, max_batch_size=1, parallel_batches=1)
     b.start()
     busy = asyncio.create_task(b.submit([_img(0)], _far()))
     await until(lambda: engine.calls)
     gone = asyncio.create_task(b.submit([_img(7)], _far()))
     await until(lambda: b.depth == 1)
     gone.cancel()  # the client disconnected while queued
+    await until(gone.done)  # its cancellation has landed before the model frees up
+    release.set()
     await busy
     await b.drain(5)
     assert engine.calls == [1]
@@ -342,13 +344,14 @@ async def test_fatal_error_answers_queued_images_with_device_failed_instead_of_r
     await b.drain(5)
 
 
-async def test_drain_that_runs_out_of_time_answers_running_and_queued_images(make_engine):
-    engine = make_engine(delay_s=0.5)
+async def test_drain_that_runs_out_of_time_answers_running_and_queued_images(gated_engine):
+    engine, release = gated_engine
     b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=1)
     b.start()
     pending = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(3)]
-    await until(lambda: engine.calls and b.depth == 2)  # one on the model, two queued
+    await until(lambda: engine.calls and b.depth == 2)  # one on the held model, two queued
     assert await b.drain(0.1) is False
-    done, not_done = await asyncio.wait(pending, timeout=2)
+    done, not_done = await asyncio.wait(pending, timeout=30)  # a hang guard
+    release.set()
     assert not not_done, "a request was left waiting forever"
     assert all(isinstance(p.exception(), Draining) for p in done)

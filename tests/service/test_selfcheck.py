@@ -81,6 +81,18 @@ def test_one_bad_golden_input_fails_the_check_however_good_the_other(precision, 
     assert report.outputs["embedding"]["min_cosine"] > 0.999999
 
 
+@pytest.mark.parametrize("bad_row", [0, 1])
+def test_one_golden_input_off_in_scale_only_fails_on_its_scale_error(bad_row):
+    # Right direction, wrong size: only the scale error sees it, and it too is the worst row's.
+    golden = _golden()
+    scaled = {k: v.copy() for k, v in golden.outputs.items()}
+    scaled["logits"][bad_row] *= 1.5
+    report = _check(golden, lambda x: scaled, "int8")
+    assert report.status == "failed" and list(report.failures) == ["logits"], report.failures
+    scores = report.outputs["logits"]
+    assert scores["min_cosine"] > 0.999999 and scores["scale_error"] == pytest.approx(0.5), scores
+
+
 def test_nan_fails_every_metric():
     golden = _golden()
     nan = {k: np.full_like(v, np.nan) for k, v in golden.outputs.items()}

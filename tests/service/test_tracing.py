@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from service import tracing
 from service.logs import ACCESS_LOGGER
 from service.v2 import messages
-from tests.service.conftest import FakeEngine, image_bytes
+from tests.service.conftest import image_bytes
 from tests.support import ROOT, checkout_env, free_port, until
 
 pytestmark = pytest.mark.anyio
@@ -144,15 +144,24 @@ async def test_a_refused_request_ends_its_span_with_its_status(
     assert server.status.status_code is StatusCode.UNSET  # a client's error, not the server's
 
 
-async def test_an_overloaded_request_ends_its_span_as_an_error(make_app, serve, spans):
-    engine = FakeEngine(delay_s=0.3)
-    app = make_app(engine, max_batch_size=1, queue_capacity=1, max_images_per_request=1)
+async def test_an_overloaded_request_ends_its_span_as_an_error(
+    make_app, serve, spans, gated_engine
+):
+    engine, release = gated_engine
+    app = make_app(
+        engine, max_batch_size=1, queue_capacity=1, max_images_per_request=1, parallel_batches=1
+    )
     async with serve(app) as client:
-        answers = await asyncio.gather(
-            *(client.post("/classify", files={"file": image_bytes()}) for _ in range(6))
-        )
+        # One image on the held model and one queued; the other four are refused meanwhile.
+        posts = [
+            asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
+            for _ in range(6)
+        ]
+        await until(lambda: sum(p.done() for p in posts) == 4, timeout_s=30)
+        release.set()
+        answers = await asyncio.gather(*posts)
     statuses = sorted(a.status_code for a in answers)
-    assert 503 in statuses and 200 in statuses
+    assert statuses == [200, 200, 503, 503, 503, 503]
     servers = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
     refused = [s for s in servers if s.attributes["http.response.status_code"] == 503]
     assert len(refused) == statuses.count(503)
