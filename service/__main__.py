@@ -91,17 +91,23 @@ def _log_banner(settings: Settings, grpc_port: int | None) -> None:
     base = f"http://{host}:{settings.port}"
     grpc = f"{host}:{grpc_port}" if grpc_port else "off (SWIN_GRPC_PORT=0)"
     served = settings.model_repository or settings.model_path
+    # With API keys on, the examples carry the header a key goes in (never the key itself).
+    key = " -H 'Authorization: Bearer $KEY'" if _keys_on(settings) else ""
     lines = [
         f"ready: serving {served} on {base} - try:",
         f"  {base}/  (the web page)",
-        f"  curl -F file=@samples/images/flower.jpg '{base}/classify?top_k=5'",
-        "  curl -F file=@samples/images/flower.jpg -H 'Accept: application/x-npz' -o f.npz "
+        f"  curl{key} -F file=@samples/images/flower.jpg '{base}/classify?top_k=5'",
+        f"  curl{key} -F file=@samples/images/flower.jpg -H 'Accept: application/x-npz' -o f.npz "
         f"'{base}/features?stages=embedding'",
         f"  {base}/docs  {base}/v1/models  {base}/readyz  {base}/metrics",
         "  kill -HUP <pid> (or SWIN_REPOSITORY_POLL_S): load added, changed and removed models",
         f"  Open Inference Protocol (KServe v2): {base}/v2 and gRPC {grpc}",
     ]
     log.info("%s", "\n".join(lines))
+
+
+def _keys_on(settings: Settings) -> bool:
+    return settings.api_keys is not None or settings.api_keys_file is not None
 
 
 if __name__ == "__main__":

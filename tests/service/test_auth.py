@@ -404,3 +404,15 @@ async def test_tritons_grpc_client_sends_the_key_as_headers(grpc_serving):
             assert metadata.name == MODEL
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize("keys", [None, KEY])
+def test_the_start_banner_shows_where_a_key_goes_and_never_the_key(keys, caplog):
+    from service.__main__ import _log_banner
+
+    caplog.set_level(logging.INFO, logger="service")
+    _log_banner(test_settings(api_keys=keys), grpc_port=None)
+    banner = caplog.text
+    assert "ready: serving" in banner
+    assert ("Authorization: Bearer $KEY" in banner) is (keys is not None)
+    assert KEY not in banner
