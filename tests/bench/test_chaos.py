@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,19 @@ def test_the_scan_bomb_is_a_small_valid_progressive_jpeg_with_a_thousand_extra_s
     assert data.count(b"\xff\xda") > 1000
     with Image.open(io.BytesIO(data)) as im:  # the header is intact: size 4096x4096, progressive
         assert im.size == (4096, 4096) and im.info.get("progressive")
+
+
+def test_the_figures_docs_reliability_quotes_are_the_last_runs():
+    """docs/reliability.md quotes bench/results/chaos.json: a new run must update the page."""
+    root = Path(__file__).resolve().parents[2]
+    run = json.loads((root / "bench" / "results" / "chaos.json").read_text())
+    page = " ".join((root / "docs" / "reliability.md").read_text(encoding="utf-8").split())
+    swaps = [s for s in run["swaps"] if s["kind"] == "swap"]
+    assert run["passed"] is True
+    assert f"{run['model_check']['checked']:,} served answers checked" in page
+    assert f"{run['model_check']['straddled_a_swap']:,} of them straddling a swap" in page
+    assert f"{len(swaps)} swaps and {len(run['swaps']) - len(swaps)} broken files" in page
+    assert f"{run['scan_bombs']['count']} scan bombs" in page
+    assert f"the slowest answer {run['scan_bombs']['seconds_median_max'][1]} s" in page
+    assert f"exited 0 after {run['exit_s']} s" in page
+    assert f"rising {run['flatness']['rss_growth_mib']} MiB" in page
