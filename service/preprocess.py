@@ -202,10 +202,7 @@ def _check_scans(data: bytes, limit: int, max_scans: int) -> None:
             f"{SCAN_PASSES} x SWIN_MAX_IMAGE_PIXELS (SWIN_MAX_JPEG_SCANS caps any image at "
             f"{max_scans})"
         )
-    raise ApiError(
-        ErrorCode.IMAGE_TOO_LARGE,
-        f"JPEG declares {reason}; progressive encoders write at most a few dozen",
-    )
+    raise ApiError(ErrorCode.IMAGE_TOO_LARGE, f"JPEG declares {reason}")
 
 
 def _draft_jpeg(im: Image.Image, spec: PreprocessSpec) -> None:

@@ -156,7 +156,8 @@ class Settings(BaseSettings):
         ge=1,
         le=100_000,
         description="Most scans a JPEG may declare, counted from its markers before decoding "
-        "(413 past it): a progressive JPEG's decode time is its pixels times its scans.",
+        "(413 past it): a progressive JPEG's decode time is its pixels times its scans. A large "
+        "image may declare fewer: scans x pixels may not exceed 20 x SWIN_MAX_IMAGE_PIXELS.",
     )
     max_abandoned_decodes: int = Field(
         0,
