@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import struct
+import zlib
 
 import grpc
 import httpx
@@ -237,7 +239,7 @@ def _v2_bodies(draw, size: int, num_classes: int) -> tuple[dict, bytes, list[str
         pixels = struct.pack("<f", value) * (n * 3 * size * size)
         spec = {"name": "pixel_values", "datatype": "FP32", "shape": [n, 3, size, size]}
         section, json_data = pixels, [value] * (len(pixels) // 4)
-        if n and value in (float("nan"), float("inf")):
+        if n and not math.isfinite(value):
             faults.append(f"pixel values of {value}")
     if n == 0:
         faults.append("no images")
@@ -351,12 +353,12 @@ def test_malformed_v2_requests_are_a_4xx_in_the_v2_shape_and_only_they(v2_model,
         assert set(answer) == {"error"} and isinstance(answer["error"], str), answer
 
 
-# What a malformed call may be answered over gRPC: never INTERNAL or UNKNOWN, the 5xx of gRPC.
-GRPC_CLIENT_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
+# -- Open Inference Protocol (v2) over gRPC ---------------------------------------------------
+
+# docs/api.md, "Errors and gRPC statuses": what each kind of fault is answered with.
+INVALID = grpc.StatusCode.INVALID_ARGUMENT  # 400, 415, 422: a malformed tensor or parameter
+UNKNOWN_MODEL = grpc.StatusCode.NOT_FOUND  # 404: no such model or version
+TOO_LARGE = grpc.StatusCode.RESOURCE_EXHAUSTED  # 413: over SWIN_MAX_UPLOAD_BYTES, or the pixels
 
 
 @pytest.fixture(scope="module")
@@ -364,74 +366,242 @@ def live_grpc(start_module_server):
     port = free_port()
     server = start_module_server(max_upload_bytes=UPLOAD_CAP, grpc_port=port)
     info = httpx.get(f"{server.base}/v1/models", timeout=10).json()
+    metadata = httpx.get(f"{server.base}/v2/models/{info['name']}", timeout=10).json()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-    yield infer, info["name"], info["input_size"]
+    yield {
+        "infer": infer,
+        "model": info["name"],
+        "size": info["input_size"],
+        "num_classes": info["num_classes"],
+        "outputs": [o["name"] for o in metadata["outputs"]],
+    }
     channel.close()
 
 
-_PARAMETERS = st.dictionaries(
-    st.sampled_from(["classification", "binary_data", "x"]),
-    st.sampled_from(
-        [
-            {"int64_param": 3},
-            {"int64_param": -1},
-            {"uint64_param": 10**12},
-            {"bool_param": True},
-            {"string_param": "5"},
-            {"double_param": 2.5},
-            {},
-        ]
-    ),
-    max_size=2,
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header (CRC intact) declares ``width`` x ``height``: refused before decoding."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", width, height)  # IHDR's data starts at byte 16
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+# Over SWIN_MAX_IMAGE_PIXELS (40 million by default): 413 image_too_large.
+_HUGE_IMAGE = _png_declaring(10_000, 10_000)
+# An image file and what it is answered with, when it is not a good one.
+_GRPC_BLOBS = st.sampled_from(
+    [(_GOOD_IMAGE, None)] * 3
+    + [(b, INVALID) for b in (b"", b"\xff\xd8\xff\xe0", b"GIF89a", b"\x00" * 16)]
+    + [(_HUGE_IMAGE, TOO_LARGE)]
 )
+# InferParameter values: classification must be an int64 or uint64 from 0 to num_classes.
+_INTEGER_PARAMETERS = ["int64_param", "uint64_param"]
+_OTHER_PARAMETERS = [
+    {"bool_param": True},
+    {"string_param": "5"},
+    {"double_param": 2.5},
+    {},
+]
+
+
+def _classification_fault(output: str, parameter: dict, num_classes: int) -> str | None:
+    if list(parameter) not in ([p] for p in _INTEGER_PARAMETERS):
+        return f"classification as {parameter!r}"
+    (k,) = parameter.values()
+    if not 0 <= k <= num_classes:
+        return f"classification {k}"
+    if k and output != "logits":
+        return f"classification of {output!r}"
+    return None
+
+
+def _grpc_output_faults(outputs: list[dict], known: list[str], num_classes: int) -> list[str]:
+    names = [o["name"] for o in outputs]
+    faults = [f"unknown output {n!r}" for n in names if n not in known]
+    if len(set(names)) != len(names):
+        faults.append("an output requested twice")
+    for output in outputs:
+        if "classification" in output["parameters"]:
+            param = output["parameters"]["classification"]
+            faults.append(_classification_fault(output["name"], param, num_classes))
+    return [f for f in faults if f]
+
+
+def _last_field_start(request) -> int:
+    """Where the serialized ``request``'s last field (or repeated element) begins: a cut after
+    that and before the end is inside it, so never a message protobuf can read."""
+    rest = type(request)()
+    rest.CopyFrom(request)
+    for field in sorted(rest.DESCRIPTOR.fields, key=lambda f: -f.number):
+        value = getattr(rest, field.name)
+        if field.is_repeated and len(value):
+            del value[-1]
+            break
+        if not field.is_repeated and field.message_type is None and value:
+            rest.ClearField(field.name)
+            break
+    return len(rest.SerializeToString())
+
+
+_GRPC_FAULT_KINDS = [
+    "none", "model", "version", "images", "pixels", "replace", "inputs", "data", "outputs",
+    "cut", "large",
+]  # fmt: skip
 
 
 @st.composite
-def _grpc_requests(draw, model: str, size: int):
-    """A ModelInferRequest as clients build one, with any of its parts replaced or broken."""
+def _grpc_calls(draw, live: dict) -> tuple[bytes, list[tuple[grpc.StatusCode, str]], bool]:
+    """A ModelInferRequest message the way clients build one, then maybe broken; every way it
+    is malformed, each with the status docs/api.md answers it with (none: well formed); and
+    whether protobuf can still read it.
+
+    As for HTTP, half are broken anywhere at once and the other half in one way at most, so
+    that one check the server lost is not hidden behind another that refuses the same call."""
     from service.v2 import messages
 
-    # Mostly a well-formed tensor, so that calls get past the model and input checks.
-    name, datatype = draw(
-        st.sampled_from([("image", "BYTES")] * 3 + [("pixel_values", "FP32")] * 2)
-        | st.tuples(
-            st.sampled_from(["image", "pixel_values", "x", ""]),
-            st.sampled_from(["BYTES", "FP32", "INT8", ""]),
-        )
+    size, num_classes = live["size"], live["num_classes"]
+    chosen = draw(st.sampled_from(["any", *_GRPC_FAULT_KINDS]))
+
+    def may(kind: str) -> bool:
+        return chosen in ("any", kind)
+
+    faults: list[tuple[grpc.StatusCode, str | None]] = []
+    model = draw(
+        st.sampled_from([live["model"]] * 4 + ["", "nope"])
+        if may("model")
+        else st.just(live["model"])
     )
-    shape = draw(
-        st.sampled_from([[1], [1], [2, 1], [1, 3, size, size], [0], [-1], [2**62], []])
-        | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5)
-    )
-    tensor = {"name": name, "datatype": datatype, "shape": shape}
+    if model != live["model"]:
+        faults.append((UNKNOWN_MODEL, f"model {model!r}"))
+    version = draw(st.sampled_from(["", "", "1"] + (["2", "x"] if may("version") else [])))
+    if version not in ("", "1"):
+        faults.append((UNKNOWN_MODEL, f"version {version!r}"))
+
+    # The input, its data in binary form and as contents; n images.
     if draw(st.booleans()):
-        tensor["contents"] = draw(
-            st.fixed_dictionaries({"bytes_contents": st.lists(_BLOBS, max_size=3)})
-            | st.fixed_dictionaries(
-                {"fp32_contents": st.lists(st.floats(width=32), max_size=3 * size * size)}
+        blobs = _GRPC_BLOBS if may("images") else st.just((_GOOD_IMAGE, None))
+        images = draw(st.lists(blobs, min_size=0 if may("images") else 1, max_size=3))
+        n = len(images)
+        faults.extend((s, "an image file that is not a good one") for _, s in images if s)
+        files = [b for b, _ in images]
+        shape = draw(st.sampled_from([[n], [n, 1]]))
+        tensor = {"name": "image", "datatype": "BYTES", "shape": shape}
+        raw, contents = _length_prefixed(files), {"bytes_contents": files}
+    else:
+        n = draw(st.integers(0 if may("images") else 1, 2))
+        values = [0.5, -1.0, 3.4e38] + ([float("nan"), float("inf")] if may("pixels") else [])
+        value = draw(st.sampled_from(values))
+        count = n * 3 * size * size
+        tensor = {"name": "pixel_values", "datatype": "FP32", "shape": [n, 3, size, size]}
+        raw, contents = struct.pack("<f", value) * count, {"fp32_contents": [value] * count}
+        if n and not math.isfinite(value):  # NaN is not even equal to itself
+            faults.append((INVALID, f"pixel values of {value}"))
+    if n == 0:
+        faults.append((INVALID, "no images"))
+    equivalent = {"shape": [[n], [n, 1]] if tensor["name"] == "image" else [tensor["shape"]]}
+    if may("replace") and draw(st.booleans()):
+        key = draw(st.sampled_from(["name", "datatype", "shape"]))
+        value = draw(
+            {
+                "name": st.sampled_from(["image", "pixel_values", "x", ""]),
+                "datatype": st.sampled_from(["BYTES", "FP32", "INT8", ""]),
+                "shape": st.sampled_from([[1], [2, 1], [n, 1], [1, 3, size, size], [0], [-1], []])
+                | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5),
+            }[key]
+        )
+        if value != tensor[key] and value not in equivalent.get(key, []):
+            faults.append((INVALID, f"input {key!r} replaced by {value!r:.60}"))
+        tensor[key] = value
+
+    # How the data travels: raw_input_contents (one entry per input) or the tensor's contents.
+    inputs = draw(st.sampled_from([1, 1, 1, 0, 2] if may("inputs") else [1]))
+    if inputs != 1:
+        faults.append((INVALID, f"{inputs} inputs"))
+    # In "data", always one fault of the data's: one among many would rarely be drawn alone.
+    broken = ["both", "neither", "extra", "short"]
+    spoilt = draw(
+        st.sampled_from(broken if chosen == "data" else ["none"] * 4 + broken)
+        if may("data")
+        else st.just("none")
+    )
+    carried = spoilt if spoilt in broken[:3] else draw(st.sampled_from(["raw", "contents"]))
+    if carried in ("both", "contents"):
+        tensor["contents"] = contents
+    raws = [raw] * inputs if carried in ("raw", "both", "extra") else []
+    if carried == "extra":
+        raws.append(raw)
+    if carried == "both" and inputs:
+        faults.append((INVALID, "both contents and raw_input_contents"))
+    elif carried == "extra":
+        faults.append((INVALID, f"{len(raws)} raw_input_contents for {inputs} inputs"))
+    elif carried == "neither" and n:
+        faults.append((INVALID, "no data"))
+    if spoilt == "short" and n:  # the data one element short, or one over
+        if tensor.get("contents"):
+            field = next(iter(contents))
+            tensor["contents"] = {field: contents[field][:-1]}
+            faults.append((INVALID, "contents one element short"))
+        elif raws:
+            raws = [r + b"\x01" for r in raws]
+            faults.append((INVALID, "raw_input_contents with a byte past the data"))
+
+    outputs = [
+        {"name": name, "parameters": params}
+        for name, params in draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([*live["outputs"], "nope"]),
+                    st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "classification": st.tuples(
+                                st.sampled_from(_INTEGER_PARAMETERS),
+                                st.integers(-2, num_classes + 2) | st.just(2**63 - 1),
+                            ).map(lambda p: {p[0]: max(p[1], 0) if p[0][0] == "u" else p[1]})
+                            | st.sampled_from(_OTHER_PARAMETERS),
+                            "x": st.sampled_from(_OTHER_PARAMETERS),  # ignored
+                        },
+                    ),
+                ),
+                max_size=3,
+            )
+            if may("outputs")
+            else st.lists(st.sampled_from(live["outputs"]), unique=True, max_size=3).map(
+                lambda names: [
+                    (name, {"classification": {"int64_param": num_classes // 2}})
+                    if name == "logits"
+                    else (name, {})
+                    for name in names
+                ]
             )
         )
+    ]
+    faults.extend((INVALID, f) for f in _grpc_output_faults(outputs, live["outputs"], num_classes))
     request = messages.ModelInferRequest(
-        model_name=draw(st.sampled_from([model] * 4 + ["", "nope"])),
-        model_version=draw(st.sampled_from(["", "", "", "1", "2"])),
-        inputs=[tensor] * draw(st.sampled_from([1, 1, 1, 0, 2])),
-        outputs=[
-            {"name": output, "parameters": draw(_PARAMETERS)}
-            for output in draw(st.lists(st.sampled_from(["logits", "stage1", "nope"]), max_size=2))
-        ],
+        model_name=model,
+        model_version=version,
+        inputs=[tensor] * inputs,
+        outputs=outputs,
+        raw_input_contents=raws,
     )
-    raws = _BLOBS.map(lambda b: _length_prefixed([b])) | st.binary(max_size=64)
-    if "contents" not in tensor or draw(st.booleans()):
-        count = draw(st.sampled_from([len(request.inputs)] * 3 + [0, 2]))
-        request.raw_input_contents.extend(draw(st.lists(raws, min_size=count, max_size=count)))
     data = request.SerializeToString()
-    cut = draw(st.sampled_from(["keep"] * 6 + ["short", "garbage"]))
-    if cut == "short":
-        return data[: draw(st.integers(0, max(0, len(data) - 1)))]
-    if cut == "garbage":
-        return data + draw(st.binary(min_size=1, max_size=16))
-    return data
+    if may("large") and draw(st.booleans()):  # around SWIN_MAX_UPLOAD_BYTES, with an id
+        request.id = "x" * draw(st.integers(max(0, UPLOAD_CAP - len(data) - 8), UPLOAD_CAP))
+        data = request.SerializeToString()
+    cut = draw(
+        st.sampled_from(["keep", "keep", "keep", "short", "long"] if may("cut") else ["keep"])
+    )
+    if cut == "short" and data:
+        data = data[: draw(st.integers(_last_field_start(request) + 1, len(data) - 1))]
+        faults.append((INVALID, "message cut inside its last field"))
+    elif cut == "long":
+        # Led by a tag of field number 0, which no message has: never read as a field.
+        data += b"\x00" + draw(st.binary(max_size=15))
+        faults.append((INVALID, "message padded"))
+    return data, [(status, f) for status, f in faults if f], cut == "keep" or not data
 
 
 @settings(
@@ -441,9 +611,24 @@ def _grpc_requests(draw, model: str, size: int):
     suppress_health_check=list(HealthCheck),
 )
 @given(data=st.data())
-def test_malformed_grpc_inferences_are_client_errors_never_internal(live_grpc, data):
-    infer, model, size = live_grpc
+def test_malformed_grpc_inferences_get_their_documented_status_and_only_they_succeed(
+    live_grpc, data
+):
+    message, faults, readable = data.draw(_grpc_calls(live_grpc))
+    # docs/api.md: RESOURCE_EXHAUSTED for a message over the cap (gRPC refuses it from its
+    # length prefix, unread); INVALID_ARGUMENT for one protobuf cannot read (nothing else in
+    # it can be); otherwise the status of any fault it carries, and OK only for none.
+    if len(message) > UPLOAD_CAP:
+        allowed = {TOO_LARGE}
+    elif not readable:
+        allowed = {INVALID}
+    elif faults:
+        allowed = {status for status, _ in faults}
+    else:
+        allowed = {grpc.StatusCode.OK}
     try:
-        infer(data.draw(_grpc_requests(model, size)), timeout=10)
+        live_grpc["infer"](message, timeout=10)
+        code, details = grpc.StatusCode.OK, ""
     except grpc.RpcError as exc:
-        assert exc.code() in GRPC_CLIENT_CODES, (exc.code(), exc.details())
+        code, details = exc.code(), exc.details()
+    assert code in allowed, (code, details, faults, len(message))
