@@ -109,7 +109,7 @@ WORKDIR /app
 COPY pyproject.toml requirements.lock /tmp/deps/
 COPY deploy/requirements.py /tmp/deps/deploy/
 RUN python -m venv /opt/venv \
- && python /tmp/deps/deploy/requirements.py serve > /tmp/deps/requirements.txt \
+ && python /tmp/deps/deploy/requirements.py serve openvino > /tmp/deps/requirements.txt \
  && pip install --constraint /tmp/deps/requirements.lock -r /tmp/deps/requirements.txt \
  && rm -rf /tmp/deps \
  && groupadd --system --gid 10001 swin \

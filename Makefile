@@ -24,7 +24,7 @@ SERVE_EXTRAS := gpu,export
 SERVE_ENV := SWIN_PROVIDERS=$${SWIN_PROVIDERS:-cuda}
 else
 VENV := .venv
-SERVE_EXTRAS := serve,export
+SERVE_EXTRAS := serve,openvino,export
 SERVE_ENV :=
 endif
 PY := $(VENV)/bin/python
@@ -73,12 +73,12 @@ $(SERVE_STAMP): | $(PY)
 
 $(DEV_STAMP): | $(PY)
 	rm -f $(VENV)/.installed-*
-	$(INSTALL) serve,export,dev
+	$(INSTALL) serve,openvino,export,dev
 	touch $@ $(SERVE_STAMP)
 
 $(BENCH_STAMP): | $(PY)
 	rm -f $(VENV)/.installed-*
-	$(INSTALL) serve,export,dev,bench
+	$(INSTALL) serve,openvino,export,dev,bench
 	touch $@ $(DEV_STAMP) $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on :8000

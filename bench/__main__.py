@@ -263,7 +263,12 @@ def run_service(
     from bench.loadgen import wrk_path
 
     wrk = wrk_path()
-    servers = [service.service_server(models.fp32, server_cpus, env)]
+    auto = service.auto_precision(models.fp32)
+    default = service.service_server(
+        models.fp32, server_cpus, env, f"swin-serve, defaults (SWIN_PRECISION=auto: {auto})"
+    )
+    default.info["precision"] = auto
+    servers = [default, *service.precision_servers(models.fp32, server_cpus, env)]
     for name, extra_env in also:  # tuning candidates, loaded interleaved with the default
         s = service.service_server(models.fp32, server_cpus, {**env, **extra_env})
         s.name = f"service_{name}"
@@ -405,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load a service with these settings, interleaved (repeatable)",
     )
     parser.add_argument(
+        "--concurrency",
+        default="",
+        metavar="C[,C]",
+        help="service: the client counts to load at (default 1,4,16,64; 1,16 with --quick)",
+    )
+    parser.add_argument(
         "--peers",
         default="all",
         metavar="NAME[,NAME]",
@@ -516,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--rounds wants a positive number, got {args.rounds}")
     if args.rounds:
         cfg = {**cfg, "protocol_rounds": args.rounds}
+    if args.concurrency:
+        cfg = {**cfg, "concurrency": tuple(int(c) for c in args.concurrency.split(","))}
     out_dir = args.out or (RESULTS_DIR / "raw" / "quick" if args.quick else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.what == "fine-tune":

@@ -109,6 +109,44 @@ def service_server(
     )
 
 
+def auto_precision(model: Path) -> str:
+    """What SWIN_PRECISION=auto serves ``model`` at on this machine (service/precision.py)."""
+    from service.engines import machine
+    from service.precision import plan
+    from service.settings import Settings
+
+    return plan("auto", "auto", model, "fp32", machine(Settings(providers="cpu"))).precision
+
+
+def precision_servers(model: Path, cpus: list[int] | None, env: dict[str, str]) -> list[Server]:
+    """The service at each precision this CPU runs natively other than auto's own choice, fp32
+    always among them: ``service_fp32``, ``service_bf16``, ``service_int8``."""
+    from service.engines import machine
+    from service.precision import PrecisionError, plan
+    from service.settings import Settings
+
+    here = machine(Settings(providers="cpu"))
+    auto = auto_precision(model)
+    servers = []
+    for precision in ("fp32", "bf16", "int8"):
+        if precision == auto or (precision == "int8" and not here.int8_fast):
+            continue
+        try:
+            chosen = plan(precision, "auto", model, "fp32", here)
+        except PrecisionError as exc:
+            progress(f"service at {precision}: not run ({exc})")
+            continue
+        server = service_server(
+            model,
+            cpus,
+            {**env, "SWIN_PRECISION": precision},
+            f"swin-serve at {precision} ({chosen.engine}, dynamic batching)",
+        )
+        server.name = f"service_{precision}"
+        servers.append(server)
+    return servers
+
+
 def peer_server(manifest: Path, cpus: list[int] | None) -> Server:
     port = free_port()
     return Server(
@@ -167,9 +205,10 @@ def _version(package: str) -> str:
 @contextlib.contextmanager
 def running(servers: list[Server]) -> Iterator[list[Server]]:
     try:
+        # One at a time: the service times its CPU layout while it loads, which another
+        # server's start-up beside it would skew.
         for s in servers:
             s.start()
-        for s in servers:
             s.wait_ready()
             progress(f"{s.name} ready on :{s.port}")
         yield servers

@@ -78,7 +78,89 @@ def compute_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _c1_latency(results),
         _v2_vs_classify(results),
         *peer_targets(results),
+        *precision_targets(results),
     ]
+
+
+def auto_precision(results: dict[str, Any]) -> str | None:
+    """What the default service (SWIN_PRECISION=auto) ran at, as the run recorded it."""
+    servers = (results.get("service") or {}).get("servers") or {}
+    return ((servers.get("service") or {}).get("info") or {}).get("precision")
+
+
+def _fp32_server(results: dict[str, Any]) -> str | None:
+    """The service at fp32: its own server, or the default one where auto chose fp32."""
+    servers = (results.get("service") or {}).get("servers") or {}
+    if "service_fp32" in servers:
+        return "service_fp32"
+    return "service" if auto_precision(results) == "fp32" else None
+
+
+def precision_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The service at fp32 (its CPU layout) and at auto against LitServe's best fp32
+    configuration and against fp32, all from the same interleaved run."""
+    fp32, auto = _fp32_server(results), auto_precision(results)
+    rows = [
+        _vs_best_litserve(results, fp32, 1, 1.0, "fp32_c1_vs_litserve", "fp32"),
+        _vs_best_litserve(results, fp32, 16, 0.95, "fp32_c16_vs_litserve", "fp32"),
+    ]
+    label = f"auto ({auto})" if auto else "auto"
+    rows.append(_vs_best_litserve(results, "service", 16, 1.6, "auto_c16_vs_litserve", label))
+    name = f"service at {label} p50 at c=1 / the fp32 service's"
+    rss_name = f"service at {label} peak RSS / the fp32 service's"
+    if auto == "fp32" or not fp32:
+        why = "auto is fp32 on this CPU" if auto == "fp32" else "no fp32 service in this run"
+        rows += [
+            _target("auto_c1_p50_vs_fp32", name, None, 0.65, why, op="<="),
+            _target("auto_rss_vs_fp32", rss_name, None, 1.15, why, op="<="),
+        ]
+        return rows
+    mine, ref = _level(results, "service", 1), _level(results, fp32, 1)
+    servers = results["service"]["servers"]
+    p50 = mine["p50_ms"] / ref["p50_ms"] if mine and ref else None
+    rows.append(
+        _target(
+            "auto_c1_p50_vs_fp32",
+            name,
+            p50,
+            0.65,
+            f"p50 {mine['p50_ms']:.1f} vs {ref['p50_ms']:.1f} ms" if p50 else "c=1 not run",
+            op="<=",
+        )
+    )
+    rss = servers["service"]["peak_rss_mb"], servers[fp32]["peak_rss_mb"]
+    rows.append(
+        _target(
+            "auto_rss_vs_fp32",
+            rss_name,
+            rss[0] / rss[1],
+            1.15,
+            f"{rss[0]:.0f} vs {rss[1]:.0f} MB, the largest of every run",
+            op="<=",
+        )
+    )
+    return rows
+
+
+def _vs_best_litserve(
+    results: dict[str, Any], server: str | None, c: int, threshold: float, tid: str, label: str
+) -> dict[str, Any]:
+    name = f"service at {label} / best LitServe configuration (fp32) throughput at c={c}"
+    svc, best = (_level(results, server, c) if server else None), best_litserve(results, c)
+    if not (svc and best and best[1]["throughput_rps"]):
+        why = "" if svc else f"no service at {label} run at c={c}; "
+        why += "" if best else f"no LitServe configuration run at c={c}"
+        return _target(tid, name, None, threshold, why.rstrip("; "))
+    ratio, how = paired_throughput(svc, best[1])
+    return _target(
+        tid,
+        name,
+        ratio,
+        threshold,
+        f"best: {best[0]}; {how}; shown runs {svc['throughput_rps']:.2f} vs "
+        f"{best[1]['throughput_rps']:.2f} req/s; p50 {svc['p50_ms']:.0f} vs "
+        f"{best[1]['p50_ms']:.0f} ms, p99 {svc['p99_ms']:.0f} vs {best[1]['p99_ms']:.0f} ms",
+    )
 
 
 def _engine_targets(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import tracing
 from service.auth import install_api_keys
 from service.decoding import DecodePool
-from service.engine import Engine, OnnxEngine
+from service.engine import Engine
+from service.engines import open_engine
 from service.errors import ApiError, ErrorCode, code_for_status, is_v2_path
 from service.lifecycle import FatalHook, Lifecycle
 from service.metrics import Metrics
@@ -62,9 +63,7 @@ def create_app(
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
     if opener is None:
-        opener = (
-            _always(engine) if engine is not None else functools.partial(OnnxEngine.load, settings)
-        )
+        opener = _always(engine) if engine is not None else functools.partial(open_engine, settings)
     lifecycle = Lifecycle(settings, metrics, opener)
     if on_fatal is not None:
         lifecycle.on_fatal(on_fatal)

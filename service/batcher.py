@@ -358,12 +358,11 @@ class Batcher:
             self._answer(item, ImageResult(row, started - item.enqueued, elapsed, n, started, run))
 
     def _run_attributes(self, n: int) -> dict[str, object]:
-        manifest = self._engine.manifest
         return {
             "swin.model": self._metrics.name,
             "swin.batch_size": n,
             "swin.provider": self._engine.provider,
-            "swin.precision": manifest.precision,
+            "swin.precision": self._engine.precision,
         }
 
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:

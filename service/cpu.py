@@ -1,7 +1,8 @@
 """What this process's CPU can do, as ONNX Runtime's kernels see it.
 
-int8 speed and int8 numerics both depend on it (see export/variants.py), so it is reported
-with the self-check result. AVX2, AVX-512 and AVX-512 VNNI come from numpy's own CPUID probe,
+int8 and bf16 speed and numerics depend on it (see export/variants.py and service/precision.py),
+so it is reported with the self-check result. AVX2, AVX-512, AVX-512 VNNI and AVX-512 BF16 come
+from numpy's own CPUID probe,
 which also checks that the OS saves the wide registers and which an emulator (qemu -cpu) can
 change; AVX-VNNI and AMX, which numpy does not probe, come from the kernel's flags in
 /proc/cpuinfo, trusted only where they agree with CPUID on the features both know (under an
@@ -14,13 +15,19 @@ import functools
 import platform
 from pathlib import Path
 
-_FROM_NUMPY = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512_vnni": "AVX512VNNI"}
-_FROM_KERNEL = {"avx_vnni": "avx_vnni", "amx_int8": "amx_int8"}
+_FROM_NUMPY = {
+    "avx2": "AVX2",
+    "avx512f": "AVX512F",
+    "avx512_vnni": "AVX512VNNI",
+    "avx512_bf16": "AVX512BF16",
+}
+_FROM_KERNEL = {"avx_vnni": "avx_vnni", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16"}
 
 
 @functools.cache
 def cpu_features() -> dict[str, bool | None]:
-    """{"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"} -> present, absent or None."""
+    """{"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16"}
+    -> present, absent or None."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return dict.fromkeys([*_FROM_NUMPY, *_FROM_KERNEL])
     probed = _numpy_features()

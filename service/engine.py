@@ -6,8 +6,10 @@ N = batch, S = input size, C_i/H_i/W_i = stage channels and map sizes (see the m
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -15,9 +17,10 @@ import numpy as np
 
 from service import providers
 from service.contract import GOLDEN_KEY, Manifest, ManifestError, manifest_from_metadata
+from service.layout import Lane, Lanes, LayoutChoice, calibrate
 from service.repository import ModelFile
 from service.sessions import CUDA_PROVIDER_OPTIONS, session_options
-from service.settings import Settings
+from service.settings import Settings, available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,15 @@ class Engine(Protocol):
     provider: str
     golden_text: str | None  # the exporter's golden answers (service/selfcheck.py), if any
     provider_warning: str | None  # e.g. a GPU the provider cannot use (service/providers.py)
+    engine_name: str  # onnxruntime | openvino
+    precision: str  # what runs (bf16 on a float32 file, say); the manifest's is what was exported
+    precision_reason: str  # why that precision, for the log, the card and the v2 metadata
+    served_file: dict[str, str | None]  # path and digest of the bytes that run
+    layout: LayoutChoice | None  # how runs share the cores (service/layout.py)
+
+    def runners(self) -> dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]:
+        """Each lane as a ``run``: the golden self-check covers them all."""
+        ...
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """``batch`` float32 (N, 3, S, S) -> every output by name, each with N rows."""
@@ -124,7 +136,8 @@ def _open(file: ModelFile, options, wanted: list):
     return session
 
 
-def _read(settings: Settings, path: Path | str | None) -> ModelFile:
+def read_model_file(settings: Settings, path: Path | str | None) -> ModelFile:
+    """``path`` (default the model path) read once; a missing file is a ModelFile without data."""
     path = Path(settings.model_path if path is None else path)
     try:
         return ModelFile.read(path)
@@ -134,8 +147,69 @@ def _read(settings: Settings, path: Path | str | None) -> ModelFile:
         raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
 
 
-class OnnxEngine:
-    """ONNX Runtime session configured from settings and the model's manifest."""
+class LaneEngine:
+    """What both engines share: runs go through ``Lanes`` (service/layout.py) and come back as
+    float32 arrays by output name; errors become EngineError (or FatalEngineError)."""
+
+    engine_name = ""
+
+    def __init__(self, manifest: Manifest, output_names: list[str], lanes: Lanes) -> None:
+        self.manifest = manifest
+        self.output_names = output_names
+        self.golden_text: str | None = None
+        self.provider_warning: str | None = None
+        self.precision: str = manifest.precision  # what runs; the manifest says what was exported
+        self.precision_reason: str = f"the file is {manifest.precision}"
+        self.served_file: dict[str, str | None] = {}  # path and digest of the bytes that run
+        self.layout: LayoutChoice | None = None
+        self._lanes = lanes
+        self._input_dtype = np.float16 if manifest.input.dtype == "float16" else np.float32
+
+    def runners(self) -> dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]:
+        """Each lane as a ``run``, for the golden self-check, which must cover every lane."""
+        return {
+            name: functools.partial(self._run, lane) for name, lane in self._lanes.runners().items()
+        }
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run all outputs for ``batch`` (N, 3, S, S) float32; values come back as float32.
+
+        Raises FatalEngineError for device errors that poison the process, EngineError otherwise.
+        """
+        return self._run(self._lanes, batch)
+
+    def _run(self, runner, batch: np.ndarray) -> dict[str, np.ndarray]:
+        feed = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        try:
+            values = runner(feed)
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                raise FatalEngineError(f"fatal device error: {exc}") from exc
+            raise EngineError(f"model run failed for batch {tuple(batch.shape)}: {exc}") from exc
+        return {
+            name: np.asarray(v, dtype=np.float32)
+            for name, v in zip(self.output_names, values, strict=True)
+        }
+
+    def warmup(self, batch_sizes: list[int]) -> None:
+        """Run each batch size once so the first real requests don't pay for allocation/tuning."""
+        size = self.manifest.image_size
+        for n in batch_sizes:
+            t0 = time.perf_counter()
+            self.run(np.zeros((n, 3, size, size), dtype=np.float32))
+            log.debug("warm-up batch %d: %.1f ms", n, (time.perf_counter() - t0) * 1e3)
+
+
+def manual_layout(settings: Settings) -> bool:
+    """Threads or parallel batches set by hand: one runner as configured, no calibration."""
+    return bool(settings.intra_op_threads or settings.parallel_batches)
+
+
+class OnnxEngine(LaneEngine):
+    """ONNX Runtime sessions configured from settings and the model's manifest: on the CPU, one
+    per lane of the layout calibrated at load; on CUDA, one."""
+
+    engine_name = "onnxruntime"
 
     def __init__(
         self,
@@ -146,14 +220,16 @@ class OnnxEngine:
         golden_text: str | None = None,
     ) -> None:
         self._session = session
-        self.manifest = manifest
-        self.golden_text = golden_text
         self.provider: str = session.get_providers()[0]
-        self.provider_warning: str | None = None
-        self.output_names: list[str] = [o.name for o in session.get_outputs()]
         self.input_name: str = session.get_inputs()[0].name
-        self._input_dtype = np.float16 if manifest.input.dtype == "float16" else np.float32
-        self._use_io_binding = use_io_binding
+        output_names = [o.name for o in session.get_outputs()]
+        super().__init__(manifest, output_names, Lanes(None, self._runner(session, use_io_binding)))
+        self.golden_text = golden_text
+
+    def _runner(self, session, use_io_binding: bool):
+        if use_io_binding:
+            return functools.partial(self._run_io_binding, session)
+        return lambda feed: session.run(self.output_names, {self.input_name: feed})
 
     @classmethod
     def load(cls, settings: Settings, source: ModelFile | Path | str | None = None) -> OnnxEngine:
@@ -162,7 +238,7 @@ class OnnxEngine:
         ModelLoadError with a message a human can act on."""
         import onnxruntime as ort  # imported here so that importing the service stays light
 
-        file = source if isinstance(source, ModelFile) else _read(settings, source)
+        file = source if isinstance(source, ModelFile) else read_model_file(settings, source)
         path = file.path
         if file.data is None:
             raise ModelLoadError(
@@ -191,19 +267,40 @@ class OnnxEngine:
             session = _open(file, options, [providers.CPU])
         engine = cls._from_session(session, path, use_io_binding=choice.cuda)
         engine.provider_warning = choice.warning
+        engine.served_file = {"path": str(path), "digest": file.digest}
         if choice.warning:
             log.warning("%s", choice.warning)
+        if choice.cuda:
+            engine.layout = LayoutChoice("cuda", 1, None, None, "CUDA: one batch at a time")
+        elif manual_layout(settings):
+            engine.layout = manual_choice(settings)
+        else:
+            del session  # the lanes open their own sessions
+            engine._calibrate(settings, file)
         log.info(
-            "loaded %s (%s, %s weights) on %s (%s), intra_op_threads=%d, spinning=%s",
+            "loaded %s (%s, %s weights) on %s (%s); layout %s: %s",
             engine.manifest.variant,
             engine.manifest.precision,
             engine.manifest.weights.source,
             engine.provider,
             choice.reason,
-            options.intra_op_num_threads,
-            settings.resolved_intra_op_spinning(on_gpu=choice.cuda),
+            engine.layout.name,
+            engine.layout.reason,
         )
         return engine
+
+    def _calibrate(self, settings: Settings, file: ModelFile) -> None:
+        def open_lane(lane: Lane):
+            options = _lane_options(lane)
+            return self._runner(_open(file, options, [providers.CPU]), False)
+
+        size = self.manifest.image_size
+        feed = np.zeros((1, 3, size, size), dtype=self._input_dtype)
+        self.layout, wide, narrow = calibrate(
+            open_lane, available_cpus(), feed, settings.cpu_layout
+        )
+        self._lanes = Lanes(wide, narrow)
+        self._session = None  # only the lanes' sessions remain
 
     @classmethod
     def _from_session(cls, session, path: Path, *, use_io_binding: bool) -> OnnxEngine:
@@ -223,40 +320,34 @@ class OnnxEngine:
             )
         return engine
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run all outputs for ``batch`` (N, 3, S, S) float32; values come back as float32.
-
-        Raises FatalEngineError for device errors that poison the process, EngineError otherwise.
-        """
-        feed = np.ascontiguousarray(batch, dtype=self._input_dtype)
-        try:
-            if self._use_io_binding:
-                values = self._run_io_binding(feed)
-            else:
-                values = self._session.run(self.output_names, {self.input_name: feed})
-        except Exception as exc:
-            if is_fatal_device_error(exc):
-                raise FatalEngineError(f"fatal device error: {exc}") from exc
-            raise EngineError(f"model run failed for batch {tuple(batch.shape)}: {exc}") from exc
-        return {
-            name: np.asarray(v, dtype=np.float32)
-            for name, v in zip(self.output_names, values, strict=True)
-        }
-
-    def _run_io_binding(self, feed: np.ndarray) -> list[np.ndarray]:
+    def _run_io_binding(self, session, feed: np.ndarray) -> list[np.ndarray]:
         # One binding per call: IOBinding objects are not shareable between threads. Outputs are
         # allocated on the device by ORT (no host round-trip per node) and copied back once.
-        binding = self._session.io_binding()
+        binding = session.io_binding()
         binding.bind_cpu_input(self.input_name, feed)
         for name in self.output_names:
             binding.bind_output(name, "cuda")
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def warmup(self, batch_sizes: list[int]) -> None:
-        """Run each batch size once so the first real requests don't pay for allocation/tuning."""
-        size = self.manifest.image_size
-        for n in batch_sizes:
-            t0 = time.perf_counter()
-            self.run(np.zeros((n, 3, size, size), dtype=np.float32))
-            log.debug("warm-up batch %d: %.1f ms", n, (time.perf_counter() - t0) * 1e3)
+
+def manual_choice(settings: Settings) -> LayoutChoice:
+    runs = settings.resolved_parallel_batches(on_gpu=False)
+    threads = settings.resolved_intra_op_threads()
+    reason = (
+        f"SWIN_INTRA_OP_THREADS / SWIN_PARALLEL_BATCHES set: {runs} runs at once sharing "
+        f"{threads} threads"
+    )
+    return LayoutChoice("manual", runs, None, Lane(runs, max(1, threads // runs)), reason)
+
+
+def _lane_options(lane: Lane):
+    """A lane's session: its threads, asleep when idle (the other lane may need the cores),
+    and no per-shape memory pattern (runs side by side would each hold one)."""
+    return session_options(
+        intra_op_threads=lane.threads,
+        inter_op_threads=1,
+        spinning=False,
+        memory_pattern=False,
+        shared_arena=True,
+    )

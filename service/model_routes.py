@@ -58,7 +58,12 @@ def model_card(state: ServiceState, entry: ModelEntry, model: LoadedModel) -> Mo
     return ModelCard(
         name=entry.name,
         variant=manifest.variant,
-        precision=manifest.precision,
+        precision=model.engine.precision,
+        exported_precision=manifest.precision,
+        precision_reason=model.engine.precision_reason,
+        engine=model.engine.engine_name,
+        served_file=model.engine.served_file,
+        layout=model.engine.layout.as_dict() if model.engine.layout else None,
         input_size=manifest.image_size,
         num_classes=manifest.num_classes,
         provider=model.engine.provider,

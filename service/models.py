@@ -93,6 +93,8 @@ def new_batcher(
 ) -> Batcher:
     """A batcher for ``engine``, configured for the device it runs on."""
     on_gpu = engine.provider == "CUDAExecutionProvider"
+    layout = engine.layout  # None for an engine without one (a test's fake)
+    parallel = layout.parallel_runs if layout else settings.resolved_parallel_batches(on_gpu=on_gpu)
     return Batcher(
         engine,
         max_batch_size=settings.resolved_max_batch_size(on_gpu=on_gpu),
@@ -100,7 +102,7 @@ def new_batcher(
         queue_capacity=settings.queue_capacity,
         metrics=metrics,
         on_fatal=on_fatal,
-        parallel_batches=settings.resolved_parallel_batches(on_gpu=on_gpu),
+        parallel_batches=parallel,
     )
 
 

@@ -56,7 +56,7 @@ class ModelEntry:
             "reason": self.reason,
             "reloading": self.replacing,
             "variant": engine.manifest.variant if engine else None,
-            "precision": engine.manifest.precision if engine else None,
+            "precision": engine.precision if engine else None,
             "provider": engine.provider if engine else None,
             "digest": self.model.digest if self.model else None,
         }
@@ -153,7 +153,7 @@ class Registry:
         self.metrics.set_model(
             model=entry.name,
             variant=engine.manifest.variant,
-            precision=engine.manifest.precision,
+            precision=engine.precision,
             provider=engine.provider,
             weights="random" if weights.random else weights.source,
         )

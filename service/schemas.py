@@ -93,10 +93,39 @@ class SelfCheckInfo(BaseModel):
     )
 
 
+class LayoutInfo(BaseModel):
+    name: str = Field(
+        description="wide (one run on every core), narrow (runs side by side), hybrid (wide "
+        "when alone, narrow under load), manual (SWIN_INTRA_OP_THREADS / SWIN_PARALLEL_BATCHES) "
+        "or cuda"
+    )
+    parallel_runs: int
+    wide: dict[str, int] | None = Field(None, description="runs and threads of the wide lane")
+    narrow: dict[str, int] | None = Field(None, description="runs and threads of the narrow lane")
+    reason: str
+    figures: dict[str, float] = Field(
+        default_factory=dict,
+        description="What the calibration timed at load: lone_wide_ms, lone_narrow_ms, "
+        "loaded_narrow_img_s, loaded_wide_img_s (empty: not timed)",
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     variant: str
-    precision: str
+    precision: str = Field(
+        description="The precision the model runs at here (bf16 on a float32 file, say); "
+        "exported_precision is what the file holds"
+    )
+    exported_precision: str
+    precision_reason: str = Field(description="Why this precision (SWIN_PRECISION)")
+    engine: str = Field(description="onnxruntime or openvino")
+    served_file: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="path and digest of the file that runs (the int8 file beside the model, "
+        "under int8)",
+    )
+    layout: LayoutInfo | None = Field(None, description="How runs share the CPU's cores")
     input_size: int = Field(description="S: the model input is (N, 3, S, S)")
     num_classes: int
     provider: str = Field(description="Active ONNX Runtime execution provider")

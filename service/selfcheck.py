@@ -15,8 +15,15 @@ Each output gets three scores against the fp32 answer (``compare``); each precis
   bound on the worst difference would measure only the rounding; the cosine measures whether
   the answer still points the same way, and the scale (the ratio of the norms) what a cosine
   cannot see, such as weights multiplied after export.
+- bf16 (OpenVINO): cosine >= 0.9995 and scale within 1%, the same reasoning: bfloat16 keeps
+  fp32's range but only 8 bits of mantissa. OpenVINO accumulates in fp32, so a sound bf16 run
+  keeps four nines or more on the golden inputs; the bound sits below that with room for other
+  CPUs' kernels (AMX), and far above what a broken kernel gives.
 - int8: cosine >= 0.99 and scale within 2%, the same reasoning with dynamic int8's coarser
   rounding. A kernel that saturates falls well below the cosine bound.
+
+An engine with several lanes (service/layout.py: one run on every core, runs side by side) is
+checked on each, since each is its own compiled program.
 
 The same metadata carries one golden image and the tensor its transform gave at export; the
 server's preprocessing is checked on it too (service/preprocess_check.py).
@@ -71,6 +78,7 @@ class Tolerance:
 
 _FP32_CPU = Tolerance(max_rel_diff=1e-4)
 _HALF_MANTISSA = Tolerance(min_cosine=0.999, max_scale_error=0.01)
+_BF16 = Tolerance(min_cosine=0.9995, max_scale_error=0.01)
 _INT8 = Tolerance(min_cosine=0.99, max_scale_error=0.02)
 
 
@@ -79,6 +87,8 @@ def tolerance_for(precision: str, provider: str) -> Tolerance:
         return _HALF_MANTISSA if provider == "CUDAExecutionProvider" else _FP32_CPU
     if precision == "fp16":
         return _HALF_MANTISSA
+    if precision == "bf16":
+        return _BF16
     if precision == "int8":
         return _INT8
     raise SelfCheckFailed(f"no self-check tolerance for precision {precision!r}")
@@ -237,15 +247,22 @@ def run_self_check(
 
 
 def check_engine(engine: Any) -> SelfCheckReport:
-    """``run_self_check`` on a loaded engine (service/engine.py's Engine) and this CPU."""
-    return run_self_check(
-        engine.run,
-        engine.golden_text,
-        precision=engine.manifest.precision,
-        provider=engine.provider,
-        cpu=cpu_features(),
-        spec=engine.manifest.preprocess,
-    )
+    """``run_self_check`` on a loaded engine (service/engine.py's Engine) and this CPU, on each
+    of its lanes: the first failure, else the report of the last lane checked."""
+    report = None
+    for run in engine.runners().values():
+        report = run_self_check(
+            run,
+            engine.golden_text,
+            precision=engine.precision,
+            provider=engine.provider,
+            cpu=cpu_features(),
+            spec=engine.manifest.preprocess,
+        )
+        if report.status != "passed":
+            return report
+    assert report is not None, "an engine has at least one lane"
+    return report
 
 
 def _decode_or_refuse(golden_text: str) -> Golden:

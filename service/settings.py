@@ -83,6 +83,25 @@ class Settings(BaseSettings):
     providers: Providers = Field(
         "auto", description="ONNX Runtime execution provider: auto (CUDA when present), cpu, cuda."
     )
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="Precision of float32 models on the CPU (service/precision.py): auto = bf16 "
+        "where the CPU runs it natively (OpenVINO), else int8 where it has VNNI and NAME.int8.onnx "
+        "sits beside the model, else fp32. A named precision that cannot be had, or fails its "
+        "golden self-check, stops the model; under auto a failure falls back to fp32.",
+    )
+    engine: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="The runtime: auto = OpenVINO for bf16, ONNX Runtime for the rest; "
+        "openvino also serves fp32 on OpenVINO.",
+    )
+    cpu_layout: Literal["auto", "wide", "narrow", "hybrid"] = Field(
+        "auto",
+        description="How runs share the cores (service/layout.py): wide = one run on every core, "
+        "narrow = runs side by side on a share each, hybrid = wide when alone and narrow under "
+        "load; auto = timed at load on this CPU. Ignored when SWIN_INTRA_OP_THREADS or "
+        "SWIN_PARALLEL_BATCHES is set.",
+    )
     max_batch_size: int = Field(
         0,
         ge=0,
@@ -120,16 +139,17 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=1024,
-        description="ORT intra-op threads; 0 = auto (one per CPU). The parallel batches share "
-        "them: a lone batch runs on every core, batches side by side split the cores.",
+        description="Intra-op threads; 0 = auto (SWIN_CPU_LAYOUT decides). Set by hand (or with "
+        "SWIN_PARALLEL_BATCHES), one session of this many threads, shared by the parallel "
+        "batches, replaces the calibrated layout.",
     )
     parallel_batches: int = Field(
         0,
         ge=0,
         le=64,
-        description="Batches that may run on the model at once; 0 = auto (on CPU one per CPU, "
-        "at most 4; on CUDA 1). On CPU they share one session and its threads, so under load "
-        "every core stays busy, and the weights are held once.",
+        description="Batches that may run on the model at once; 0 = auto (on CPU the layout "
+        "decides, SWIN_CPU_LAYOUT; on CUDA 1). Set by hand, they share one session of "
+        "SWIN_INTRA_OP_THREADS threads (default one per CPU) in place of the calibrated layout.",
     )
     intra_op_spinning: Literal["auto", "on", "off"] = Field(
         "auto",

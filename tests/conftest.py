@@ -10,6 +10,9 @@ import pytest
 # Servers the tests start (in-process or as subprocesses) leave gRPC off unless a test asks for
 # it on a free port: the default port, 8001, would be contended between them.
 os.environ.setdefault("SWIN_GRPC_PORT", "0")
+# Servers compare with PyTorch at fp32's bound unless a test names another precision: under the
+# default (auto) the precision would depend on the CPU the suite runs on.
+os.environ.setdefault("SWIN_PRECISION", "fp32")
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "samples" / "images"

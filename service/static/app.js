@@ -248,12 +248,19 @@
         : "FAILED"
       : "not recorded";
     ui.summary.textContent =
-      `${m.variant} · ${m.precision} · ${m.input_size}×${m.input_size} input · ` +
+      `${m.variant} · ${m.precision} on ${m.engine} · ${m.input_size}×${m.input_size} input · ` +
       `${m.num_classes} classes · ${m.provider}`;
+    const reduced = m.precision !== m.exported_precision;
     ui.banner.hidden = !w.random;
     const rows = [
       ["Variant", m.variant],
-      ["Precision", m.precision],
+      [
+        "Precision",
+        `${m.precision} on ${m.engine}` +
+          (reduced ? ` (exported ${m.exported_precision})` : "") +
+          ` · ${m.precision_reason}`,
+      ],
+      ["CPU layout", m.layout ? `${m.layout.name}: ${m.layout.reason}` : "not set"],
       ["Input", `${m.input_size}×${m.input_size}, ${m.num_classes} classes`],
       ["Preprocessing", describeTransform(m.preprocess)],
       ["Preprocessing from", m.preprocessing_source || "not recorded (crop_pct 0.875 rule)"],
@@ -274,7 +281,11 @@
       ["Ready", m.ready ? "yes" : "warming up"],
     ];
     const cls = (k) =>
-      (w.random && k === "Weights") || (m.provider_warning && k === "Provider") ? "warn" : "";
+      (w.random && k === "Weights") ||
+      (m.provider_warning && k === "Provider") ||
+      (reduced && k === "Precision")
+        ? "warn"
+        : "";
     ui.card.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v, cls(k))]));
   }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.contract import Manifest
+from service.engine import Engine
 from service.v2 import messages
 from service.v2.model import VERSION, model_metadata
 from service.v2.tensors import (
@@ -88,8 +88,8 @@ def infer_response(
     return response
 
 
-def metadata_response(name: str, manifest: Manifest) -> Any:
-    fields = model_metadata(name, manifest)
+def metadata_response(name: str, engine: Engine) -> Any:
+    fields = model_metadata(name, engine)
     parameters = fields.pop("parameters")
     response = messages.ModelMetadataResponse(**fields)
     for key, value in parameters.items():

@@ -85,7 +85,7 @@ class InferenceService:
         check_version(request.name, request.version)
         if entry.model is None:
             raise not_ready(entry)
-        return metadata_response(request.name, entry.model.engine.manifest)
+        return metadata_response(request.name, entry.model.engine)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         lifecycle = self.state.lifecycle

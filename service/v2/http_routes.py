@@ -118,7 +118,7 @@ def _metadata(state: ServiceState, name: str, version: str) -> dict[str, Any]:
     check_version(name, version)
     if entry.model is None:
         raise not_ready(entry)
-    return model_metadata(name, entry.model.engine.manifest)
+    return model_metadata(name, entry.model.engine)
 
 
 @router.get(

@@ -8,6 +8,7 @@ from importlib import metadata
 from typing import Any
 
 from service.contract import RANDOM_WEIGHTS_WARNING, Manifest
+from service.engine import Engine
 from service.errors import ApiError, ErrorCode
 from service.v2.tensors import BYTES, FP32
 
@@ -64,23 +65,31 @@ def output_metadata(manifest: Manifest) -> list[dict[str, Any]]:
     ]
 
 
-def model_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
+def model_metadata(name: str, engine: Engine) -> dict[str, Any]:
+    manifest = engine.manifest
     return {
         "name": name,
         "versions": [VERSION],
         "platform": PLATFORM,
         "inputs": input_metadata(manifest),
         "outputs": output_metadata(manifest),
-        "parameters": metadata_parameters(manifest),
+        "parameters": metadata_parameters(engine),
     }
 
 
-def metadata_parameters(manifest: Manifest) -> dict[str, str]:
+def metadata_parameters(engine: Engine) -> dict[str, str]:
     """What a client that sends FP32 pixel_values must do to its images, and where that came
-    from: strings, so that they fit the gRPC InferParameter too."""
+    from; the precision the model runs at, and why: strings, so that they fit the gRPC
+    InferParameter too."""
+    manifest = engine.manifest
     pre = manifest.preprocess
+    layout = engine.layout
     return {
         "preprocessing": pre.describe(),
         "preprocessing_source": manifest.preprocessing_source or "not recorded (crop_pct 0.875)",
         "preprocess": pre.model_dump_json(),
+        "precision": engine.precision,
+        "precision_reason": engine.precision_reason,
+        "engine": engine.engine_name,
+        "cpu_layout": layout.name if layout else "not set",
     }

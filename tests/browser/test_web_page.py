@@ -54,6 +54,8 @@ def test_flower_shows_top5_bars_heatmaps_model_card_and_timing(
     expect(page.locator("#random-banner")).to_be_visible()
     card = page.locator("#model-card")
     expect(card).to_contain_text("CPUExecutionProvider")
+    expect(card).to_contain_text("fp32 on onnxruntime · SWIN_PRECISION=fp32")
+    expect(card).to_contain_text("CPU layout")
     expect(card).to_contain_text("random")
     expect(card).to_contain_text("shipped ImageNet-1k names")  # where the class names came from
     expect(card).to_contain_text(f"up to {server.max_batch_size} images per run")

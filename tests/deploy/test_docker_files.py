@@ -151,7 +151,7 @@ def test_runtime_stages_never_install_torch(stages, stage):
     # goes in with --no-deps, and only the wheel (from the torch-free wheel stage) and the model
     # (from the export stage) come from other stages.
     (extras,) = re.findall(r"requirements\.py ([\w ]+?) >", text)
-    assert extras == ("serve" if stage.startswith("cpu") else "gpu")
+    assert extras == ("serve openvino" if stage.startswith("cpu") else "gpu")
     assert re.search(r"pip install --no-deps /tmp/dist/\*\.whl", text)
     for copy in runtime.args("COPY"):
         if "--from=" in copy:

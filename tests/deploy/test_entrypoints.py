@@ -129,7 +129,7 @@ def matches(got: list[str], patterns: list[str]) -> bool:
 def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_changes(sandbox):
     need_make()
     assert make(sandbox, "test").returncode == 0
-    assert matches(calls(sandbox), [*install(sandbox, "serve,export,dev"), "-m pytest"])
+    assert matches(calls(sandbox), [*install(sandbox, "serve,openvino,export,dev"), "-m pytest"])
     assert make(sandbox, "test").returncode == 0
     assert calls(sandbox) == ["-m pytest"]
     # The dev install covers serve: no second install, and no export (the model exists).
@@ -139,7 +139,8 @@ def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_chang
     assert make(sandbox, "bench").returncode == 0
     assert make(sandbox, "bench").returncode == 0
     assert matches(
-        calls(sandbox), [*install(sandbox, "serve,export,dev,bench"), "-m bench", "-m bench"]
+        calls(sandbox),
+        [*install(sandbox, "serve,openvino,export,dev,bench"), "-m bench", "-m bench"],
     )
     assert make(sandbox, "test").returncode == 0
     assert calls(sandbox) == ["-m pytest"]
@@ -147,9 +148,9 @@ def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_chang
         with (sandbox / changed).open("a") as f:
             f.write("\n# changed\n")
         assert make(sandbox, "test").returncode == 0
-        assert matches(calls(sandbox), [*install(sandbox, "serve,export,dev"), "-m pytest"]), (
-            changed
-        )
+        assert matches(
+            calls(sandbox), [*install(sandbox, "serve,openvino,export,dev"), "-m pytest"]
+        ), changed
 
 
 def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
@@ -160,7 +161,7 @@ def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
     assert matches(
         calls(sandbox),
         [
-            *install(sandbox, "serve,export"),
+            *install(sandbox, "serve,openvino,export"),
             re.escape(
                 "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out artefacts/"
             ),

@@ -96,6 +96,17 @@ class FakeEngine:
     provider = "FakeExecutionProvider"
     provider_warning = None
     golden_text = None  # no exporter answers: the start-up self-check reports "skipped"
+    engine_name = "fake"
+    precision_reason = "a test's fake engine"
+    served_file: dict = {}  # noqa: RUF012 - read only
+    layout = None  # the batcher runs SWIN_PARALLEL_BATCHES (or its default) at once
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    def runners(self) -> dict:
+        return {"only": self.run}
 
     def __init__(
         self,

@@ -257,6 +257,9 @@ class _OverlapEngine:
         self.met = threading.Event()
         self.gate = gate
 
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
     def run(self, batch):
         with self.lock:
             self.now += 1

@@ -1,8 +1,10 @@
-"""OnnxEngine on a synthetic ONNX graph built here with onnx.helper (no torch, no exporter).
+"""The engines on a synthetic ONNX graph built here with onnx.helper (no torch, no exporter).
 
 The graph has the contract's interface (pixel_values -> logits, embedding, stage1..4) and carries
-the same manifest as FakeEngine, so engine and app can be tested on real ONNX Runtime even
-without the exported Swin fixture.
+the same manifest as FakeEngine, so engine and app can be tested on real runtimes even without
+the exported Swin fixture. The tests of the engine contract run on every engine and precision
+this machine has (``kind``): ONNX Runtime, OpenVINO fp32, and OpenVINO bf16 where the CPU runs
+it natively.
 """
 
 from __future__ import annotations
@@ -80,9 +82,37 @@ def _settings(path: Path, **kw):
     )
 
 
-def test_engine_loads_manifest_and_reports_cpu_provider(synthetic_model):
-    engine = OnnxEngine.load(_settings(synthetic_model))
-    assert engine.provider == "CPUExecutionProvider"
+def _native_bf16() -> bool:
+    from service.openvino_engine import native_bf16
+
+    return native_bf16()
+
+
+# Each engine and precision: its settings, its provider, and how close a batch is to its singles
+# (bf16 rounds every product to 8 bits of mantissa; OpenVINO may block a batch differently).
+KINDS = {
+    "onnxruntime": ({"precision": "fp32"}, "CPUExecutionProvider", 1e-4),
+    "openvino-fp32": ({"precision": "fp32", "engine": "openvino"}, "OpenVINO CPU", 1e-4),
+    "openvino-bf16": ({"precision": "bf16"}, "OpenVINO CPU", 3e-2),
+}
+
+
+@pytest.fixture(params=list(KINDS))
+def kind(request) -> tuple[dict, str, float]:
+    if request.param == "openvino-bf16" and not _native_bf16():
+        pytest.skip("this CPU has no native bfloat16 (AVX-512 BF16 or AMX)")
+    return KINDS[request.param]
+
+
+def _open(path: Path, kind, **kw):
+    from service.engines import open_engine
+
+    return open_engine(_settings(path, **kind[0], **kw))
+
+
+def test_engine_loads_manifest_and_reports_cpu_provider(synthetic_model, kind):
+    engine = _open(synthetic_model, kind)
+    assert engine.provider == kind[1]
     assert engine.manifest.name == "fake_swin_32"
     assert set(engine.output_names) == {
         "logits",
@@ -132,36 +162,71 @@ def test_a_cuda_session_that_falls_back_to_the_cpu_gets_the_cpus_options(
     assert options.enable_mem_pattern is False
 
 
-def test_engine_runs_all_outputs_and_batch_equals_singles(synthetic_model):
-    engine = OnnxEngine.load(_settings(synthetic_model))
+def test_engine_runs_all_outputs_and_batch_equals_singles(synthetic_model, kind):
+    engine = _open(synthetic_model, kind)
     x = np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32)
     out = engine.run(x)
     assert out["logits"].shape == (3, 10) and out["stage1"].shape == (3, 8, 8, 8)
     assert out["embedding"].shape == (3, 64) and all(v.dtype == np.float32 for v in out.values())
+    tol = kind[2]
     for i in range(3):
         single = engine.run(x[i : i + 1])
         for name in out:
-            np.testing.assert_allclose(single[name][0], out[name][i], rtol=1e-4, atol=1e-5)
+            scale = np.abs(out[name][i]).max()
+            np.testing.assert_allclose(single[name][0], out[name][i], rtol=tol, atol=tol * scale)
     engine.warmup([1, 2, 4])
 
 
-def test_run_error_is_an_engine_error_and_the_session_stays_usable(synthetic_model):
-    engine = OnnxEngine.load(_settings(synthetic_model))
+def test_every_lane_of_a_hybrid_layout_gives_the_same_answers(synthetic_model, kind):
+    engine = _open(synthetic_model, kind, cpu_layout="hybrid")
+    lanes = engine.runners()
+    x = np.random.default_rng(2).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    if len(lanes) == 1:
+        pytest.skip("one CPU: one lane")
+    assert engine.layout.name == "hybrid" and set(lanes) == {"wide", "narrow"}
+    wide, narrow = lanes["wide"](x), lanes["narrow"](x)
+    for name in wide:
+        scale = np.abs(wide[name]).max()
+        np.testing.assert_allclose(narrow[name], wide[name], rtol=kind[2], atol=kind[2] * scale)
+
+
+def test_the_calibrated_layout_says_what_it_timed(synthetic_model, kind):
+    from service.settings import available_cpus
+
+    engine = _open(synthetic_model, kind)
+    layout = engine.layout
+    if available_cpus() == 1:
+        assert layout.name == "wide"
+        return
+    assert layout.name in ("wide", "narrow", "hybrid")
+    assert set(layout.figures) == {
+        "lone_wide_ms",
+        "lone_narrow_ms",
+        "loaded_narrow_img_s",
+        "loaded_wide_img_s",
+    }
+    assert all(v > 0 for v in layout.figures.values())
+    assert f"{layout.figures['lone_wide_ms']:.1f} ms wide" in layout.reason
+    assert layout.parallel_runs == (1 if layout.name == "wide" else min(available_cpus(), 4))
+
+
+def test_run_error_is_an_engine_error_and_the_session_stays_usable(synthetic_model, kind):
+    engine = _open(synthetic_model, kind)
     with pytest.raises(EngineError) as err:
         engine.run(np.zeros((1, 3, 31, 31), np.float32))  # wrong size
     assert type(err.value) is EngineError  # not fatal
     assert engine.run(np.zeros((1, 3, 32, 32), np.float32))["logits"].shape == (1, 10)
 
 
-def test_model_without_manifest_is_refused_clearly(tmp_path):
+def test_model_without_manifest_is_refused_clearly(tmp_path, kind):
     path = build_synthetic_model(tmp_path / "bare.onnx", None)
     with pytest.raises(ModelLoadError, match=r"swin\.manifest"):
-        OnnxEngine.load(_settings(path))
+        _open(path, kind)
 
 
-def test_missing_model_file_names_the_path(tmp_path):
+def test_missing_model_file_names_the_path(tmp_path, kind):
     with pytest.raises(ModelLoadError, match=r"nope\.onnx"):
-        OnnxEngine.load(_settings(tmp_path / "nope.onnx"))
+        _open(tmp_path / "nope.onnx", kind)
 
 
 def test_cuda_requested_without_cuda_is_a_clear_error(synthetic_model):
@@ -173,13 +238,14 @@ def test_cuda_requested_without_cuda_is_a_clear_error(synthetic_model):
         OnnxEngine.load(_settings(synthetic_model).model_copy(update={"providers": "cuda"}))
 
 
-async def test_app_serves_the_onnx_model_end_to_end(synthetic_model, serve, pngs):
-    app = create_app(_settings(synthetic_model))
+async def test_app_serves_the_onnx_model_end_to_end(synthetic_model, serve, pngs, kind):
+    app = create_app(_settings(synthetic_model, **kind[0]))
     async with serve(app) as client:
         models = (await client.get("/v1/models")).json()
         resp = await client.post("/classify?top_k=2", files=[("file", im) for im in pngs(2)])
         feats = await client.post("/features?stages=stage2&pool=none", files={"file": pngs(1)[0]})
-    assert models["provider"] == "CPUExecutionProvider"
+    assert models["provider"] == kind[1]
+    assert models["precision"] == kind[0]["precision"] and models["layout"]["name"]
     assert resp.status_code == 200 and len(resp.json()["results"]) == 2
     assert np.asarray(feats.json()["results"][0]["stage2"]).shape == (16, 4, 4)
 

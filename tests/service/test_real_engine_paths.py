@@ -87,6 +87,9 @@ class SlowEngine:
             self.first_pixels.extend(float(x) for x in batch[:, 0, 0, 0])
         return out
 
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)  # precision, layout, runners, ...: the real engine's
+
     def warmup(self, batch_sizes: list[int]) -> None:
         if self.warmup_gate is not None:
             assert self.warmup_gate.wait(timeout=30)

@@ -65,6 +65,7 @@ def start_server(repo: Path, log_path: Path, default_model: str) -> ServerProces
         SWIN_PORT=str(port),
         SWIN_GRPC_PORT="0",
         SWIN_PROVIDERS="cpu",
+        SWIN_PRECISION="fp32",  # the tests compare with ONNX Runtime fp32
         SWIN_LOG_LEVEL="info",  # the reload and drain lines are asserted
         SWIN_MAX_BATCH_SIZE="2",
         SWIN_INTRA_OP_THREADS="1",

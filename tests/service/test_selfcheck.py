@@ -175,8 +175,11 @@ def test_tolerances_per_precision_and_provider():
     assert tolerance_for("int8", "CPUExecutionProvider") == Tolerance(
         min_cosine=0.99, max_scale_error=0.02
     )
-    with pytest.raises(SelfCheckFailed, match="bf16"):
-        tolerance_for("bf16", "CPUExecutionProvider")
+    assert tolerance_for("bf16", "OpenVINO CPU") == Tolerance(
+        min_cosine=0.9995, max_scale_error=0.01
+    )
+    with pytest.raises(SelfCheckFailed, match="int4"):
+        tolerance_for("int4", "CPUExecutionProvider")
 
 
 def test_a_model_without_golden_answers_is_reported_as_skipped():
@@ -188,7 +191,15 @@ def test_a_model_without_golden_answers_is_reported_as_skipped():
 
 def test_cpu_features_report_every_key_as_bool_or_unknown():
     features = cpu_features()
-    assert set(features) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
+    assert set(features) == {
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_int8",
+        "amx_bf16",
+    }
     assert all(v in (True, False, None) for v in features.values())
 
 

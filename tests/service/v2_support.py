@@ -61,9 +61,10 @@ def start_server(model_path: Path, log_path: Path, **env: str) -> ServerProcess:
         SWIN_PORT=str(port),
         SWIN_GRPC_PORT=str(grpc_port),
         SWIN_PROVIDERS="cpu",
+        SWIN_PRECISION="fp32",  # the tests compare with ONNX Runtime fp32
         SWIN_LOG_LEVEL="warning",
-        **env,
     )
+    environ.update(env)
     log = log_path.open("w+b")
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"], cwd=ROOT, env=environ, stdout=log, stderr=log

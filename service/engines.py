@@ -1,0 +1,125 @@
+"""From a model file to the engine that serves it: the precision plan (service/precision.py),
+the engine it names, and, under ``SWIN_PRECISION=auto``, the fall-back to ONNX Runtime fp32 when
+the chosen precision fails its golden self-check on this machine."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from service import precision, providers
+from service.contract import ManifestError, manifest_from_metadata
+from service.cpu import cpu_features
+from service.engine import Engine, ModelLoadError, OnnxEngine, read_model_file
+from service.onnx_metadata import MetadataError, read_metadata
+from service.repository import ModelFile
+from service.selfcheck import SelfCheckFailed, check_engine
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def machine(settings: Settings) -> precision.Machine:
+    """What the precision plan depends on, read from this process and its CPU."""
+    import onnxruntime as ort
+
+    try:
+        cuda = providers.choose(
+            settings.providers, ort.get_available_providers(), providers.visible_gpus()
+        ).cuda
+    except providers.ProviderError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    features = cpu_features()
+    has_openvino = _openvino_installed()
+    if has_openvino:
+        from service.openvino_engine import native_bf16
+
+        bf16 = native_bf16()
+    else:
+        bf16 = bool(features.get("avx512_bf16") or features.get("amx_bf16"))
+    int8 = any(features.get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return precision.Machine(cuda=cuda, native_bf16=bf16, int8_fast=int8, openvino=has_openvino)
+
+
+def open_engine(settings: Settings, source: ModelFile | Path | str | None = None) -> Engine:
+    """The engine for ``source`` (a file read already, or a path; default the model path) at
+    the precision ``settings`` ask for; raises ModelLoadError with what to do instead."""
+    file = source if isinstance(source, ModelFile) else read_model_file(settings, source)
+    if file.data is None:
+        return OnnxEngine.load(settings, file)  # says what no file means
+    try:
+        exported = manifest_from_metadata(read_metadata(file.data), source=str(file.path))
+    except MetadataError as exc:
+        raise ModelLoadError(f"cannot load ONNX model {file.path}: {exc}") from exc
+    except ManifestError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    try:
+        plan = precision.plan(
+            settings.precision, settings.engine, file.path, exported.precision, machine(settings)
+        )
+    except precision.PrecisionError as exc:
+        raise ModelLoadError(f"{file.path}: {exc}") from exc
+    engine = _open_plan(settings, file, plan)
+    if plan.fallback:
+        engine = _checked_or_fp32(settings, file, engine)
+    _announce(file.path.name, exported.precision, engine)
+    return engine
+
+
+def _announce(name: str, exported: str, engine: Engine) -> None:
+    """A model served at another precision than it was exported at is said at WARNING, so that
+    nobody serves bf16 without seeing it; the usual case at INFO."""
+    line = f"{name}: serving {engine.precision} on {engine.engine_name} ({engine.precision_reason})"
+    if engine.precision == exported:
+        log.info("%s", line)
+    else:
+        log.warning(
+            "%s; exported at %s: SWIN_PRECISION=%s serves it unchanged", line, exported, exported
+        )
+
+
+def _open_plan(settings: Settings, file: ModelFile, plan: precision.Plan) -> Engine:
+    served = file if plan.path == file.path else read_model_file(settings, plan.path)
+    if plan.engine == precision.OPENVINO:
+        from service.openvino_engine import OpenVinoEngine
+
+        engine = OpenVinoEngine.load(settings, served, plan.precision)
+    else:
+        engine = OnnxEngine.load(settings, served)
+        if engine.manifest.precision != plan.precision:
+            raise ModelLoadError(
+                f"{plan.path} was exported at {engine.manifest.precision}, not {plan.precision}"
+            )
+    engine.precision_reason = plan.reason
+    return engine
+
+
+def _checked_or_fp32(settings: Settings, file: ModelFile, engine: Engine) -> Engine:
+    """``engine`` if it passes its golden self-check here, else ONNX Runtime fp32, with a
+    warning that says why (what SWIN_PRECISION=auto promises)."""
+    try:
+        report = check_engine(engine)
+    except SelfCheckFailed as exc:
+        failure = str(exc)
+    else:
+        if report.status != "failed":
+            return engine
+        failure = report.failure_message(file.path.name)
+    message = (
+        f"{file.path.name}: {engine.precision} failed its golden self-check on this machine, "
+        f"so it is served at fp32 on ONNX Runtime instead: {failure}"
+    )
+    log.warning("%s", message)
+    fallback = OnnxEngine.load(settings, file)
+    fallback.precision_reason = f"SWIN_PRECISION=auto fell back to fp32: {failure}"
+    return fallback
