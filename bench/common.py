@@ -90,13 +90,14 @@ def machine_cpu_seconds(stat: str | None = None) -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
-# The instruction sets that change ONNX Runtime's CPU speed the most, as /proc/cpuinfo flags them,
+# The instruction sets that change the engines' CPU speed the most, as /proc/cpuinfo flags them,
 # with the names people know them by. Figures from machines that differ here do not compare.
 CPU_FEATURES = {
     "avx2": "AVX2",
     "fma": "FMA",
     "avx512f": "AVX-512",
     "avx512_vnni": "AVX-512 VNNI",
+    "avx512_bf16": "AVX-512 BF16",
     "avx_vnni": "AVX-VNNI",
     "amx_tile": "AMX",
 }

@@ -47,9 +47,7 @@ def with_int8(model) -> Path:
         (GPU, True, ("fp32", "onnxruntime")),
     ],
 )
-def test_auto_takes_the_fastest_precision_this_machine_runs_natively(
-    model, machine, has_int8, expected
-):
+def test_auto_takes_native_bf16_then_int8_with_vnni_then_fp32(model, machine, has_int8, expected):
     if has_int8:
         int8_sibling(model).write_bytes(b"")
     chosen = plan("auto", "auto", model, "fp32", machine)

@@ -221,3 +221,23 @@ async def test_a_fake_engine_without_golden_answers_reports_skipped(make_app, se
     async with serve(make_app()) as client:
         check = (await client.get("/v1/models")).json()["self_check"]
     assert check["status"] == "skipped" and check["provider"] == "FakeExecutionProvider"
+
+
+def test_every_lane_of_an_engine_is_checked(tiny_model_path):
+    """A hybrid layout runs two programs; a broken narrow lane must fail the check even though
+    the wide one is sound."""
+    from service.engines import open_engine
+    from service.selfcheck import check_engine
+
+    engine = open_engine(Settings(model_path=tiny_model_path, providers="cpu", precision="fp32"))
+    sound = next(iter(engine.runners().values()))
+
+    def broken(x):
+        out = sound(x)
+        return {**out, "logits": out["logits"] * 1.5}
+
+    engine.runners = lambda: {"wide": sound, "narrow": broken}
+    report = check_engine(engine)
+    assert report.status == "failed" and "logits" in report.failures
+    engine.runners = lambda: {"wide": sound, "narrow": sound}
+    assert check_engine(engine).status == "passed"
