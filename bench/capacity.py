@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT, read_json
+from bench.targets import fp32_server
 
 RESULTS = RESULTS_DIR / "results.json"
 DOCS_PAGE = ROOT / "docs" / "kubernetes.md"
@@ -173,8 +174,9 @@ def auto_slots(cpus: int) -> int:
     return min(cpus, 4)
 
 
-def replica_from_results(results: dict[str, Any], server: str = "service") -> Replica:
-    """A replica from ``python -m bench``'s results.json.
+def replica_from_results(results: dict[str, Any], server: str | None = None) -> Replica:
+    """A replica from ``python -m bench``'s results.json: the service at fp32 unless ``server``
+    names another (the deployment pins SWIN_PRECISION=fp32, which every node runs alike).
 
     - slots: the service's default on the benchmark machine (one per CPU, at most 4);
     - service time: slots / the lowest throughput among the load levels that kept every slot
@@ -182,6 +184,9 @@ def replica_from_results(results: dict[str, Any], server: str = "service") -> Re
     - base p99: the p99 at one client.
     """
     meta = results["meta"]
+    server = server or fp32_server(results)
+    if server is None:
+        raise ValueError("results.json has no service at fp32: run python -m bench service")
     levels = {int(c): lv for c, lv in results["service"]["servers"][server]["levels"].items()}
     slots = auto_slots(int(meta["machine"]["cpus"]))
     saturated = {
@@ -197,7 +202,7 @@ def replica_from_results(results: dict[str, Any], server: str = "service") -> Re
     clients, peak = min(saturated.items(), key=lambda kv: kv[1])
     machine = meta["machine"]
     source = (
-        f"`python -m bench` run of {meta['started']} on {machine['cpus']} CPUs "
+        f"`python -m bench` run of {meta['started']} ({server}) on {machine['cpus']} CPUs "
         f"({machine['cpu_model']}): {peak:.2f} req/s at {clients} clients, "
         f"p99 {levels[1]['p99_ms']:.0f} ms at 1 client"
     )
@@ -209,8 +214,8 @@ def replica_from_results(results: dict[str, Any], server: str = "service") -> Re
     )
 
 
-def load_replica(path: Path = RESULTS) -> Replica:
-    return replica_from_results(read_json(path))
+def load_replica(path: Path = RESULTS, server: str | None = None) -> Replica:
+    return replica_from_results(read_json(path), server)
 
 
 # ---- the docs table ------------------------------------------------------------------------------
@@ -277,6 +282,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rps", type=float, help="request rate to serve (requests/s, one image each)")
     p.add_argument("--p99-ms", type=float, default=HPA_P99_MS, help="p99 latency target (ms)")
     p.add_argument("--results", type=Path, default=RESULTS, help="the benchmark's results.json")
+    p.add_argument(
+        "--server",
+        default=None,
+        help="the benchmarked server to size from (default: the service at fp32; 'service' is "
+        "the service at its defaults, SWIN_PRECISION=auto)",
+    )
     p.add_argument("--slots", type=int, help="override: run slots per replica")
     p.add_argument("--service-ms", type=float, help="override: ms per image on one slot")
     p.add_argument("--base-p99-ms", type=float, help="override: p99 with no queue (ms)")
@@ -291,7 +302,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    measured = load_replica(args.results)
+    measured = load_replica(args.results, args.server)
     overridden = any(v is not None for v in (args.slots, args.service_ms, args.base_p99_ms))
     replica = Replica(
         slots=args.slots or measured.slots,

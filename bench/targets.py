@@ -88,7 +88,7 @@ def auto_precision(results: dict[str, Any]) -> str | None:
     return ((servers.get("service") or {}).get("info") or {}).get("precision")
 
 
-def _fp32_server(results: dict[str, Any]) -> str | None:
+def fp32_server(results: dict[str, Any]) -> str | None:
     """The service at fp32: its own server, or the default one where auto chose fp32."""
     servers = (results.get("service") or {}).get("servers") or {}
     if "service_fp32" in servers:
@@ -99,7 +99,7 @@ def _fp32_server(results: dict[str, Any]) -> str | None:
 def precision_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The service at fp32 (its CPU layout) and at auto against LitServe's best fp32
     configuration and against fp32, all from the same interleaved run."""
-    fp32, auto = _fp32_server(results), auto_precision(results)
+    fp32, auto = fp32_server(results), auto_precision(results)
     rows = [
         _vs_best_litserve(results, fp32, 1, 1.0, "fp32_c1_vs_litserve", "fp32"),
         _vs_best_litserve(results, fp32, 16, 0.95, "fp32_c16_vs_litserve", "fp32"),

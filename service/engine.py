@@ -78,7 +78,8 @@ class Engine(Protocol):
     golden_text: str | None  # the exporter's golden answers (service/selfcheck.py), if any
     provider_warning: str | None  # e.g. a GPU the provider cannot use (service/providers.py)
     engine_name: str  # onnxruntime | openvino
-    precision: str  # what runs (bf16 on a float32 file, say); the manifest's is what was exported
+    precision: str  # what runs (bf16 on a float32 file, say)
+    exported_precision: str  # what the model's file holds
     precision_reason: str  # why that precision, for the log, the card and the v2 metadata
     served_file: dict[str, str | None]  # path and digest of the bytes that run
     layout: LayoutChoice | None  # how runs share the cores (service/layout.py)
@@ -158,7 +159,8 @@ class LaneEngine:
         self.output_names = output_names
         self.golden_text: str | None = None
         self.provider_warning: str | None = None
-        self.precision: str = manifest.precision  # what runs; the manifest says what was exported
+        self.precision: str = manifest.precision  # what runs
+        self.exported_precision: str = manifest.precision  # the model file's (not its int8 file's)
         self.precision_reason: str = f"the file is {manifest.precision}"
         self.served_file: dict[str, str | None] = {}  # path and digest of the bytes that run
         self.layout: LayoutChoice | None = None
@@ -192,12 +194,18 @@ class LaneEngine:
         }
 
     def warmup(self, batch_sizes: list[int]) -> None:
-        """Run each batch size once so the first real requests don't pay for allocation/tuning."""
+        """Run each batch size once on every lane (and on every run slot of a narrow lane: each
+        OpenVINO infer request meets a new shape cold), so the first real requests don't pay
+        for allocation and tuning."""
         size = self.manifest.image_size
-        for n in batch_sizes:
-            t0 = time.perf_counter()
-            self.run(np.zeros((n, 3, size, size), dtype=np.float32))
-            log.debug("warm-up batch %d: %.1f ms", n, (time.perf_counter() - t0) * 1e3)
+        narrow = self.layout.narrow if self.layout and self.layout.narrow else None
+        for name, run in self.runners().items():
+            repeats = narrow.runs if name == "narrow" and narrow else 1
+            for n in batch_sizes:
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    run(np.zeros((n, 3, size, size), dtype=np.float32))
+                log.debug("warm-up %s batch %d: %.1f ms", name, n, (time.perf_counter() - t0) * 1e3)
 
 
 def manual_layout(settings: Settings) -> bool:
@@ -271,11 +279,15 @@ class OnnxEngine(LaneEngine):
         if choice.warning:
             log.warning("%s", choice.warning)
         if choice.cuda:
-            engine.layout = LayoutChoice("cuda", 1, None, None, "CUDA: one batch at a time")
+            runs = settings.resolved_parallel_batches(on_gpu=True)
+            engine.layout = LayoutChoice(
+                "cuda", runs, None, None, f"CUDA: {runs} batch(es) at once"
+            )
         elif manual_layout(settings):
             engine.layout = manual_choice(settings)
         else:
-            del session  # the lanes open their own sessions
+            del session  # the lanes open their own sessions: the probe is let go first
+            engine._session, engine._lanes = None, None
             engine._calibrate(settings, file)
         log.info(
             "loaded %s (%s, %s weights) on %s (%s); layout %s: %s",
@@ -296,11 +308,8 @@ class OnnxEngine(LaneEngine):
 
         size = self.manifest.image_size
         feed = np.zeros((1, 3, size, size), dtype=self._input_dtype)
-        self.layout, wide, narrow = calibrate(
-            open_lane, available_cpus(), feed, settings.cpu_layout
-        )
+        self.layout, wide, narrow = timed_layout(open_lane, feed, settings, file)
         self._lanes = Lanes(wide, narrow)
-        self._session = None  # only the lanes' sessions remain
 
     @classmethod
     def _from_session(cls, session, path: Path, *, use_io_binding: bool) -> OnnxEngine:
@@ -329,6 +338,16 @@ class OnnxEngine(LaneEngine):
             binding.bind_output(name, "cuda")
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def timed_layout(open_lane, feed: np.ndarray, settings: Settings, file: ModelFile):
+    """``calibrate`` on this machine's CPUs; a failure is the model's load error, with its path."""
+    try:
+        return calibrate(open_lane, available_cpus(), feed, settings.cpu_layout)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a run that fails while timed: ORT and OpenVINO raise their own
+        raise ModelLoadError(f"{file.path}: a trial run failed: {exc}") from exc
 
 
 def manual_choice(settings: Settings) -> LayoutChoice:

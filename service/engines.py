@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 
 from service import precision, providers
-from service.contract import ManifestError, manifest_from_metadata
+from service.contract import GOLDEN_KEY, ManifestError, manifest_from_metadata
 from service.cpu import cpu_features
-from service.engine import Engine, ModelLoadError, OnnxEngine, read_model_file
+from service.engine import Engine, EngineError, ModelLoadError, OnnxEngine, read_model_file
 from service.onnx_metadata import MetadataError, read_metadata
 from service.repository import ModelFile
 from service.selfcheck import SelfCheckFailed, check_engine
@@ -58,7 +58,8 @@ def open_engine(settings: Settings, source: ModelFile | Path | str | None = None
     if file.data is None:
         return OnnxEngine.load(settings, file)  # says what no file means
     try:
-        exported = manifest_from_metadata(read_metadata(file.data), source=str(file.path))
+        metadata = read_metadata(file.data)
+        exported = manifest_from_metadata(metadata, source=str(file.path))
     except MetadataError as exc:
         raise ModelLoadError(f"cannot load ONNX model {file.path}: {exc}") from exc
     except ManifestError as exc:
@@ -69,9 +70,10 @@ def open_engine(settings: Settings, source: ModelFile | Path | str | None = None
         )
     except precision.PrecisionError as exc:
         raise ModelLoadError(f"{file.path}: {exc}") from exc
-    engine = _open_plan(settings, file, plan)
     if plan.fallback:
-        engine = _checked_or_fp32(settings, file, engine)
+        engine = _checked_or_fp32(settings, file, plan, metadata)
+    else:
+        engine = _open_plan(settings, file, plan, metadata)
     _announce(file.path.name, exported.precision, engine)
     return engine
 
@@ -88,8 +90,8 @@ def _announce(name: str, exported: str, engine: Engine) -> None:
         )
 
 
-def _open_plan(settings: Settings, file: ModelFile, plan: precision.Plan) -> Engine:
-    served = file if plan.path == file.path else read_model_file(settings, plan.path)
+def _open_plan(settings: Settings, file: ModelFile, plan: precision.Plan, metadata: dict) -> Engine:
+    served = file if plan.path == file.path else _sibling(settings, file, plan.path, metadata)
     if plan.engine == precision.OPENVINO:
         from service.openvino_engine import OpenVinoEngine
 
@@ -101,25 +103,57 @@ def _open_plan(settings: Settings, file: ModelFile, plan: precision.Plan) -> Eng
                 f"{plan.path} was exported at {engine.manifest.precision}, not {plan.precision}"
             )
     engine.precision_reason = plan.reason
+    engine.exported_precision = file_precision(metadata)
     return engine
 
 
-def _checked_or_fp32(settings: Settings, file: ModelFile, engine: Engine) -> Engine:
-    """``engine`` if it passes its golden self-check here, else ONNX Runtime fp32, with a
-    warning that says why (what SWIN_PRECISION=auto promises)."""
+def file_precision(metadata: dict) -> str:
+    return manifest_from_metadata(metadata).precision
+
+
+def _broken(report) -> str:
+    return "; ".join(f"{name}: {', '.join(found)}" for name, found in report.failures.items())
+
+
+def _sibling(settings: Settings, file: ModelFile, path: Path, metadata: dict) -> ModelFile:
+    """The int8 file beside ``file``, refused unless it is the same export: both carry the
+    exporter's golden answers of the one PyTorch model, so a file left over from other weights
+    (the model was re-exported, the int8 file was not) cannot pass for it."""
+    sibling = read_model_file(settings, path)
     try:
+        theirs = read_metadata(sibling.data) if sibling.data is not None else {}
+    except MetadataError as exc:
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from exc
+    if theirs.get(GOLDEN_KEY) is None or theirs.get(GOLDEN_KEY) != metadata.get(GOLDEN_KEY):
+        raise ModelLoadError(
+            f"{path} is not the int8 export of {file.path.name} (their golden answers differ, "
+            f"or one has none): export both again with python -m export --int8"
+        )
+    return sibling
+
+
+def _checked_or_fp32(
+    settings: Settings, file: ModelFile, plan: precision.Plan, metadata: dict
+) -> Engine:
+    """The planned engine if it loads here and passes its golden self-check, else fp32 with a
+    warning that says why (what SWIN_PRECISION=auto promises): a reduced precision is never
+    served unverified, so a file without golden answers stays at fp32 too."""
+    try:
+        engine = _open_plan(settings, file, plan, metadata)
         report = check_engine(engine)
-    except SelfCheckFailed as exc:
-        failure = str(exc)
-    else:
-        if report.status != "failed":
+        if report.status == "passed":
             return engine
-        failure = report.failure_message(file.path.name)
-    message = (
-        f"{file.path.name}: {engine.precision} failed its golden self-check on this machine, "
-        f"so it is served at fp32 on ONNX Runtime instead: {failure}"
+        failure = (
+            f"its golden self-check failed: {_broken(report)}"
+            if report.status == "failed"
+            else f"it cannot be verified: {report.reason}"
+        )
+    except (ModelLoadError, EngineError, SelfCheckFailed) as exc:
+        failure = f"it did not load: {exc}"
+    log.warning(
+        "%s: %s is not served on this machine, fp32 is: %s", file.path.name, plan.precision, failure
     )
-    log.warning("%s", message)
-    fallback = OnnxEngine.load(settings, file)
-    fallback.precision_reason = f"SWIN_PRECISION=auto fell back to fp32: {failure}"
+    fp32 = precision.plan("fp32", settings.engine, file.path, "fp32", machine(settings))
+    fallback = _open_plan(settings, file, fp32, metadata)
+    fallback.precision_reason = f"SWIN_PRECISION=auto fell back to fp32: {plan.precision} {failure}"
     return fallback

@@ -59,7 +59,7 @@ def model_card(state: ServiceState, entry: ModelEntry, model: LoadedModel) -> Mo
         name=entry.name,
         variant=manifest.variant,
         precision=model.engine.precision,
-        exported_precision=manifest.precision,
+        exported_precision=model.engine.exported_precision,
         precision_reason=model.engine.precision_reason,
         engine=model.engine.engine_name,
         served_file=model.engine.served_file,

@@ -4,11 +4,13 @@ The precision a model is served at depends on what its manifest says it was expo
 must be known before an engine is chosen; and OpenVINO reads ONNX without exposing the
 metadata as plain strings. This walks the protobuf wire format of ``ModelProto`` directly:
 field 14 is ``repeated StringStringEntryProto metadata_props`` (key = 1, value = 2), and every
-other field is skipped by its length, the graph's hundreds of megabytes included.
+other field is skipped by its length, the graph's hundreds of megabytes included. A file with
+no graph (field 7), or a field numbered 0 (a file of zeros), is not a model.
 """
 
 from __future__ import annotations
 
+_GRAPH = 7
 _METADATA_PROPS = 14
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
@@ -21,7 +23,9 @@ def read_metadata(data: bytes | memoryview) -> dict[str, str]:
     """``metadata_props`` of the serialised ModelProto ``data``, as a dict (the last key wins)."""
     view = memoryview(data)
     found: dict[str, str] = {}
+    graph = False
     for number, value in _fields(view):
+        graph = graph or number == _GRAPH
         if number == _METADATA_PROPS and isinstance(value, memoryview):
             entry = {n: v for n, v in _fields(value) if isinstance(v, memoryview)}
             try:
@@ -29,6 +33,8 @@ def read_metadata(data: bytes | memoryview) -> dict[str, str]:
             except UnicodeDecodeError as exc:
                 raise MetadataError(f"metadata entry is not UTF-8: {exc}") from exc
             found[key] = text
+    if not graph:
+        raise MetadataError("not an ONNX model: it has no graph")
     return found
 
 
@@ -38,6 +44,8 @@ def _fields(view: memoryview):
     while pos < end:
         key, pos = _varint(view, pos)
         number, wire = key >> 3, key & 7
+        if number == 0:  # no protobuf field is numbered 0: zeros, or not a protobuf at all
+            raise MetadataError("not an ONNX protobuf: a field numbered 0")
         if wire == _VARINT:
             value, pos = _varint(view, pos)
         elif wire == _LENGTH:

@@ -21,11 +21,11 @@ import queue
 import numpy as np
 
 from service.contract import GOLDEN_KEY, ManifestError, manifest_from_metadata
-from service.engine import LaneEngine, ModelLoadError, manual_choice, manual_layout
-from service.layout import Lane, Lanes, calibrate
+from service.engine import LaneEngine, ModelLoadError, manual_choice, manual_layout, timed_layout
+from service.layout import Lane, Lanes
 from service.onnx_metadata import MetadataError, read_metadata
 from service.repository import ModelFile
-from service.settings import Settings, available_cpus
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,12 @@ class OpenVinoEngine(LaneEngine):
                 compiled = _core().compile_model(model, "CPU", config)
             except Exception as exc:
                 raise ModelLoadError(f"OpenVINO cannot compile {file.path}: {exc}") from exc
+            # Read back: a precision served under another name is the one thing never allowed.
+            got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            if got != _HINTS[precision]:
+                raise ModelLoadError(
+                    f"OpenVINO compiled {file.path} at {got}, not {_HINTS[precision]} as asked"
+                )
             return RequestPool(compiled, lane.runs, output_names)
 
         size = manifest.image_size
@@ -118,7 +124,7 @@ class OpenVinoEngine(LaneEngine):
             layout = manual_choice(settings)
             wide, narrow = None, open_lane(layout.narrow)
         else:
-            layout, wide, narrow = calibrate(open_lane, available_cpus(), feed, settings.cpu_layout)
+            layout, wide, narrow = timed_layout(open_lane, feed, settings, file)
         engine = cls(manifest, output_names, Lanes(wide, narrow))
         engine.golden_text = metadata.get(GOLDEN_KEY)
         engine.precision = precision

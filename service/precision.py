@@ -9,8 +9,9 @@
 - ``int8``: ONNX Runtime on the dynamically quantised file the exporter wrote beside it
   (``NAME.int8.onnx``, from ``--int8``).
 - ``auto``: bf16 where the CPU runs it natively and OpenVINO is installed; else int8 where the CPU
-  has VNNI (or AMX) and the int8 file is there; else fp32. bf16 comes first because it keeps five
-  nines of cosine with no calibration (docs/benchmarks.md). On CUDA, auto is fp32.
+  has VNNI (or AMX) and the int8 file is there; else fp32. bf16 comes first because it needs no
+  calibration and no second file, and keeps fp32's range (its fidelity on a trained model is in
+  docs/benchmarks.md). On CUDA, auto is fp32.
 
 Whatever is chosen passes the golden self-check at that precision's bound before it serves
 (service/selfcheck.py). A named precision that cannot be had, or fails its check, stops the

@@ -16,9 +16,9 @@ Each output gets three scores against the fp32 answer (``compare``); each precis
   the answer still points the same way, and the scale (the ratio of the norms) what a cosine
   cannot see, such as weights multiplied after export.
 - bf16 (OpenVINO): cosine >= 0.9995 and scale within 1%, the same reasoning: bfloat16 keeps
-  fp32's range but only 8 bits of mantissa. OpenVINO accumulates in fp32, so a sound bf16 run
-  keeps four nines or more on the golden inputs; the bound sits below that with room for other
-  CPUs' kernels (AMX), and far above what a broken kernel gives.
+  fp32's range but only 8 bits of mantissa, and OpenVINO accumulates in fp32, so a sound run
+  stays well inside fp16's own bound; the bound leaves room for other CPUs' kernels (AMX) and
+  is far above what a broken kernel gives.
 - int8: cosine >= 0.99 and scale within 2%, the same reasoning with dynamic int8's coarser
   rounding. A kernel that saturates falls well below the cosine bound.
 

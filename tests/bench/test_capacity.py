@@ -103,11 +103,24 @@ def test_the_hpa_target_is_the_queue_at_the_busiest_load_meeting_the_p99():
     assert hpa_target(REPLICA, 2.0) > hpa_target(REPLICA, 1.0)
 
 
-def _results(levels: dict[int, dict], cpus: int = 2) -> dict:
+def _results(levels: dict[int, dict], cpus: int = 2, precision: str = "fp32") -> dict:
+    """A run whose default service (SWIN_PRECISION=auto) ran at ``precision``."""
+    service = {"levels": {str(c): v for c, v in levels.items()}, "info": {"precision": precision}}
     return {
         "meta": {"started": "t", "machine": {"cpus": cpus, "cpu_model": "cpu"}},
-        "service": {"servers": {"service": {"levels": {str(c): v for c, v in levels.items()}}}},
+        "service": {"servers": {"service": service}},
     }
+
+
+def test_the_replica_is_the_service_at_fp32():
+    """The deployment pins fp32: a bf16 run of the default service must not size it."""
+    levels = {1: {"throughput_rps": 5.0, "p99_ms": 250.0}, 4: {"throughput_rps": 10.0}}
+    bf16 = _results({1: levels[1], 4: {"throughput_rps": 30.0}}, precision="bf16")
+    with pytest.raises(ValueError, match="no service at fp32"):
+        replica_from_results(bf16)
+    bf16["service"]["servers"]["service_fp32"] = {"levels": {str(c): v for c, v in levels.items()}}
+    assert replica_from_results(bf16).capacity_rps == pytest.approx(10.0)
+    assert replica_from_results(bf16, "service").capacity_rps == pytest.approx(30.0)
 
 
 def test_a_replica_is_read_from_the_saturated_error_free_levels_of_a_run():

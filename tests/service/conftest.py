@@ -105,6 +105,10 @@ class FakeEngine:
     def precision(self) -> str:
         return self.manifest.precision
 
+    @property
+    def exported_precision(self) -> str:
+        return self.manifest.precision
+
     def runners(self) -> dict:
         return {"only": self.run}
 

@@ -350,3 +350,21 @@ def test_every_engine_gives_onnx_runtimes_fp32_answers_within_its_precision(synt
             max(np.abs(got[n] - expected[n]).max() / np.abs(expected[n]).max() for n in names)
             > 1e-4
         )
+
+
+def test_warm_up_reaches_every_lane_and_every_run_slot_of_the_narrow_one(synthetic_model, kind):
+    from service.layout import Lanes
+
+    engine = _open(synthetic_model, kind, cpu_layout="hybrid")
+    lanes = engine._lanes.runners()
+    if len(lanes) == 1:
+        pytest.skip("one CPU: one lane")
+    seen: dict[str, list[int]] = {"wide": [], "narrow": []}
+
+    def counted(name):
+        return lambda feed: seen[name].append(len(feed)) or lanes[name](feed)
+
+    engine._lanes = Lanes(counted("wide"), counted("narrow"))
+    engine.warmup([1, 2])
+    assert seen["wide"] == [1, 2]
+    assert seen["narrow"] == [1] * engine.layout.narrow.runs + [2] * engine.layout.narrow.runs

@@ -23,7 +23,7 @@ def test_lanes_split_the_cpus_into_at_most_four_runs():
 @pytest.mark.parametrize(
     ("lone_wide", "lone_narrow", "loaded_narrow", "expected"),
     [
-        # fp32 on a 2-core Zen 4: two threads cut a lone run by a third, two runs side by side
+        # fp32 on two cores: two threads cut a lone run by a third, two runs side by side
         # out-run one after the other.
         (70.0, 110.0, 18.0, "hybrid"),
         # int8: a second thread buys a lone run nothing.

@@ -174,7 +174,7 @@ def test_a_precision_that_fails_its_self_check_falls_back_under_auto_only(
         engine = open_engine(_settings(micro_with_int8, precision="auto"))
     assert (engine.engine_name, engine.precision) == ("onnxruntime", "fp32")
     assert engine.precision_reason.startswith("SWIN_PRECISION=auto fell back to fp32")
-    assert "int8 failed its golden self-check" in caplog.text
+    assert "micro.onnx: int8 is not served on this machine, fp32 is" in caplog.text
     assert self_check(engine, "micro").status == "passed"
 
     named = open_engine(_settings(micro_with_int8, precision="int8"))
@@ -251,3 +251,68 @@ def test_auto_is_fp32_on_a_cpu_without_bf16_or_vnni(micro_with_int8):
         found["reason"]
         == "SWIN_PRECISION=auto: no native bf16 on this CPU; no VNNI or AMX for int8"
     )
+
+
+# -- what auto will not serve ------------------------------------------------------------------
+
+
+def test_an_int8_file_from_another_export_is_never_served_for_the_model(
+    micro_with_int8, tiny_other_head, machine
+):
+    """The model was re-exported (here with another head) and its old int8 file left beside
+    it: refused when named, and under auto the model is served at fp32, saying why."""
+    from service.engines import open_engine
+
+    shutil.copy(tiny_other_head.model_path, micro_with_int8)
+    machine["machine"] = CASCADE_LAKE
+    with pytest.raises(ModelLoadError, match="not the int8 export"):
+        open_engine(_settings(micro_with_int8, precision="int8"))
+    engine = open_engine(_settings(micro_with_int8, precision="auto"))
+    assert (engine.precision, engine.manifest.num_classes) == ("fp32", 7)
+    assert "not the int8 export" in engine.precision_reason
+
+
+def test_under_auto_a_reduced_precision_that_does_not_load_falls_back(micro_with_int8, machine):
+    from service.engines import open_engine
+
+    data = int8_sibling(micro_with_int8).read_bytes()
+    int8_sibling(micro_with_int8).write_bytes(data[: len(data) // 3])  # truncated
+    machine["machine"] = CASCADE_LAKE
+    engine = open_engine(_settings(micro_with_int8, precision="auto"))
+    assert engine.precision == "fp32" and "did not load" in engine.precision_reason
+    with pytest.raises(ModelLoadError, match="protobuf"):
+        open_engine(_settings(micro_with_int8, precision="int8"))
+
+
+def test_under_auto_a_model_without_golden_answers_stays_at_fp32(tmp_path, machine):
+    """Nothing unverified is served at a reduced precision."""
+    from service.engines import open_engine
+    from tests.service.conftest import tiny_manifest
+    from tests.service.test_engine import build_synthetic_model
+
+    path = build_synthetic_model(tmp_path / "syn.onnx", tiny_manifest().model_dump_json())
+    machine["machine"] = ZEN4
+    engine = open_engine(_settings(path, precision="auto"))
+    assert (engine.precision, engine.engine_name) == ("fp32", "onnxruntime")
+    assert "cannot be verified" in engine.precision_reason
+    assert open_engine(_settings(path, precision="bf16")).precision == "bf16"  # named: as asked
+
+
+def test_the_card_says_the_model_was_exported_at_fp32_when_its_int8_file_runs(
+    micro_with_int8, machine
+):
+    from service.engines import open_engine
+
+    machine["machine"] = CASCADE_LAKE
+    engine = open_engine(_settings(micro_with_int8, precision="int8"))
+    assert (engine.precision, engine.exported_precision) == ("int8", "fp32")
+
+
+def test_a_file_of_zeros_or_without_a_graph_is_not_a_model():
+    with pytest.raises(MetadataError, match="numbered 0"):
+        read_metadata(bytes(1 << 20))
+    entry = b"\x0a\x01k\x12\x01v"  # key "k", value "v"
+    no_graph = b"\x72" + bytes([len(entry)]) + entry  # field 14, length-delimited
+    with pytest.raises(MetadataError, match="no graph"):
+        read_metadata(no_graph)
+    assert read_metadata(no_graph + b"\x3a\x00") == {"k": "v"}  # field 7 (an empty graph)
