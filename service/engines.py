@@ -102,13 +102,13 @@ def _open_plan(settings: Settings, file: ModelFile, plan: precision.Plan, metada
             raise ModelLoadError(
                 f"{plan.path} was exported at {engine.manifest.precision}, not {plan.precision}"
             )
+    exported = manifest_from_metadata(metadata)
     engine.precision_reason = plan.reason
-    engine.exported_precision = file_precision(metadata)
+    engine.exported_precision = exported.precision
+    # The int8 file's manifest names it NAME.int8; the model keeps its own file's name whatever
+    # precision it runs at, or a client's URLs would change with the machine.
+    engine.manifest = engine.manifest.model_copy(update={"name": exported.name})
     return engine
-
-
-def file_precision(metadata: dict) -> str:
-    return manifest_from_metadata(metadata).precision
 
 
 def _broken(report) -> str:

@@ -11,6 +11,7 @@ no graph (field 7), or a field numbered 0 (a file of zeros), is not a model.
 from __future__ import annotations
 
 _GRAPH = 7
+_MAX_FIELD = (1 << 29) - 1  # protobuf's largest field number
 _METADATA_PROPS = 14
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
@@ -46,6 +47,8 @@ def _fields(view: memoryview):
         number, wire = key >> 3, key & 7
         if number == 0:  # no protobuf field is numbered 0: zeros, or not a protobuf at all
             raise MetadataError("not an ONNX protobuf: a field numbered 0")
+        if number > _MAX_FIELD:  # protobuf's own parser would read such a tag differently
+            raise MetadataError(f"not an ONNX protobuf: field number {number} is out of range")
         if wire == _VARINT:
             value, pos = _varint(view, pos)
         elif wire == _LENGTH:

@@ -93,20 +93,23 @@ def _auto(engine: str, path: Path, machine: Machine) -> Plan:
     chosen = OPENVINO if engine == OPENVINO else ONNXRUNTIME
     if chosen == OPENVINO:
         _need_openvino(machine, "SWIN_ENGINE=openvino")
-    return Plan("fp32", chosen, path, f"SWIN_PRECISION=auto: {_why_fp32(machine, sibling)}", False)
+    why = _why_fp32(engine, machine, sibling)
+    return Plan("fp32", chosen, path, f"SWIN_PRECISION=auto: {why}", False)
 
 
-def _why_fp32(machine: Machine, sibling: Path) -> str:
-    bf16 = (
-        "no native bf16 on this CPU"
-        if not machine.native_bf16
-        else f"OpenVINO is not installed for bf16 ({OPENVINO_HINT})"
-    )
-    int8 = (
-        "no VNNI or AMX for int8"
-        if not machine.int8_fast
-        else f"no {sibling.name} for int8 (python -m export --int8)"
-    )
+def _why_fp32(engine: str, machine: Machine, sibling: Path) -> str:
+    if engine == ONNXRUNTIME:
+        bf16 = "SWIN_ENGINE=onnxruntime rules out bf16 (OpenVINO)"
+    elif not machine.native_bf16:
+        bf16 = "no native bf16 on this CPU"
+    else:
+        bf16 = f"OpenVINO is not installed for bf16 ({OPENVINO_HINT})"
+    if engine == OPENVINO:
+        int8 = "SWIN_ENGINE=openvino rules out int8 (ONNX Runtime)"
+    elif not machine.int8_fast:
+        int8 = "no VNNI or AMX for int8"
+    else:
+        int8 = f"no {sibling.name} for int8 (python -m export --int8)"
     return f"{bf16}; {int8}"
 
 

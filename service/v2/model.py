@@ -17,6 +17,8 @@ SERVER_NAME = "swin-serve"
 EXTENSIONS = ("binary_tensor_data", "classification")
 VERSION = "1"  # one version per model: the file being served
 PLATFORM = "onnxruntime_onnx"
+# Triton's platform names per runtime: what a client sees the model running on.
+_PLATFORMS = {"openvino": "openvino"}
 
 IMAGE_INPUT = "image"  # BYTES: each element one encoded image file
 PIXELS_INPUT = "pixel_values"  # FP32 [N, 3, S, S], preprocessed as the manifest says
@@ -70,7 +72,7 @@ def model_metadata(name: str, engine: Engine) -> dict[str, Any]:
     return {
         "name": name,
         "versions": [VERSION],
-        "platform": PLATFORM,
+        "platform": _PLATFORMS.get(engine.engine_name, PLATFORM),
         "inputs": input_metadata(manifest),
         "outputs": output_metadata(manifest),
         "parameters": metadata_parameters(engine),

@@ -64,6 +64,11 @@ def test_auto_says_why_it_stays_at_fp32(model):
     assert "m.int8.onnx" in reason and "--int8" in reason
     reason = plan("auto", "auto", model, "fp32", NO_OPENVINO).reason
     assert "OpenVINO is not installed" in reason and "openvino" in reason
+    reason = plan("auto", "onnxruntime", model, "fp32", ZEN4).reason
+    assert "SWIN_ENGINE=onnxruntime rules out bf16" in reason
+    int8_sibling(model).write_bytes(b"")
+    reason = plan("auto", "openvino", model, "fp32", CASCADE_LAKE).reason
+    assert "SWIN_ENGINE=openvino rules out int8" in reason
 
 
 def test_a_named_precision_is_served_or_refused_never_swapped(with_int8):
@@ -158,6 +163,9 @@ def test_int8_serves_the_file_beside_the_model_and_says_so(micro_with_int8, mach
     assert engine.served_file["path"] == str(int8_sibling(micro_with_int8))
     assert engine.manifest.precision == "int8"
     assert "VNNI" in engine.precision_reason
+    # Named by its own file, as at fp32: a client's URLs do not change with the machine.
+    fp32 = open_engine(_settings(micro_with_int8, precision="fp32"))
+    assert engine.manifest.name == fp32.manifest.name and not fp32.manifest.name.endswith(".int8")
 
 
 def test_a_precision_that_fails_its_self_check_falls_back_under_auto_only(
@@ -316,3 +324,7 @@ def test_a_file_of_zeros_or_without_a_graph_is_not_a_model():
     with pytest.raises(MetadataError, match="no graph"):
         read_metadata(no_graph)
     assert read_metadata(no_graph + b"\x3a\x00") == {"k": "v"}  # field 7 (an empty graph)
+    # A tag past protobuf's range, which protobuf's own parser would cut to another field.
+    huge = b"\x80\x80\x80\x80\x10"  # field number 2**31, varint
+    with pytest.raises(MetadataError, match="out of range"):
+        read_metadata(b"\x3a\x00" + bytes([huge[0] | 0x02]) + huge[1:] + b"\x00")

@@ -61,7 +61,11 @@ def test_the_card_says_what_runs_and_why(server, model):
 
 def test_the_v2_metadata_says_it_over_http_and_grpc(server, model):
     want = expected(model)
-    http = httpx.get(f"{server.url}/v2/models/{name(server)}", timeout=10).json()["parameters"]
+    http_meta = httpx.get(f"{server.url}/v2/models/{name(server)}", timeout=10).json()
+    http = http_meta["parameters"]
+    assert http_meta["platform"] == (
+        "openvino" if want.engine == "openvino" else "onnxruntime_onnx"
+    )
     # Our own message: Triton's lacks the optional parameters field (tests/service/test_v2_grpc.py).
     with grpc.insecure_channel(server.grpc_address) as channel:
         call = channel.unary_unary(
