@@ -17,7 +17,6 @@ signal.signal(signal.SIGHUP, signal.SIG_IGN)
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-from types import FrameType  # noqa: E402
 
 from pydantic import ValidationError  # noqa: E402
 
@@ -48,11 +47,11 @@ def main() -> int:
     lifecycle = app.state.service.lifecycle
     server = DrainingServer(uvicorn_config(app, settings), lifecycle)
     lifecycle.on_ready(lambda: _log_banner(settings, app.state.service.grpc_port))
-    # uvicorn re-raises the signal that stopped it once it has shut down, which would end the
-    # process with 128+15 even after a clean drain. Handlers installed here are the ones it
-    # restores and re-raises into: they do nothing, so a drained server exits 0.
+    # Until uvicorn installs its own handlers, a stop signal is held for it; after it stopped,
+    # it re-raises the signal that stopped it into this one, which then does nothing, so a
+    # drained server exits 0 (DrainingServer.hold_signal).
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _ignore_after_drain)
+        signal.signal(sig, server.hold_signal)
     signal.signal(signal.SIGHUP, lambda sig, frame: lifecycle.request_reload())
     server.run()
     status = _exit_status(server)
@@ -80,10 +79,6 @@ def _exit_now_if_decoding(decoder: DecodePool | None, status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
-
-
-def _ignore_after_drain(sig: int, frame: FrameType | None) -> None:
-    log.debug("signal %d after shutdown: already drained", sig)
 
 
 def _log_banner(settings: Settings, grpc_port: int | None) -> None:

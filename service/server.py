@@ -10,6 +10,7 @@ time bound lives in ``service.middleware.BodyLimitMiddleware``, where it can ans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import h11
 import uvicorn
@@ -92,6 +93,26 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         lifecycle.on_fatal(self._shut_down)
+        self._held_signal: int | None = None
+        self._stopped = False
+
+    def hold_signal(self, sig, frame) -> None:
+        """SIGTERM/SIGINT's handler outside uvicorn's own. Before uvicorn listens, a stop signal
+        is kept and acted on the moment it does, so a signal sent while the server starts is
+        never lost. After uvicorn stopped, it re-raises the signal that stopped it into this
+        handler, which then does nothing: a drained server exits 0."""
+        if not self._stopped:
+            self._held_signal = sig
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            if self._held_signal is not None:
+                self.handle_exit(self._held_signal, None)
+            try:
+                yield
+            finally:
+                self._stopped = True
 
     def handle_exit(self, sig, frame) -> None:
         self.lifecycle.request_drain()  # safe in a signal handler

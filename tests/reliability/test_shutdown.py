@@ -150,3 +150,36 @@ def test_drain_that_cannot_finish_still_exits_within_the_bound(start_server, jpe
     assert 200 in results and 503 in results, results
     assert set(results) <= {200, 503}, results
     assert results.count(503) == int(abandoned.group(1)), (results, log)
+
+
+def test_a_stop_signal_sent_before_uvicorn_listens_is_acted_on_once_it_does():
+    """SIGTERM can arrive between the server's start and uvicorn installing its handlers (a
+    few milliseconds, while the event loop is set up): it is held, and drains the server the
+    moment uvicorn listens. The re-raise uvicorn does after its shutdown then does nothing."""
+    import os
+
+    import uvicorn
+
+    from service.server import DrainingServer
+
+    class Lifecycle:
+        drains = 0
+
+        def on_fatal(self, hook) -> None:
+            pass
+
+        def request_drain(self) -> None:
+            self.drains += 1
+
+    lifecycle = Lifecycle()
+    server = DrainingServer(uvicorn.Config(app=None), lifecycle)
+    previous = signal.signal(signal.SIGTERM, server.hold_signal)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next line
+        assert lifecycle.drains == 0 and not server.should_exit
+        with server.capture_signals():
+            assert server.should_exit and lifecycle.drains == 1
+        # Still running: uvicorn re-raised SIGTERM into hold_signal, which did nothing.
+        assert lifecycle.drains == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
