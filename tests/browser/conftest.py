@@ -49,6 +49,16 @@ def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="module")
+def int8_server(tiny_variants, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server on a float32 model served from the int8 file beside it."""
+    folder = tmp_path_factory.mktemp("browser-int8")
+    model = folder / "micro.onnx"
+    shutil.copy(tiny_variants.model_path, model)
+    shutil.copy(tiny_variants.files["int8"], folder / "micro.int8.onnx")
+    yield from _serve({"SWIN_MODEL_PATH": str(model), "SWIN_PRECISION": "int8"}, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def repository_server(
     tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:

@@ -186,3 +186,16 @@ def test_with_one_model_the_page_shows_no_picker(page, server):
     page.goto(f"{server.url}/")
     expect(page.locator("#model-card dt")).not_to_have_count(0)
     expect(page.locator("#model-picker")).to_be_hidden()
+
+
+def test_a_reduced_precision_is_flagged_on_the_card(page, int8_server, server):
+    """The model card says what runs, what the file holds and why, and flags it when they
+    differ; the same card at fp32 is not flagged."""
+    page.goto(f"{int8_server.url}/")
+    row = page.locator("#model-card dd").nth(1)  # after Variant
+    expect(row).to_contain_text("int8 on onnxruntime (exported fp32) · SWIN_PRECISION=int8")
+    expect(row).to_have_class("warn")
+    page.goto(f"{server.url}/")
+    row = page.locator("#model-card dd").nth(1)
+    expect(row).to_contain_text("fp32 on onnxruntime")
+    expect(row).not_to_have_class("warn")
