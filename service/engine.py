@@ -303,7 +303,7 @@ class OnnxEngine(LaneEngine):
 
     def _calibrate(self, settings: Settings, file: ModelFile) -> None:
         def open_lane(lane: Lane):
-            options = _lane_options(lane)
+            options = _lane_options(lane, settings)
             return self._runner(_open(file, options, [providers.CPU]), False)
 
         size = self.manifest.image_size
@@ -360,13 +360,14 @@ def manual_choice(settings: Settings) -> LayoutChoice:
     return LayoutChoice("manual", runs, None, Lane(runs, max(1, threads // runs)), reason)
 
 
-def _lane_options(lane: Lane):
-    """A lane's session: its threads, asleep when idle (the other lane may need the cores),
-    and no per-shape memory pattern (runs side by side would each hold one)."""
+def _lane_options(lane: Lane, settings: Settings):
+    """A lane's session: its threads, asleep when idle unless SWIN_INTRA_OP_SPINNING=on (the
+    other lane may need the cores), and no per-shape memory pattern (runs side by side would
+    each hold one)."""
     return session_options(
         intra_op_threads=lane.threads,
-        inter_op_threads=1,
-        spinning=False,
+        inter_op_threads=settings.resolved_inter_op_threads(),
+        spinning=settings.intra_op_spinning == "on",
         memory_pattern=False,
         shared_arena=True,
     )

@@ -154,9 +154,10 @@ class Settings(BaseSettings):
     intra_op_spinning: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Whether ORT's idle intra-op threads spin-wait for work (on) or sleep (off); "
-        "auto = on only for one CPU batch at a time (parallel_batches 1), where it shortens "
-        "each run; off where runs overlap, since a spinning thread holds a core another run or "
-        "the image decoder needs, and on CUDA, where the CPU threads have little to do.",
+        "auto = off in the timed layout's lanes, whose runs may overlap, and where runs overlap "
+        "in a manual layout, since a spinning thread holds a core another run or the image "
+        "decoder needs; on for one manual CPU batch at a time (parallel_batches 1), where it "
+        "shortens each run; off on CUDA, where the CPU threads have little to do.",
     )
     inter_op_threads: int = Field(
         0,

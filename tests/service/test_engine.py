@@ -368,3 +368,22 @@ def test_warm_up_reaches_every_lane_and_every_run_slot_of_the_narrow_one(synthet
     engine.warmup([1, 2])
     assert seen["wide"] == [1, 2]
     assert seen["narrow"] == [1] * engine.layout.narrow.runs + [2] * engine.layout.narrow.runs
+
+
+@pytest.mark.parametrize(("setting", "spins"), [("auto", False), ("off", False), ("on", True)])
+def test_the_lanes_sessions_take_the_spinning_and_inter_op_settings(
+    synthetic_model, monkeypatch, setting, spins
+):
+    from service import engine as engine_module
+
+    seen = []
+    real = engine_module.session_options
+
+    def recording(**kw):
+        seen.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(engine_module, "session_options", recording)
+    OnnxEngine.load(_settings(synthetic_model, intra_op_spinning=setting, inter_op_threads=2))
+    lanes = [kw for kw in seen if kw["memory_pattern"] is False and "spinning" in kw][1:]
+    assert lanes and all(kw["spinning"] is spins and kw["inter_op_threads"] == 2 for kw in lanes)
