@@ -7,7 +7,7 @@
 #   docker build --target cpu-runtime -t swin-serve:cpu-runtime .   no export stage, no torch;
 #                                                              mount your own export at /models
 #
-# Build arguments of the export (each reaches `python -m export`; the optional ones only when set):
+# Build arguments of the export (each reaches `swin-export`; the optional ones only when set):
 #   VARIANT=swin_tiny_patch4_window7_224   the preset to export
 #   WEIGHTS=official|random|auto|URL|PATH  checkpoint (a PATH is inside the build context)
 #   NUM_CLASSES=                           head size; empty: the checkpoint's (or the labels')
@@ -36,9 +36,7 @@ FROM python:3.11-slim AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
 COPY pyproject.toml requirements.lock README.md LICENSE ./
-COPY model/ model/
-COPY export/ export/
-COPY service/ service/
+COPY src/ src/
 RUN pip install --constraint requirements.lock pip setuptools \
  && pip wheel --no-deps --no-build-isolation -w /build/dist .
 
@@ -59,6 +57,10 @@ RUN python deploy/requirements.py serve export > /tmp/requirements.txt \
  && pip install --constraint requirements.lock ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} -r /tmp/requirements.txt
 
+# The project itself, from the wheel stage (its dependencies are above): the swin-export command.
+COPY --from=wheel /build/dist/ /tmp/dist/
+RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
+
 # The model's arguments are declared only now: a RUN sees every ARG declared before it, so
 # another checkpoint or variant would otherwise rebuild the torch layer.
 ARG VARIANT=swin_tiny_patch4_window7_224
@@ -72,7 +74,7 @@ COPY . .
 # Switches are 1 or empty, so that FP16=0 never exports (and serves) float16. A checkpoint or
 # labels path outside the context (.dockerignore leaves out artefacts/, for one) fails here, with
 # a hint. The exporter checks ONNX Runtime against PyTorch itself and fails the build on a
-# mismatch. It writes to /tmp/export (/build/export is its own package), and its files (NAME.onnx,
+# mismatch. It writes to /tmp/export, and its files (NAME.onnx,
 # NAME.json, NAME.fp16.onnx, ...) are renamed model.*: `mv -n` never overwrites, so rmdir fails
 # the build if two files would have the same name. The model is made read-only here: COPY --from
 # keeps the mode, and a chmod in the runtime stage would store a second copy of the 100+ MB file
@@ -86,7 +88,7 @@ RUN for switch in "FP16=$FP16" "TRUST_CHECKPOINT=$TRUST_CHECKPOINT"; do \
         echo "error: build argument $path: no such file in the build context (the project" \
              "folder, less what .dockerignore leaves out, such as artefacts/)" >&2; exit 2; };; esac; \
     done \
- && python -m export --variant "$VARIANT" --checkpoint "$WEIGHTS" --out /tmp/export \
+ && swin-export --variant "$VARIANT" --checkpoint "$WEIGHTS" --out /tmp/export \
         ${NUM_CLASSES:+--num-classes "$NUM_CLASSES"} ${IMG_SIZE:+--img-size "$IMG_SIZE"} \
         ${LABELS:+--labels "$LABELS"} ${FP16:+--fp16} ${TRUST_CHECKPOINT:+--trust-checkpoint} \
  && mkdir /build/models \
@@ -124,7 +126,7 @@ EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SWIN_PORT', '8000'), timeout=4)"]
 # Exec form: the server is PID 1 and receives SIGTERM directly, so it can drain.
-CMD ["python", "-m", "service"]
+CMD ["swin-serve"]
 
 # ---------------------------------------------------------------------------------------------
 # The CPU image with the exported model baked in.
@@ -168,7 +170,7 @@ USER 10001:10001
 EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('SWIN_PORT', '8000'), timeout=4)"]
-CMD ["python", "-m", "service"]
+CMD ["swin-serve"]
 
 # ---------------------------------------------------------------------------------------------
 # The GPU image with the exported model baked in (the default target). Built with FP16=1 it

@@ -85,15 +85,15 @@ serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on 
 	@if [ ! -f $(MODEL) ] && [ -n "$(FP16)" ] && [ -f artefacts/$(VARIANT).onnx ]; then \
 	  echo "error: $(MODEL) is missing beside artefacts/$(VARIANT).onnx; export both from your" \
 	    "weights: make export CHECKPOINT=... EXPORT_ARGS=--fp16" >&2; exit 1; fi
-	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/$(if $(SERVE_EXPORT_ARGS), $(SERVE_EXPORT_ARGS))
+	@test -f $(MODEL) || $(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/$(if $(SERVE_EXPORT_ARGS), $(SERVE_EXPORT_ARGS))
 	@echo "Loading $(MODEL); the server logs its URLs once it is ready."
-	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(SERVE_ENV) $(PY) -m service
+	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(SERVE_ENV) $(VENV)/bin/swin-serve
 
 test: $(DEV_STAMP) ## install (with dev tools) and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 export: $(SERVE_STAMP) ## export VARIANT with CHECKPOINT (auto|official|random|PATH) to artefacts/
-	$(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/ $(EXPORT_ARGS)
+	$(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/ $(EXPORT_ARGS)
 
 lint: $(DEV_STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
@@ -121,8 +121,8 @@ lock: | $(PY) ## re-resolve requirements.lock after a change to pyproject.toml's
 	$(PY) deploy/requirements.py --stamp $(LOCK)
 	@echo "$(LOCK) updated: commit it with the change to pyproject.toml that needed it"
 
-proto: $(DEV_STAMP) ## recompile service/v2/open_inference.proto into the descriptor the server loads
-	$(PY) -m grpc_tools.protoc -I service/v2 --descriptor_set_out=service/v2/open_inference.binpb open_inference.proto
+proto: $(DEV_STAMP) ## recompile src/swin_serve/server/v2/open_inference.proto into the descriptor the server loads
+	$(PY) -m grpc_tools.protoc -I src/swin_serve/server/v2 --descriptor_set_out=src/swin_serve/server/v2/open_inference.binpb open_inference.proto
 
 bench: $(BENCH_STAMP) ## run the benchmark suite (writes bench/results/; BENCH_ARGS=--quick: smoke run)
 	@command -v wrk >/dev/null || { echo "installing wrk, the HTTP load generator"; \
@@ -139,7 +139,7 @@ bench-tracing: $(BENCH_STAMP) ## tracing's cost: c=16 with OpenTelemetry off and
 	$(PY) -m bench tracing $(BENCH_ARGS)
 
 soak: $(BENCH_STAMP) ## long-running load and memory soak test
-	@test -f $(MODEL) || $(PY) -m export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
+	@test -f $(MODEL) || $(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
 	$(PY) -m bench.soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
 
 docker: ## build the GPU image (VARIANT, WEIGHTS, NUM_CLASSES, LABELS, IMG_SIZE, FP16 reach the export)

@@ -179,7 +179,7 @@ def run_engine(cfg: dict[str, Any], threads: int, models) -> dict[str, Any]:
 def decode_runner(models):
     """The service's decode + preprocess of the benchmark JPEG, timed interleaved with the engines."""
     from bench.engine import Runner
-    from service.preprocess import decode_image
+    from swin_serve.artifact.preprocess import decode_image
 
     data = SAMPLE_IMAGE.read_bytes()
     spec = models.manifest().preprocess

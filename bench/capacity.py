@@ -170,7 +170,7 @@ def hpa_target(replica: Replica, p99_s: float) -> float:
 
 def auto_slots(cpus: int) -> int:
     """The service's own default for SWIN_PARALLEL_BATCHES on CPU: one per CPU, at most 4
-    (service/settings.py, resolved_parallel_batches)."""
+    (src/swin_serve/server/settings.py, resolved_parallel_batches)."""
     return min(cpus, 4)
 
 

@@ -1,6 +1,6 @@
 """``python -m bench chaos [--minutes N] [--quick]``: every kind of trouble at once, for N minutes.
 
-One real server (``python -m service``, this checkout) serves a model repository holding one
+One real server (``swin-serve``, this checkout) serves a model repository holding one
 name, ``chaos`` (the default model), with OpenTelemetry tracing every request to a collector in
 this process (bench.tracing ``SpanSink``) and gRPC on. Two Swin micro exports (64 px, random
 weights) take turns under that name: model A (seed 1, labels ``A0``..``A9``) and model B

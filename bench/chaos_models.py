@@ -60,7 +60,7 @@ def identify(labels: Sequence[str], models: dict[str, Model]) -> str:
 
 def ensure_chaos_models(out_dir: Path = CHAOS_MODELS_DIR) -> dict[str, Model]:
     """Export models A and B (random weights, different seeds and labels) unless already there."""
-    from service.repository import content_digest
+    from swin_serve.server.repository.files import content_digest
 
     models = {}
     for model_id, seed in MODEL_SEEDS.items():
@@ -101,8 +101,8 @@ def compute_goldens(models: dict[str, Model], images: dict[str, bytes]) -> None:
     """Each model's logits for each good image, batch of one, decoded as the server decodes."""
     import onnxruntime as ort
 
-    from service.contract import parse_manifest
-    from service.preprocess import decode_image
+    from swin_serve.artifact.contract import parse_manifest
+    from swin_serve.artifact.preprocess import decode_image
 
     for m in models.values():
         report = m.path.with_suffix(".json")

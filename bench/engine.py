@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import median, progress
-from service.contract import INPUT_NAME, OUTPUT_NAMES
-from service.sessions import CUDA_PROVIDER_OPTIONS, cpu_session, session_options
+from swin_serve.artifact.contract import INPUT_NAME, OUTPUT_NAMES
+from swin_serve.artifact.sessions import CUDA_PROVIDER_OPTIONS, cpu_session, session_options
 
 CPU_BATCHES = (1, 2, 4, 8, 16, 32)
 GPU_BATCHES = (1, 8, 32, 64, 128, 256)
@@ -51,7 +51,7 @@ class Runner:
 
 
 def ort_session(path: Path, threads: int, *, profile_prefix: str | None = None):
-    """A CPU session with the service's options (service/sessions.py), ``threads`` intra-op."""
+    """A CPU session with the service's options (src/swin_serve/artifact/sessions.py), ``threads`` intra-op."""
     options = session_options(
         intra_op_threads=threads, inter_op_threads=1, profile_prefix=profile_prefix
     )

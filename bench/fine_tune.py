@@ -19,7 +19,7 @@ sample photos, the logits' cosine with fp32's and with transformers', and the co
 unpooled stage map (``/features``) with fp32's. On a CPU without native bfloat16 the server would
 refuse bf16, so the run records why instead.
 
-Writes ``fine_tune.json`` and ``fine_tune.md``; tests/service/test_digits_fine_tune.py asserts
+Writes ``fine_tune.json`` and ``fine_tune.md``; tests/server/test_digits_fine_tune.py asserts
 on the same functions, and docs/benchmarks.md quotes ``fidelity_markdown`` of the json.
 """
 
@@ -91,7 +91,7 @@ def reference_correct(images: list[bytes], labels: np.ndarray) -> int:
 
 def export_repository(repo: Path) -> dict[str, Any]:
     """The three artefacts under their repository names; returns each one's manifest."""
-    from export.pipeline import ExportOptions, Progress, run_export
+    from swin_serve.export.pipeline import ExportOptions, Progress, run_export
 
     # The same weights without their preprocessor_config.json get the official rule at 128 px:
     # the shorter side to int(256 / 224 * 128) = 146 = int(128 / 0.875), a centre crop, bicubic,
@@ -120,7 +120,7 @@ def export_repository(repo: Path) -> dict[str, Any]:
 
 @contextmanager
 def serving(repo: Path, precision: str = "fp32") -> Iterator[Any]:
-    """``python -m service`` on the repository at SWIN_PRECISION=``precision``, HTTP and gRPC on
+    """``swin-serve`` on the repository at SWIN_PRECISION=``precision``, HTTP and gRPC on
     free ports, ready."""
     from bench.server import Server, free_port
 
@@ -138,7 +138,7 @@ def serving(repo: Path, precision: str = "fp32") -> Iterator[Any]:
     server = Server(
         "fine-tune",
         "swin-serve",
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "swin_serve.server"],
         {**env, "SWIN_PORT": str(port)},
         port,
         inherit_settings=False,
@@ -323,9 +323,9 @@ def against_fp32(
 def bf16_refusal(repo: Path) -> str | None:
     """Why a server on this machine would refuse SWIN_PRECISION=bf16 for the float32 model (in
     the server's own words), or None where it serves it."""
-    from service import precision
-    from service.engines import machine
-    from service.settings import Settings
+    from swin_serve.server.runtime import precision
+    from swin_serve.server.runtime.engines import machine
+    from swin_serve.server.settings import Settings
 
     # SWIN_ENGINE at its default, auto, as ``serving`` leaves it.
     path = repo / f"{MODELS['hf']}.onnx"

@@ -6,7 +6,7 @@ one ONNX Runtime session per worker, ``decode_request`` preprocesses the raw ima
 (``max_batch_size``, ``batch_timeout``), runs ``LITSERVE_WORKERS`` inference worker processes of
 ``LITSERVE_THREADS`` ORT intra-op threads each, and moves requests between its processes over
 ZeroMQ (``fast_queue``). The preprocessing is the service's own
-(``service.preprocess.decode_image``) and the batch limit is the service's CPU default, so the
+(``swin_serve.artifact.preprocess.decode_image``) and the batch limit is the service's CPU default, so the
 comparison is about serving only.
 
 Run: ``PEER_MODEL=artefacts/bench/swin_tiny_patch4_window7_224.onnx PEER_PORT=8002
@@ -24,8 +24,8 @@ import litserve as ls
 import numpy as np
 from fastapi import Body
 
-from service.contract import INPUT_NAME, manifest_from_metadata
-from service.preprocess import decode_image
+from swin_serve.artifact.contract import INPUT_NAME, manifest_from_metadata
+from swin_serve.artifact.preprocess import decode_image
 
 MAX_BATCH_SIZE = 4  # the service's batch limit on CPU
 BATCH_TIMEOUT_S = 0.005

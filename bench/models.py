@@ -1,7 +1,7 @@
 """The models every runtime is benchmarked with: one random-weight export, the same weights everywhere.
 
 ``ensure_models`` exports Swin-T (fp32 + int8) into ``artefacts/bench/`` once; the PyTorch model is
-rebuilt from the fp32 manifest (``export.verify.rebuild_reference``), so eager PyTorch, ORT fp32,
+rebuilt from the fp32 manifest (``swin_serve.export.verify.rebuild_reference``), so eager PyTorch, ORT fp32,
 ORT int8 and the naive peer all compute with identical weights.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MODELS_DIR, ROOT, VARIANT, progress
-from service.contract import Manifest, parse_manifest
+from swin_serve.artifact.contract import Manifest, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,20 @@ def ensure_models(out_dir: Path = MODELS_DIR, variant: str = VARIANT) -> BenchMo
 
 
 def _export(variant: str, out_dir: Path, *flags: str) -> None:
-    cmd = [sys.executable, "-m", "export", "--variant", variant, "--checkpoint", "random"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "swin_serve.export",
+        "--variant",
+        variant,
+        "--checkpoint",
+        "random",
+    ]
     subprocess.run([*cmd, "--out", str(out_dir), *flags], check=True, cwd=ROOT)
 
 
 def _int8_is_current(paths: BenchModels) -> bool:
-    from export.variants import Int8Settings
+    from swin_serve.export.variants import Int8Settings
 
     recorded = json.loads(paths.int8_report.read_text()).get("quantization")
     return recorded == Int8Settings().as_dict()
@@ -67,7 +75,7 @@ def _int8_is_current(paths: BenchModels) -> bool:
 
 def load_torch_reference(models: BenchModels):
     """The exact PyTorch model behind the export (same random weights), in eval mode."""
-    from export.verify import rebuild_reference
+    from swin_serve.export.verify import rebuild_reference
 
     return rebuild_reference(models.manifest(), None).eval()
 

@@ -6,7 +6,7 @@ loaded 2-core CI machine the test's client and the server fight for the cores, a
 there fails at random (tests/reliability/test_overload.py asserts what the server decides: only
 200s and 503s, every refusal counted).
 
-The real server (``python -m service``, this checkout, the bench's Swin-T fp32 export) runs with a
+The real server (``swin-serve``, this checkout, the bench's Swin-T fp32 export) runs with a
 queue of ``QUEUE_BATCHES`` batches, so that overload reaches it within a second. Its capacity is
 measured first (closed loop, ``CALIBRATE_CLIENTS`` clients); then it is offered ``OFFER`` times
 that, open loop, for ``duration_s`` on 127.0.0.1 (bench.loadclient: one request per connection,

@@ -3,7 +3,7 @@
 FastAPI + PyTorch eager: one forward per request, no batching, no queue, no limits. It is
 deliberately ordinary rather than deliberately bad: the forward runs in a worker thread (so the
 event loop keeps accepting), under ``torch.inference_mode``, with PyTorch's default threads. It
-uses the SAME preprocessing (``service.preprocess.decode_image``) and the SAME weights (rebuilt
+uses the SAME preprocessing (``swin_serve.artifact.preprocess.decode_image``) and the SAME weights (rebuilt
 from the benchmark model's manifest) as the real service, so the comparison is about serving only.
 
 Run: ``PEER_MANIFEST=artefacts/bench/swin_tiny_patch4_window7_224.json PEER_PORT=8001 python -m bench.peer``
@@ -22,14 +22,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.contract import parse_manifest
-from service.preprocess import decode_image
+from swin_serve.artifact.contract import parse_manifest
+from swin_serve.artifact.preprocess import decode_image
 
 
 def create_peer_app(manifest_path: Path) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from export.verify import rebuild_reference
+        from swin_serve.export.verify import rebuild_reference
 
         manifest = parse_manifest(Path(manifest_path).read_text(), source=str(manifest_path))
         app.state.model = rebuild_reference(manifest, None).eval()

@@ -2,7 +2,7 @@
 
 - ``profile_engine``: ORT's own per-node trace of a few batch-8 runs, summed by operator type,
   plus the operator census of the served graph (to see which fusions ONNX Runtime applied).
-- ``profile_service``: ``py-spy record`` (raw folded stacks) on ``python -m service`` while wrk
+- ``profile_service``: ``py-spy record`` (raw folded stacks) on ``swin-serve`` while wrk
   holds 16 connections; every sampled stack is put in one bucket (decode, inference, response
   shaping/JSON, HTTP/asyncio, ...). py-spy sees Python threads only: ORT's own intra-op worker
   threads are native, so this is the share of the *Python* threads' busy time; the service's
@@ -40,17 +40,17 @@ THREADS = "thread pool idle/handoff"
 # Keyed on the file a frame runs in, as py-spy prints it (relative to sys.path, or absolute with
 # --full-filenames), never on function names, which change with every refactor. The most
 # specific key wins; a file not listed is skipped and the frame that called it decides (so
-# service/routes.py, which both reads requests and shapes answers, counts as what it calls).
-# tests/bench checks that every service/ file named here exists, so a move fails a test.
+# src/swin_serve/server/http/routes.py, which both reads requests and shapes answers, counts as what it calls).
+# tests/bench checks that every src/swin_serve/server/ file named here exists, so a move fails a test.
 MODULE_BUCKETS: dict[str, str] = {
     "onnxruntime/": INFERENCE,
-    "service/engine.py": INFERENCE,
-    "service/preprocess.py": DECODE,
+    "src/swin_serve/server/runtime/engine.py": INFERENCE,
+    "src/swin_serve/artifact/preprocess.py": DECODE,
     "PIL/": DECODE,
     "prometheus_client/": METRICS,
-    "service/metrics.py": METRICS,
-    "service/postprocess.py": RESPONSE,
-    "service/schemas.py": RESPONSE,
+    "src/swin_serve/server/observability/metrics.py": METRICS,
+    "src/swin_serve/server/runtime/postprocess.py": RESPONSE,
+    "src/swin_serve/server/http/schemas.py": RESPONSE,
     "json/": RESPONSE,
     "pydantic/": RESPONSE,
     "pydantic_core/": RESPONSE,
@@ -60,7 +60,7 @@ MODULE_BUCKETS: dict[str, str] = {
     "starlette/formparsers.py": BODY,
     "multipart/": BODY,
     "python_multipart/": BODY,
-    "service/batcher.py": BATCHER,
+    "src/swin_serve/server/runtime/batcher.py": BATCHER,
     "uvicorn/": HTTP,
     "h11/": HTTP,
     "httptools/": HTTP,

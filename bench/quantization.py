@@ -37,7 +37,7 @@ from bench.common import (
     read_json,
     write_json,
 )
-from service.contract import (
+from swin_serve.artifact.contract import (
     CROP_PCT,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,8 +45,8 @@ from service.contract import (
     OUTPUT_NAMES,
     PreprocessSpec,
 )
-from service.cpu import cpu_features
-from service.sessions import cpu_session, session_options
+from swin_serve.artifact.cpu import cpu_features
+from swin_serve.artifact.sessions import cpu_session, session_options
 
 NO_VNNI_CPU = "EPYC-Rome"
 CANDIDATES = {
@@ -65,10 +65,10 @@ def build(variant: str, out: Path) -> None:
     import onnx
     import torch
 
-    from export.graph import trace_to_onnx
-    from export.variants import Int8Settings, to_int8
-    from model import SwinTransformer, get_config
-    from model.weights import randomize
+    from swin_serve.export.graph import trace_to_onnx
+    from swin_serve.export.variants import Int8Settings, to_int8
+    from swin_serve.model import SwinTransformer, get_config
+    from swin_serve.model.weights import randomize
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -86,8 +86,8 @@ def build(variant: str, out: Path) -> None:
 
 
 def _photos(size: int) -> np.ndarray:
-    from service.errors import ApiError
-    from service.preprocess import configure_pillow, decode_image
+    from swin_serve.artifact.preprocess import configure_pillow, decode_image
+    from swin_serve.server.errors import ApiError
 
     configure_pillow()
     spec = PreprocessSpec(
@@ -112,7 +112,7 @@ def compare(out: Path) -> dict[str, dict[str, float | str]]:
     The fp32 reference is computed once, on the host (``reference.npy``): fp32 kernels are not
     what is in question, and under emulation they are the slowest part.
     """
-    from service.selfcheck import compare
+    from swin_serve.artifact.golden import compare
 
     photos, ref = np.load(out / "photos.npy"), np.load(out / "reference.npy")
     report = {}

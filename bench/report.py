@@ -128,7 +128,7 @@ def protocols_section(results: dict[str, Any]) -> str:
         "\n### Open Inference Protocol (v2) vs /classify (same server, same JPEG, interleaved)\n\n",
         f"Run {meta.get('started', '?')} ({meta.get('mode', '?')} mode), {machine.get('cpus', '?')} "
         f"CPUs ({describe_cpu(machine)}), load average at start "
-        f"{machine.get('loadavg_at_start', '?')}. One `python -m service` (ORT fp32, defaults), "
+        f"{machine.get('loadavg_at_start', '?')}. One `swin-serve` (ORT fp32, defaults), "
         f"{prot.get('body', '?')}, wrk with {prot.get('connections')} closed-loop clients, "
         f"{len(prot['rounds'])} rounds of {config.get('duration_s', '?')} s per path after a "
         "warm-up of each; each round loads both paths back to back, which one goes first "

@@ -21,9 +21,9 @@ from bench.common import RESULTS_DIR, machine_info, progress, write_json
 
 
 def measure(path: Path, reps: int, threads: int) -> dict[str, float | str]:
-    from service.engine import OnnxEngine
-    from service.selfcheck import check_engine
-    from service.settings import Settings
+    from swin_serve.server.runtime.engine import OnnxEngine
+    from swin_serve.server.runtime.selfcheck import check_engine
+    from swin_serve.server.settings import Settings
 
     start = time.perf_counter()
     engine = OnnxEngine.load(Settings(model_path=path, providers="cpu", intra_op_threads=threads))

@@ -1,4 +1,4 @@
-"""End-to-end benchmark: the real server (``python -m service``) and its peers, same load.
+"""End-to-end benchmark: the real server (``swin-serve``) and its peers, same load.
 
 The peers are the naive FastAPI + PyTorch server (bench.peer) and LitServe in the configurations
 a user would try on the machine (bench.litserve_peer, ``litserve_configs``). Every server runs
@@ -101,7 +101,7 @@ def service_server(
     return Server(
         "service",
         description,
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "swin_serve.server"],
         full_env,
         port,
         cpus,
@@ -110,10 +110,10 @@ def service_server(
 
 
 def auto_precision(model: Path) -> str:
-    """What SWIN_PRECISION=auto serves ``model`` at on this machine (service/precision.py)."""
-    from service.engines import machine
-    from service.precision import plan
-    from service.settings import Settings
+    """What SWIN_PRECISION=auto serves ``model`` at on this machine (src/swin_serve/server/runtime/precision.py)."""
+    from swin_serve.server.runtime.engines import machine
+    from swin_serve.server.runtime.precision import plan
+    from swin_serve.server.settings import Settings
 
     return plan("auto", "auto", model, "fp32", machine(Settings(providers="cpu"))).precision
 
@@ -121,9 +121,9 @@ def auto_precision(model: Path) -> str:
 def precision_servers(model: Path, cpus: list[int] | None, env: dict[str, str]) -> list[Server]:
     """The service at each precision this CPU runs natively other than auto's own choice, fp32
     always among them: ``service_fp32``, ``service_bf16``, ``service_int8``."""
-    from service.engines import machine
-    from service.precision import PrecisionError, plan
-    from service.settings import Settings
+    from swin_serve.server.runtime.engines import machine
+    from swin_serve.server.runtime.precision import PrecisionError, plan
+    from swin_serve.server.settings import Settings
 
     here = machine(Settings(providers="cpu"))
     auto = auto_precision(model)
@@ -319,7 +319,7 @@ def run_service_benchmark(
 
     ``probe(concurrency, result)``, if given, runs right after each run of the server named
     "service" (every server is idle then) and its dict is stored as ``result["engine_probe"]``:
-    the raw-engine figure of the same moment, so service/engine ratios are not skewed by the
+    the raw-engine figure of the same moment, so src/swin_serve/server/engine ratios are not skewed by the
     machine's load drifting between the engine and service phases.
     """
     from bench.loadgen import lua_script

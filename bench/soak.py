@@ -2,7 +2,7 @@
 
     python -m bench.soak --minutes 10 --model artefacts/swin_tiny_patch4_window7_224.onnx
 
-It starts ``python -m service`` on a free loopback port, measures the server's capacity (closed
+It starts ``swin-serve`` on a free loopback port, measures the server's capacity (closed
 loop, a few seconds), then runs for ``--minutes``, every second offering:
 
 - good images (the photos in samples/images) at ``--good-load`` x capacity;

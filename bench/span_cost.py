@@ -1,5 +1,5 @@
 """The CPU one request's tracing costs, measured alone: the spans of a ``/classify`` request made
-through ``service.tracing`` the way the server makes them, batched and OTLP-encoded by the SDK.
+through ``swin_serve.server.observability.tracing`` the way the server makes them, batched and OTLP-encoded by the SDK.
 
 A throughput ratio between two servers on a shared machine cannot resolve a cost of a few
 percent (its rounds differ by more than that); CPU time per request, measured in a loop, can. The
@@ -17,7 +17,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from service import tracing
+from swin_serve.server.observability import tracing
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 ATTRIBUTES = {"http.request.method": "POST", "http.route": "/classify", "url.path": "/classify"}

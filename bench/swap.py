@@ -218,7 +218,7 @@ def settled_rss(server: Server, samples: int = 5, every_s: float = 0.2) -> float
 def measure_swaps(
     cfg: dict[str, Any], models: BenchModels, server_cpus, client_cpus
 ) -> dict[str, Any]:
-    from service.repository import content_digest
+    from swin_serve.server.repository.files import content_digest
 
     files = {"fp32": models.fp32, "int8": models.int8}
     digests = {k: content_digest(p) for k, p in files.items()}

@@ -27,7 +27,7 @@ def images_dir() -> Path:
 
 
 def _export_micro(out: Path, **variants: object):
-    from export.pipeline import ExportOptions, Progress, run_export
+    from swin_serve.export.pipeline import ExportOptions, Progress, run_export
 
     options = ExportOptions(variant=MICRO, checkpoint="random", out_dir=out, **variants)
     return run_export(options, Progress())
@@ -56,7 +56,7 @@ def tiny_model_path(tiny_export) -> Path:
 @pytest.fixture(scope="session")
 def swin_t_export(tmp_path_factory):
     """The real Swin-T (random weights) exported once per session: about a minute on 2 cores."""
-    from export.pipeline import ExportOptions, Progress, run_export
+    from swin_serve.export.pipeline import ExportOptions, Progress, run_export
 
     out = tmp_path_factory.mktemp("swin-t-export")
     return run_export(ExportOptions(variant=TINY, checkpoint="random", out_dir=out), Progress())

@@ -122,9 +122,9 @@ def test_percentile_interpolates_between_samples():
 
 def test_folded_stacks_are_bucketed_by_innermost_known_frame():
     folded = (
-        "process;<module> (service/__main__.py:1);_infer (service/batcher.py:280);"
+        "process;<module> (src/swin_serve/server/__main__.py:1);_infer (src/swin_serve/server/runtime/batcher.py:280);"
         "run (onnxruntime/capi/onnxruntime_inference_collection.py:2) 30\n"
-        "process;run (asyncio/events.py:1);decode_image (service/preprocess.py:9);"
+        "process;run (asyncio/events.py:1);decode_image (src/swin_serve/artifact/preprocess.py:9);"
         "resize (PIL/Image.py:3) 10\n"
         "process;run (uvicorn/server.py:1);h11 (h11/_connection.py:3) 10\n"
     )
@@ -139,27 +139,33 @@ def test_folded_stacks_are_bucketed_by_innermost_known_frame():
     ("innermost", "bucket"),
     [
         # Whatever the service's functions are called, the file they are in decides.
-        ("renamed_decode (service/preprocess.py:9)", "decode + preprocess"),
+        ("renamed_decode (src/swin_serve/artifact/preprocess.py:9)", "decode + preprocess"),
         (
-            "anything (service/preprocess.py:9);asarray (numpy/_core/numeric.py:3)",
+            "anything (src/swin_serve/artifact/preprocess.py:9);asarray (numpy/_core/numeric.py:3)",
             "decode + preprocess",
         ),
-        ("anything (service/batcher.py:3);stack (numpy/_core/shape_base.py:4)", "batch stack/copy"),
-        ("anything (service/batcher.py:3)", "batcher loop"),
         (
-            "anything (service/batcher.py:3);run (service/engine.py:1)",
+            "anything (src/swin_serve/server/runtime/batcher.py:3);stack (numpy/_core/shape_base.py:4)",
+            "batch stack/copy",
+        ),
+        ("anything (src/swin_serve/server/runtime/batcher.py:3)", "batcher loop"),
+        (
+            "anything (src/swin_serve/server/runtime/batcher.py:3);run (src/swin_serve/server/runtime/engine.py:1)",
             "inference (ORT session.run)",
         ),
-        ("anything (service/routes.py:1);inc (prometheus_client/metrics.py:2)", "metrics"),
         (
-            "anything (service/routes.py:1);top_k (service/postprocess.py:1)",
+            "anything (src/swin_serve/server/http/routes.py:1);inc (prometheus_client/metrics.py:2)",
+            "metrics",
+        ),
+        (
+            "anything (src/swin_serve/server/http/routes.py:1);top_k (src/swin_serve/server/runtime/postprocess.py:1)",
             "response shaping + JSON",
         ),
         ("body (starlette/requests.py:1)", "request body read"),
         ("handle (starlette/routing.py:1)", "HTTP (uvicorn/h11/starlette)"),
         # py-spy --full-filenames: the same files, by absolute path.
         ("run_forever (/usr/lib/python3.11/asyncio/base_events.py:1)", "asyncio event loop"),
-        ("decode (/srv/app/service/preprocess.py:9)", "decode + preprocess"),
+        ("decode (/srv/app/src/swin_serve/artifact/preprocess.py:9)", "decode + preprocess"),
         ("get (/usr/lib/python3.11/threading.py:1)", "thread pool idle/handoff"),
         ("x (mythreading.py:1)", "other"),
     ],
@@ -169,7 +175,7 @@ def test_a_sample_is_bucketed_by_the_file_of_its_innermost_known_frame(innermost
 
 
 def test_every_service_file_the_profiler_buckets_exists():
-    service_files = [k for k in MODULE_BUCKETS if k.startswith("service/")]
+    service_files = [k for k in MODULE_BUCKETS if k.startswith("src/swin_serve/server/")]
     assert service_files
     assert [f for f in service_files if not (ROOT / f).is_file()] == []
 

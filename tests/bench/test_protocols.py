@@ -26,8 +26,8 @@ from bench.protocols import (
     v2_top,
 )
 from bench.service import others_load, running, service_server
-from service.v2.http_codec import parse_request, split_body
-from service.v2.tensors import BYTES
+from swin_serve.server.v2.http_codec import parse_request, split_body
+from swin_serve.server.v2.tensors import BYTES
 from tests.support import need_wrk
 
 JPEG = b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"

@@ -24,7 +24,7 @@ from bench.swap import (
     unloads,
 )
 
-# As service/__main__.py formats them, with the messages of service/reload.py and registry.py.
+# As src/swin_serve/server/__main__.py formats them, with the messages of src/swin_serve/server/repository/loader.py and registry.py.
 LOG = """\
 2026-12-01 23:30:00,001 INFO service: model swin_t: warm-up done (batch sizes [1, 2, 4])
 2026-12-01 23:30:00,002 INFO service: model swin_t_int8: ready in 4.17 s

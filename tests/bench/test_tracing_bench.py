@@ -43,8 +43,8 @@ from bench.tracing import (
     tracing_env,
     without_inherited_otel,
 )
-from service import tracing as service_tracing
-from service import tracing as tracing_module
+from swin_serve.server.observability import tracing as service_tracing
+from swin_serve.server.observability import tracing as tracing_module
 
 
 def export_request(service: str = "swin-serve") -> ExportTraceServiceRequest:

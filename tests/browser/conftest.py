@@ -1,4 +1,4 @@
-"""A real ``python -m service`` process on a free port, and headless Debian Chromium driven by
+"""A real ``swin-serve`` process on a free port, and headless Debian Chromium driven by
 Playwright (never a downloaded browser)."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def _serve(model_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     log_path = tmp_path_factory.mktemp("browser-server") / "server.log"
     with log_path.open("w+b") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "swin_serve.server"], cwd=ROOT, env=env, stdout=log, stderr=log
         )
         url = f"http://127.0.0.1:{port}"
         try:

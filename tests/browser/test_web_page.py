@@ -24,7 +24,7 @@ def expect(locator):
 def test_page_and_assets_are_served_from_the_package(server):
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200, (
-        "GET / is not the web page: service/app.py must include service.ui.router"
+        "GET / is not the web page: src/swin_serve/server/http/app.py must include swin_serve.server.http.ui.router"
     )
     assert page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]

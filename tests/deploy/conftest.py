@@ -115,14 +115,14 @@ def compose_cpu(compose) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def settings_cls():
-    from service.settings import Settings
+    from swin_serve.server.settings import Settings
 
     return Settings
 
 
 @pytest.fixture(scope="session")
 def metric_names() -> set[str]:
-    """Every series name the service exposes, from the metric families service/metrics.py declares."""
+    """Every series name the service exposes, from the metric families src/swin_serve/server/observability/metrics.py declares."""
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),
@@ -130,7 +130,7 @@ def metric_names() -> set[str]:
         "summary": ("", "_count", "_sum", "_created"),
         "info": ("_info",),
     }
-    from service.metrics import Metrics
+    from swin_serve.server.observability.metrics import Metrics
 
     registry = Metrics().registry
     return {

@@ -191,7 +191,7 @@ def test_byo_environment_is_valid_service_settings(compose_byo, settings_cls):
 def test_a_missing_byo_model_stops_the_service_with_a_message_naming_the_setting(
     compose_byo, settings_cls
 ):
-    import service.engine as engine
+    import swin_serve.server.runtime.engine as engine
 
     env = byo_service(compose_byo, MODEL_DIR="/nonexistent")["environment"]
     settings = settings_cls(**{k[5:].lower(): v for k, v in env.items()})

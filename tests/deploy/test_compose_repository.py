@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from service.repository import model_name, scan
+from swin_serve.server.repository.files import model_name, scan
 from tests.deploy.conftest import ROOT, SERVICE, load_compose, merge
 from tests.deploy.test_compose_models import mounts
 from tests.deploy.test_docker_files import built, depends_on, env_of, interpolate
@@ -95,7 +95,7 @@ def test_the_container_runs_the_images_own_server(compose_repo, stages):
     svc = service(compose_repo)
     assert "command" not in svc and "entrypoint" not in svc
     (cmd,) = built(stages, svc["build"]["target"]).args("CMD")
-    assert cmd == '["python", "-m", "service"]'
+    assert cmd == '["swin-serve"]'
 
 
 def test_it_builds_the_serve_only_images_with_the_gpu_reserved_by_default(
@@ -157,12 +157,12 @@ def test_the_documented_publish_command_never_shows_a_half_written_model(match, 
     (shim / "cp").write_text(
         "#!/bin/sh\n"
         f'{shutil.which("cp")} "$@" || exit $?\n'
-        f"exec {sys.executable} -c 'import json, sys, pathlib; from service.repository import scan; "
+        f"exec {sys.executable} -c 'import json, sys, pathlib; from swin_serve.server.repository.files import scan; "
         f'json.dump(sorted(scan(pathlib.Path(sys.argv[1])).stamps), open(sys.argv[2], "w"))\' '
         f"{tmp_path / temp.parent} {seen}\n"
     )
     (shim / "cp").chmod(0o755)
-    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(
         ["sh", "-c", match[0]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

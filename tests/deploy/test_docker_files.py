@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"
 RUNTIMES = ("cpu", "gpu")  # the model baked in
 SERVE_ONLY = ("cpu-runtime", "gpu-runtime")  # no model: an export is mounted at /models
-RUNTIME_CMD = ["python", "-m", "service"]
+RUNTIME_CMD = ["swin-serve"]
 # Build argument of the export stage -> the exporter's option it becomes (switches take no value).
 EXPORT_ARGS = {
     "VARIANT": "--variant",
@@ -116,7 +116,7 @@ def test_export_stage_takes_weights_and_an_overridable_cpu_torch_source(stages):
     assert "TORCH_FIND_LINKS" in args
     run = " ".join(export.args("RUN"))
     assert "$TORCH_INDEX_URL" in run and "$TORCH_FIND_LINKS" in run
-    assert re.search(r"python -m export .*--checkpoint \"?\$WEIGHTS", run)
+    assert re.search(r"swin-export .*--checkpoint \"?\$WEIGHTS", run)
     # The optional model arguments default to empty: the exporter decides.
     for name in ("NUM_CLASSES", "LABELS", "IMG_SIZE", *SWITCHES):
         assert args.get(name) == "", name
@@ -184,7 +184,7 @@ def test_wheel_stage_copies_every_package_and_file_the_wheel_needs(stages):
     copies = stages["wheel"].args("COPY")
     copied = {source.rstrip("/") for c in copies for source in c.split()[:-1]}
     find = project["tool"]["setuptools"]["packages"]["find"]
-    needed = {p.removesuffix("*") for p in find["include"]}
+    needed = set(find["where"])
     needed |= {project["project"]["readme"], *project["project"]["license-files"]}
     needed |= {"pyproject.toml", "requirements.lock"}
     assert needed <= copied, needed - copied
@@ -327,7 +327,7 @@ def test_dockerignore_sends_sources_and_wheels_but_not_local_state():
         ".venv/bin/python",
         "artefacts/x.onnx",
         ".git/HEAD",
-        "service/__pycache__/a.pyc",
+        "src/swin_serve/server/__pycache__/a.pyc",
         ".env",
     ):
         assert ignored(path), path
@@ -337,9 +337,9 @@ def test_dockerignore_sends_sources_and_wheels_but_not_local_state():
         "requirements.lock",
         "README.md",
         "deploy/requirements.py",
-        "service/app.py",
-        "export/__main__.py",
-        "model/swin.py",
+        "src/swin_serve/server/http/app.py",
+        "src/swin_serve/export/__main__.py",
+        "src/swin_serve/model/swin.py",
         # WEIGHTS and LABELS: checkpoints and labels files kept in the project folder.
         "my.pth",
         "checkpoints/swin_base_finetuned.safetensors",
@@ -451,7 +451,7 @@ def test_monitoring_profile_adds_prometheus_and_grafana_only_on_request(compose)
 
 # ---- the export stage's RUN line, run for real ----------------------------------------------------
 
-# Stands in for python in the export stage: records `python -m export ...` and writes the files the
+# Stands in for python in the export stage: records `swin-export ...` and writes the files the
 # exporter names after the variant (with the input size appended when one is given).
 FAKE_EXPORTER = """#!{python}
 import json, os, sys
@@ -474,21 +474,21 @@ EXPORT_OUT = "/tmp/export"  # the exporter's --out in the export stage
 
 
 def test_export_writes_outside_the_source_tree_and_serves_from_a_fresh_folder(stages):
-    # The stage's WORKDIR /build holds the build context: /build/export is the exporter's own
-    # package, so an --out there would mix the model with the sources.
-    (run,) = [r for r in stages["export"].args("RUN") if "python -m export" in r]
-    assert re.search(rf"python -m export .*--out {EXPORT_OUT}\b", run)
+    # The stage's WORKDIR /build holds the build context: an --out there would mix the model
+    # with the sources.
+    (run,) = [r for r in stages["export"].args("RUN") if "swin-export" in r]
+    assert re.search(rf"swin-export .*--out {EXPORT_OUT}\b", run)
     assert "mkdir /build/models" in run  # fails if the context ever holds a models/ folder
     assert not (ROOT / "models").exists()
 
 
 class ExportRun:
-    """The export stage's `python -m export` RUN line in a sandbox: /build/ and the exporter's
+    """The export stage's `swin-export` RUN line in a sandbox: /build/ and the exporter's
     /tmp/export are temporary folders, the build context (the working directory) holds my.pth and
-    labels.txt, and `python` is FAKE_EXPORTER."""
+    labels.txt, and `swin-export` is FAKE_EXPORTER."""
 
     def __init__(self, stages, tmp: Path):
-        (self.run,) = [r for r in stages["export"].args("RUN") if "python -m export" in r]
+        (self.run,) = [r for r in stages["export"].args("RUN") if "swin-export" in r]
         self.defaults = dict(a.partition("=")[::2] for a in stages["export"].args("ARG"))
         self.build = tmp / "build"
         self.out = tmp / "out"
@@ -498,8 +498,8 @@ class ExportRun:
         (self.context / "labels.txt").write_text("cat\ndog\n")
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
-        (bin_dir / "python").write_text(FAKE_EXPORTER.format(python=sys.executable))
-        (bin_dir / "python").chmod(0o755)
+        (bin_dir / "swin-export").write_text(FAKE_EXPORTER.format(python=sys.executable))
+        (bin_dir / "swin-export").chmod(0o755)
         self.path = f"{bin_dir}:{os.environ['PATH']}"
         self.argv_file = tmp / "argv.json"
 
@@ -524,12 +524,10 @@ class ExportRun:
 
     @property
     def argv(self) -> list[str] | None:
-        """The exporter's arguments after `python -m export`, or None when it was not called."""
+        """The exporter's arguments after `swin-export`, or None when it was not called."""
         if not self.argv_file.exists():
             return None
-        argv = json.loads(self.argv_file.read_text())
-        assert argv[:2] == ["-m", "export"]
-        return argv[2:]
+        return json.loads(self.argv_file.read_text())
 
     @property
     def served(self) -> dict[str, int]:
@@ -603,7 +601,7 @@ def test_each_export_argument_adds_only_its_own_option(export_run, name):
 
 def test_export_command_lines_are_ones_the_exporter_accepts(export_run):
     """The recorded command lines parse with the real exporter's parser (options and choices)."""
-    from export.__main__ import build_parser
+    from swin_serve.export.__main__ import build_parser
 
     parser = build_parser()
     for build_args in (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ErrorCode
+from swin_serve.server.errors import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -42,12 +42,27 @@ FAKE_PYTHON = """#!/bin/sh
 case "$*" in *requirements.py\\ --constraints*) exec python3 "$@";; esac
 echo "$*" >> "$(dirname "$0")/../../calls.log"
 """
+# Stands in for the console scripts the install puts beside it (swin-serve, swin-export).
+FAKE_SCRIPT = """#!/bin/sh
+echo "$(basename "$0")${*:+ $*}" >> "$(dirname "$0")/../../calls.log"
+"""
+
+
+def fake_venv(bin_dir: Path) -> None:
+    bin_dir.mkdir(parents=True)
+    for name, text in (
+        ("python", FAKE_PYTHON),
+        ("swin-serve", FAKE_SCRIPT),
+        ("swin-export", FAKE_SCRIPT),
+    ):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Path:
     """A copy of the Makefile, pyproject.toml, the lock and its installer, with a fake venv
-    python that logs its calls (and so answers yes when asked for a local torch wheel)."""
+    python (and console scripts) that log their calls (and so answers yes when asked for a local torch wheel)."""
     for name in (
         "Makefile",
         "pyproject.toml",
@@ -58,10 +73,7 @@ def sandbox(tmp_path: Path) -> Path:
     ):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)
-    python = tmp_path / ".venv/bin/python"
-    python.parent.mkdir(parents=True)
-    python.write_text(FAKE_PYTHON)
-    python.chmod(0o755)
+    fake_venv(tmp_path / ".venv/bin")
     (tmp_path / "artefacts").mkdir()
     (tmp_path / "artefacts/swin_tiny_patch4_window7_224.onnx").touch()
     return tmp_path
@@ -134,7 +146,7 @@ def test_make_test_installs_once_and_again_only_when_pyproject_or_the_lock_chang
     assert calls(sandbox) == ["-m pytest"]
     # The dev install covers serve: no second install, and no export (the model exists).
     assert make(sandbox, "serve").returncode == 0
-    assert calls(sandbox) == ["-m service"]
+    assert calls(sandbox) == ["swin-serve"]
     # The benchmark tools come on top, once.
     assert make(sandbox, "bench").returncode == 0
     assert make(sandbox, "bench").returncode == 0
@@ -163,20 +175,18 @@ def test_make_serve_exports_the_default_model_only_when_missing(sandbox):
         [
             *install(sandbox, "serve,openvino,export"),
             re.escape(
-                "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out artefacts/"
+                "swin-export --variant swin_tiny_patch4_window7_224 --checkpoint auto --out artefacts/"
             ),
-            "-m service",
+            "swin-serve",
         ],
     )
-    # The URLs come from the server once it is ready (service/__main__.py), not before it loads.
+    # The URLs come from the server once it is ready (src/swin_serve/server/__main__.py), not before it loads.
     assert "the server logs its URLs once it is ready" in result.stdout
 
 
 def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox):
     need_make()
-    gpu_python = sandbox / ".venv-gpu/bin/python"
-    gpu_python.parent.mkdir(parents=True)
-    shutil.copy2(sandbox / ".venv/bin/python", gpu_python)
+    fake_venv(sandbox / ".venv-gpu/bin")
     # An fp32 model without its fp16 twin may be the user's fine-tune: never re-export over it.
     refused = make(sandbox, "serve", GPU="1", FP16="1")
     assert refused.returncode != 0 and "EXPORT_ARGS=--fp16" in refused.stderr
@@ -188,10 +198,10 @@ def test_make_serve_gpu_installs_the_cuda_build_apart_and_requires_cuda(sandbox)
         calls(sandbox),
         [
             re.escape(
-                "-m export --variant swin_tiny_patch4_window7_224 --checkpoint auto "
+                "swin-export --variant swin_tiny_patch4_window7_224 --checkpoint auto "
                 "--out artefacts/ --fp16"
             ),
-            "-m service",
+            "swin-serve",
         ],
     )
     assert "GPU and FP16 are 1 or empty" in make(sandbox, "serve", FP16="0").stderr

@@ -383,10 +383,12 @@ def test_the_hpa_scales_the_deployment_on_the_metric_the_adapter_rule_serves(ren
 def test_the_adapter_rule_reads_a_series_the_service_declares_per_pod(metric_names):
     rule = adapter_rule()
     series, labels = series_of(rule)
-    assert series in metric_names, f"{series} is not a series of service/metrics.py"
+    assert series in metric_names, (
+        f"{series} is not a series of src/swin_serve/server/observability/metrics.py"
+    )
     assert re.search(rule["name"]["matches"], series)
     # namespace and pod are how the adapter ties a series to a pod; Prometheus adds both when
-    # it scrapes (tests/service/test_autoscaling_metric.py checks the service has neither).
+    # it scrapes (tests/server/observability/test_autoscaling_metric.py checks the service has neither).
     assert labels == {"namespace", "pod"}
     assert rule["resources"]["overrides"] == {
         "namespace": {"resource": "namespace"},
@@ -537,7 +539,7 @@ def test_the_predictor_validates_strictly_as_a_pod(inference_service):
 def test_the_predictor_exposes_the_images_http_port_and_probes_v2_readiness(
     inference_service, stages, settings_cls
 ):
-    from service.app import create_app
+    from swin_serve.server.http.app import create_app
     from tests.deploy.test_docker_files import built, env_of
 
     c = predictor(inference_service)

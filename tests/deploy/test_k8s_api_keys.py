@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings
+from swin_serve.server.settings import Settings
 from tests.deploy.test_k8s import K8S, OLDEST_KUBERNETES, OVERLAYS, container, kustomize, pod_spec
 
 COMPONENT = K8S / "components" / "api-keys"

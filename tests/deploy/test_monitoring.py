@@ -72,7 +72,7 @@ def test_dashboard_queries_only_metrics_the_service_declares(dashboard, metric_n
     used = {name for expr in queries(dashboard) for name in re.findall(r"\bswin_\w+", expr)}
     assert used, "the dashboard queries no swin_ metric"
     assert used <= metric_names, (
-        f"not declared in service/metrics.py: {sorted(used - metric_names)}"
+        f"not declared in src/swin_serve/server/observability/metrics.py: {sorted(used - metric_names)}"
     )
 
 

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from service.settings import Settings
+from swin_serve.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION = ROOT / "docs" / "configuration.md"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.deploy.test_docs import readme_python
-from tests.service.v2_support import ServerProcess, start_server
+from tests.support.v2 import ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 README_MODEL = "swin_tiny_patch4_window7_224"

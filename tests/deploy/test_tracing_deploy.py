@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from service import tracing
-from service.metrics import exemplar
+from swin_serve.server.observability import tracing
+from swin_serve.server.observability.metrics import exemplar
 from tests.deploy.test_docker_files import interpolate
 from tests.deploy.test_monitoring import published
 

@@ -1,4 +1,4 @@
-"""What the project's wheel ships: the product (model, export, service), never the dev tools."""
+"""What the project's wheel ships: one package, swin_serve (model, artifact, export, server), never the dev tools."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_wheel_holds_only_model_export_and_service(tmp_path):
+def test_the_wheel_installs_one_package_and_no_dev_tools(tmp_path):
     build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run(
         [*build, "-w", str(tmp_path), str(ROOT)],
@@ -21,8 +21,8 @@ def test_the_wheel_holds_only_model_export_and_service(tmp_path):
     (wheel,) = tmp_path.glob("*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     packages = {t for t in tops if not t.endswith(".dist-info")}
-    assert packages == {"model", "export", "service"}
+    assert packages == {"swin_serve"}
     names = zipfile.ZipFile(wheel).namelist()
     # The data the server needs at run time travels with it.
-    assert "model/data/imagenet1k_labels.txt" in names
-    assert "service/static/index.html" in names
+    assert "swin_serve/model/data/imagenet1k_labels.txt" in names
+    assert "swin_serve/server/http/static/index.html" in names

@@ -14,16 +14,22 @@ import torch
 from google.protobuf import text_format
 from onnx import TensorProto, helper
 
-from export import checks, manifest
-from export.__main__ import main as export_main
-from export.graph import TRACE_BATCH
-from export.preprocessing import TransformFlags, decide_transform
-from export.variants import FP16_KEEP_FP32
-from export.verify import main as verify_main
-from export.verify import rebuild_reference
-from model import SwinTransformer, get_config
-from service.contract import MANIFEST_KEY, OUTPUT_NAMES, Manifest, ManifestError, WeightsRecord
-from service.sessions import cpu_session
+from swin_serve.artifact.contract import (
+    MANIFEST_KEY,
+    OUTPUT_NAMES,
+    Manifest,
+    ManifestError,
+    WeightsRecord,
+)
+from swin_serve.artifact.sessions import cpu_session
+from swin_serve.export import checks, manifest
+from swin_serve.export.__main__ import main as export_main
+from swin_serve.export.graph import TRACE_BATCH
+from swin_serve.export.preprocessing import TransformFlags, decide_transform
+from swin_serve.export.variants import FP16_KEEP_FP32
+from swin_serve.export.verify import main as verify_main
+from swin_serve.export.verify import rebuild_reference
+from swin_serve.model import SwinTransformer, get_config
 
 MICRO = "swin_micro_patch4_window4_64"
 
@@ -104,7 +110,7 @@ def test_labels_follow_the_head_size():
 
 
 def test_every_exported_manifest_validates_against_the_servers_contract(tiny_variants):
-    """The exporter writes what `service.contract.Manifest` reads, for every precision."""
+    """The exporter writes what `swin_serve.artifact.contract.Manifest` reads, for every precision."""
     for precision, key in (("fp32", "model"), ("fp16", "fp16"), ("int8", "int8")):
         proto = onnx.load(tiny_variants.files[key], load_external_data=False)
         metadata = {p.key: p.value for p in proto.metadata_props}
@@ -161,7 +167,7 @@ def test_symbolic_batch_check_catches_a_baked_in_batch():
 
 
 def test_the_classic_int_batch_bug_cannot_be_exported(monkeypatch, tmp_path):
-    import model.swin as swin
+    import swin_serve.model.swin as swin
 
     def frozen_reverse(windows, M, H, W):  # B = int(windows.shape[0] / (H*W/M/M))
         B = int(windows.shape[0] / (H * W / M / M))

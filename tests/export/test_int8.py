@@ -11,8 +11,8 @@ from pathlib import Path
 
 import onnx
 
-from export import manifest
-from export.variants import Int8Settings, to_int8
+from swin_serve.export import manifest
+from swin_serve.export.variants import Int8Settings, to_int8
 from tests.support import skip_unless_ci
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +21,9 @@ NO_VNNI_CPU = "EPYC-Rome"
 
 SELF_CHECK = """
 import json, sys
-from service.engine import OnnxEngine
-from service.selfcheck import check_engine
-from service.settings import Settings
+from swin_serve.server.runtime.engine import OnnxEngine
+from swin_serve.server.runtime.selfcheck import check_engine
+from swin_serve.server.settings import Settings
 
 engine = OnnxEngine.load(Settings(model_path=sys.argv[1], providers="cpu", intra_op_threads=1))
 print(json.dumps(check_engine(engine).as_dict()))

@@ -1,6 +1,6 @@
 """Where the head's size and names come from, and how disagreeing sources are refused.
 
-That the names reach /classify is pinned down in tests/service/test_fine_tuned.py."""
+That the names reach /classify is pinned down in tests/server/test_fine_tuned.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from export import manifest
-from export.__main__ import main as export_main
-from export.labels import LabelsError, decide_head, huggingface_labels, read_labels_file
-from model import build_model, class_labels
-from model.weights import randomize
+from swin_serve.export import manifest
+from swin_serve.export.__main__ import main as export_main
+from swin_serve.export.labels import LabelsError, decide_head, huggingface_labels, read_labels_file
+from swin_serve.model import build_model, class_labels
+from swin_serve.model.weights import randomize
 
 MICRO = "swin_micro_patch4_window4_64"
 FLOWERS = ("daisy", "dandelion", "rose", "sunflower", "tulip")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from export.__main__ import parse_args
-from export.preprocessing import TransformFlags, decide_transform
-from export.transform_configs import TransformConfigError
-from service.contract import IMAGENET_MEAN, IMAGENET_STD
+from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD
+from swin_serve.export.__main__ import parse_args
+from swin_serve.export.preprocessing import TransformFlags, decide_transform
+from swin_serve.export.transform_configs import TransformConfigError
 
 HALF = (0.5, 0.5, 0.5)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-import model.weights as weights_source
-from export import manifest
-from export.__main__ import main as export_main
-from export.verify import main as verify_main
-from model import DownloadError, build_model, sha256_file
+import swin_serve.model.weights as weights_source
+from swin_serve.export import manifest
+from swin_serve.export.__main__ import main as export_main
+from swin_serve.export.verify import main as verify_main
+from swin_serve.model import DownloadError, build_model, sha256_file
 
 MICRO = "swin_micro_patch4_window4_64"
 

@@ -1,7 +1,7 @@
 """Checkpoint loading: official / timm / HuggingFace round trips, strictness and its errors.
 
 Every foreign checkpoint here is made by the test from our own random weights, with an inverse
-conversion written independently of model/checkpoint.py, so a wrong rename, a wrong q/k/v
+conversion written independently of src/swin_serve/model/checkpoint.py, so a wrong rename, a wrong q/k/v
 order or a wrongly shifted downsample shows up as different logits.
 """
 
@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from model.checkpoint import (
+from swin_serve.model.checkpoint import (
     CheckpointError,
     UntrustedCheckpointError,
     detect_format,
@@ -20,9 +20,9 @@ from model.checkpoint import (
     load_checkpoint,
     read_safetensors,
 )
-from model.config import SwinConfig
-from model.swin import SwinTransformer, build_model
-from model.weights import WeightsError, load_weights
+from swin_serve.model.config import SwinConfig
+from swin_serve.model.swin import SwinTransformer, build_model
+from swin_serve.model.weights import WeightsError, load_weights
 
 # The micro preset's shapes (shifted windows in stages 1-2, shrunken windows in 3-4), 10 classes.
 TINY = SwinConfig(

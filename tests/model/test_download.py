@@ -9,10 +9,10 @@ import urllib.error
 import pytest
 import torch
 
-import model.download as weights
-from model.checkpoint import load_checkpoint
-from model.config import PRESETS, SwinConfig
-from model.download import (
+import swin_serve.model.download as weights
+from swin_serve.model.checkpoint import load_checkpoint
+from swin_serve.model.config import PRESETS, SwinConfig
+from swin_serve.model.download import (
     KNOWN_SHA256,
     RELEASE_URL,
     ChecksumError,
@@ -21,7 +21,7 @@ from model.download import (
     pretrained_url,
     sha256_file,
 )
-from model.swin import SwinTransformer
+from swin_serve.model.swin import SwinTransformer
 
 RELEASED = [name for name in PRESETS if name != "swin_micro_patch4_window4_64"]
 
@@ -118,7 +118,7 @@ def test_sha256_file(tmp_path):
 def test_download_from_a_url_lands_in_the_cache(remote, tmp_path, fetches, caplog):
     path, url, digest = remote
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.WARNING, logger="model.download"):
+    with caplog.at_level(logging.WARNING, logger="swin_serve.model.download"):
         got = download_weights(url, cache_dir=cache, progress=False)
     assert got == cache / path.name
     assert got.read_bytes() == path.read_bytes()

@@ -12,7 +12,7 @@ import torch
 from transformers import SwinConfig as HFSwinConfig
 from transformers import SwinForImageClassification
 
-from model import SwinConfig, SwinTransformer, load_checkpoint
+from swin_serve.model import SwinConfig, SwinTransformer, load_checkpoint
 
 
 def hf_and_ours(img_size: int, window: int, depths=(2, 2, 2, 2)):

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from model import PRESETS, SwinConfig, build_model, get_config
-from model.swin import (
+from swin_serve.model import PRESETS, SwinConfig, build_model, get_config
+from swin_serve.model.swin import (
     MASK_VALUE,
     PatchMerging,
     relative_position_index,

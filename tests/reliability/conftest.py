@@ -1,13 +1,13 @@
 """Fixtures for the reliability suite: the real server as a separate process, on loopback only.
 
 ``start_server(**settings)`` runs ``python -m tests.reliability.harness`` (the real
-``service.__main__``, optionally with a slowed or failing engine) on a free 127.0.0.1 port with the
+``swin_serve.server.__main__``, optionally with a slowed or failing engine) on a free 127.0.0.1 port with the
 tiny exported model, waits for readiness and stops it at teardown (SIGTERM, then SIGKILL of that
-one PID). Shared helpers live in ``tests/support.py``; the ``helpers`` fixture hands them on.
+one PID). Shared helpers live in ``tests/support/__init__.py``; the ``helpers`` fixture hands them on.
 
 The server runs this checkout's code, whatever the virtualenv's editable install points at: it
 starts from the repository root with the root first on PYTHONPATH (``checkout_env``), so
-``import service`` never falls through to the install's finder (tests/reliability/
+``import swin_serve`` never falls through to the install's finder (tests/reliability/
 test_harness_tree.py guards this).
 """
 

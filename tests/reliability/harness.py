@@ -1,8 +1,8 @@
-"""Runs the real server (``service.__main__.main``) with its ONNX engine wrapped, for tests.
+"""Runs the real server (``swin_serve.server.__main__.main``) with its ONNX engine wrapped, for tests.
 
 Run as a module from the repository root (``python -m tests.reliability.harness``, as
 tests/reliability/conftest.py does, with the root first on PYTHONPATH) with the usual ``SWIN_*``
-settings. Its first line of output names the folder of the ``service`` package it imported, so a
+settings. Its first line of output names the folder of the ``swin_serve`` package it imported, so a
 test can check that the server runs this checkout's code. The wrapping is configured by
 ``HARNESS_*`` variables, which production code never reads:
 
@@ -25,11 +25,11 @@ import threading
 import time
 from pathlib import Path
 
-import service
-import service.inference
-from service.__main__ import main
-from service.engine import EngineError, FatalEngineError, OnnxEngine
-from service.settings import Settings
+import swin_serve
+import swin_serve.server.runtime.inference
+from swin_serve.server.__main__ import main
+from swin_serve.server.runtime.engine import EngineError, FatalEngineError, OnnxEngine
+from swin_serve.server.settings import Settings
 
 
 def _wrap(engine: OnnxEngine) -> OnnxEngine:
@@ -75,7 +75,7 @@ GATE_HANG_GUARD_S = 120.0  # a gate nobody opens: the decode ends, the test has 
 
 
 def _gate_decodes(gate: Path) -> None:
-    real_decode = service.inference.decode_image
+    real_decode = swin_serve.server.runtime.inference.decode_image
 
     def decode_image(data, spec, **limits):
         if SLOW_DECODE_MARK in data:
@@ -86,7 +86,7 @@ def _gate_decodes(gate: Path) -> None:
                 time.sleep(0.01)  # another process opens it: a file is the simplest gate
         return real_decode(data, spec, **limits)
 
-    service.inference.decode_image = decode_image  # looked up at each request
+    swin_serve.server.runtime.inference.decode_image = decode_image  # looked up at each request
 
 
 if os.environ.get("HARNESS_DECODE_GATE"):
@@ -97,5 +97,5 @@ OnnxEngine.load = staticmethod(lambda settings, path=None: _wrap(_real_load(sett
 
 if __name__ == "__main__":
     # Read by tests/reliability/test_harness_tree.py: the tree this server really runs.
-    print(f"harness: service imported from {os.path.dirname(service.__file__)}", flush=True)
+    print(f"harness: swin_serve imported from {os.path.dirname(swin_serve.__file__)}", flush=True)
     sys.exit(main())

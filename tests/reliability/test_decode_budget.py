@@ -25,7 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.v2 import messages
+from swin_serve.server.v2 import messages
 from tests.support import free_port, metric
 
 SLOW_MARK = b"harness:slow-decode"  # tests/reliability/harness.py SLOW_DECODE_MARK

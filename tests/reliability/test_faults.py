@@ -1,7 +1,7 @@
 """Faults in the real server process: a failing model run, a fatal device error, a bad model file.
 
-(In-process versions: tests/service/test_load_behaviour.py. Missing model and undecodable model
-file exit codes and messages: tests/service/test_config.py.)
+(In-process versions: tests/server/runtime/test_load_behaviour.py. Missing model and undecodable model
+file exit codes and messages: tests/server/test_config.py.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from service.contract import MANIFEST_KEY
+from swin_serve.artifact.contract import MANIFEST_KEY
 
 # Loading, the golden self-check and exiting take seconds; a server still running after this
 # long is one that did not refuse its model.
@@ -105,7 +105,7 @@ def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_pat
     port = helpers.free_port()
     env = helpers.server_env(damaged, port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", "swin_serve.server"],
         cwd=helpers.root,
         env=env,
         stdout=subprocess.PIPE,
@@ -132,7 +132,7 @@ def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_pat
         out = proc.communicate(timeout=30)[0]
     if still_running:
         pytest.fail(
-            f"python -m service on a damaged model ({damage.__name__}) was still running after "
+            f"swin-serve on a damaged model ({damage.__name__}) was still running after "
             f"{time.monotonic() - start:.0f} s and had accepted {accepted} connections; waited "
             f"for exit code 3 with {expected_message!r}, within {EXIT_WITHIN_S} s and without "
             f"ever listening. Its output:\n{out}"

@@ -460,7 +460,7 @@ def _grpc_calls(draw, live: dict) -> tuple[bytes, list[tuple[grpc.StatusCode, st
 
     As for HTTP, half are broken anywhere at once and the other half in one way at most, so
     that one check the server lost is not hidden behind another that refuses the same call."""
-    from service.v2 import messages
+    from swin_serve.server.v2 import messages
 
     size, num_classes = live["size"], live["num_classes"]
     chosen = draw(st.sampled_from(["any", *_GRPC_FAULT_KINDS]))

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.app import create_app
-from service.settings import Settings
+from swin_serve.server.http.app import create_app
+from swin_serve.server.settings import Settings
 from tests.support import assert_same_predictions, sample_images
 
 pytestmark = pytest.mark.anyio
@@ -219,9 +219,9 @@ _PEAK_RSS_SCRIPT = textwrap.dedent(
     """
     import io, sys
     from PIL import Image
-    from service.errors import ApiError
-    from service.contract import PreprocessSpec
-    from service.preprocess import configure_pillow, decode_image
+    from swin_serve.server.errors import ErrorCode
+    from swin_serve.artifact.contract import PreprocessSpec
+    from swin_serve.artifact.preprocess import ImageRejected, configure_pillow, decode_image
 
     def peak_rss_kib():
         # VmHWM, the peak RSS of this process image. Not getrusage's ru_maxrss: that one carries
@@ -250,8 +250,8 @@ _PEAK_RSS_SCRIPT = textwrap.dedent(
     try:
         decode_image(data, spec, max_pixels=cap)
         status = 200
-    except ApiError as exc:
-        status = exc.status
+    except ImageRejected as exc:
+        status = ErrorCode(exc.code).status
     peak = peak_rss_kib()
     print(status, (peak - before) * 1024, decoders)
     """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.server import GuardedH11Protocol, uvicorn_config
-from service.settings import Settings
+from swin_serve.server.settings import Settings
+from swin_serve.server.uvicorn_server import GuardedH11Protocol, uvicorn_config
 
 
 def test_limits_reach_uvicorn():

@@ -1,6 +1,6 @@
 """Graceful drain of the real server process on SIGTERM, with requests both running and queued.
 
-Strengthens tests/service/test_engine.py::test_sigterm_drains_in_flight_requests_and_exits_zero:
+Strengthens tests/server/runtime/test_engine.py::test_sigterm_drains_in_flight_requests_and_exits_zero:
 here readiness is observed after the signal, refusal is observed while requests are still in
 flight, and the drain's end is the one the server reports (every request finished, or its own
 drain budget ran out and the rest were answered 503). Only orders and counts are asserted; the
@@ -162,7 +162,7 @@ def test_a_stop_signal_sent_before_uvicorn_listens_is_acted_on_once_it_does():
 
     import uvicorn
 
-    from service.server import DrainingServer
+    from swin_serve.server.uvicorn_server import DrainingServer
 
     class Lifecycle:
         drains = 0

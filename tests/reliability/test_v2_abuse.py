@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.v2 import messages
+from swin_serve.server.v2 import messages
 from tests.support import free_port
 
 MAX_BODY = 64 * 1024
