@@ -2,7 +2,7 @@
 
 One real server (``swin-serve``, this checkout) serves a model repository holding one
 name, ``chaos`` (the default model), with OpenTelemetry tracing every request to a collector in
-this process (bench.tracing ``SpanSink``) and gRPC on. Two Swin micro exports (64 px, random
+this process (bench.span_sink ``SpanSink``) and gRPC on. Two Swin micro exports (64 px, random
 weights) take turns under that name: model A (seed 1, labels ``A0``..``A9``) and model B
 (seed 2, labels ``B0``..``B9``), so an answer's labels say which model gave it, and its top-1
 against that model's golden output (computed here with ONNX Runtime from the same file) says
@@ -64,7 +64,7 @@ chaos_process (RSS and fds from /proc), chaos_report (chaos.json and chaos.md).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -78,16 +78,19 @@ from bench.chaos_client import CLIENT_TIMEOUT_S, metric_by, metric_value, metric
 from bench.chaos_inputs import CLASSIFY, MAX_UPLOAD_BYTES, Inputs
 from bench.chaos_models import NAME, Model, compute_goldens, ensure_chaos_models
 from bench.chaos_process import proc_sample, sample_series
-from bench.chaos_report import build_results, describe_run, write_results
+from bench.chaos_report import build_results, describe_run, render_markdown
 from bench.chaos_swaps import CARD_POLL_S, Repository
 from bench.chaos_traffic import Traffic
 from bench.chaos_verdict import ProcSample, judge
-from bench.common import machine_info, progress
+from bench.common import progress
+from bench.config import CHAOS
+from bench.config import Chaos as ChaosConfig
 from bench.loadclient import build_request
-from bench.server import Server, free_port
+from bench.run_record import RunClock, write_results
+from bench.server_process import Server, free_port
 from bench.service import service_server
 from bench.soak import measure_capacity
-from bench.tracing import SpanSink, without_inherited_otel
+from bench.span_sink import SpanSink, without_inherited_otel
 
 QUEUE_CAPACITY = 16  # small, so that the overload reaches the queue within a second
 DRAIN_TIMEOUT_S = 8.0
@@ -95,9 +98,6 @@ EXIT_MARGIN_S = 5.0  # past the drain: stopping gRPC, flushing the last spans, t
 SETTLE_WAIT_S = 20.0  # a lull waits at most this long for the requests in flight
 FINAL_LOAD_S = 1.5  # good requests at capacity around SIGTERM; SIGTERM after FINAL_TERM_AT_S
 FINAL_TERM_AT_S = 0.5
-
-FULL = {"minutes": 30.0, "cycle_s": 30.0, "overload_s": 10.0, "calibrate_s": 8.0}
-QUICK = {"minutes": 2.0, "cycle_s": 15.0, "overload_s": 5.0, "calibrate_s": 3.0}
 
 
 class Chaos:
@@ -111,7 +111,7 @@ class Chaos:
         repo: Path,
         models: dict[str, Model],
         inputs: Inputs,
-        cfg: dict[str, Any],
+        cfg: ChaosConfig,
     ) -> None:
         assert server.proc is not None
         self.server, self.pid, self.port = server, server.proc.pid, server.port
@@ -135,11 +135,11 @@ class Chaos:
         poller = asyncio.create_task(self.repository.poll_card(stop))
         sampler = asyncio.create_task(sample_series(self.pid, self.t0, self.series, stop))
         await asyncio.sleep(2 * CARD_POLL_S)
-        self.capacity = await self.traffic.calibrate(self.cfg["calibrate_s"])
+        self.capacity = await self.traffic.calibrate(self.cfg.calibrate_s)
         progress(f"capacity ~{self.capacity:.1f} images/s (the good mix, closed loop, 8 clients)")
-        end = self.t0 + self.cfg["minutes"] * 60
+        end = self.t0 + self.cfg.minutes * 60
         index = 0
-        while time.perf_counter() < end - self.cfg["cycle_s"] / 2:
+        while time.perf_counter() < end - self.cfg.cycle_s / 2:
             await self.cycle(index)
             index += 1
         self.run_s = time.perf_counter() - self.t0
@@ -151,7 +151,7 @@ class Chaos:
     async def cycle(self, index: int) -> None:
         """One cycle: traffic second by second (overload for ``overload_s`` of it), the cycle's
         repository change, then the lull and a settled sample."""
-        cycle_s, overload_s = self.cfg["cycle_s"], self.cfg["overload_s"]
+        cycle_s, overload_s = self.cfg.cycle_s, self.cfg.overload_s
         c0 = time.perf_counter()
         traffic_s = int(cycle_s - 3)
         ov0, ov1 = int(0.3 * cycle_s), int(0.3 * cycle_s + overload_s)
@@ -254,20 +254,19 @@ def server_env(repo: Path, grpc_port: int, sink_endpoint: str) -> dict[str, str]
     }
 
 
-def run_config(quick: bool, minutes: float | None) -> dict[str, Any]:
-    cfg = {**(QUICK if quick else FULL)}
+def run_config(quick: bool, minutes: float | None) -> ChaosConfig:
+    cfg = CHAOS.pick(quick)
     if minutes is not None:
         if minutes <= 0:
             raise SystemExit(f"--minutes wants a positive number, got {minutes}")
-        cfg["minutes"] = minutes
+        cfg = dataclasses.replace(cfg, minutes=minutes)
     # A short run gets shorter cycles: several swaps, broken files and settled samples still.
-    cycle_s = max(10.0, min(cfg["cycle_s"], cfg["minutes"] * 60 / 8))
-    cfg["overload_s"] = round(cfg["overload_s"] * cycle_s / cfg["cycle_s"])
-    cfg["cycle_s"] = cycle_s
-    return cfg
+    cycle_s = max(10.0, min(cfg.cycle_s, cfg.minutes * 60 / 8))
+    overload_s = round(cfg.overload_s * cycle_s / cfg.cycle_s)
+    return dataclasses.replace(cfg, cycle_s=cycle_s, overload_s=overload_s)
 
 
-def serve_and_run(models: dict[str, Model], inputs: Inputs, cfg: dict[str, Any]) -> Outcome:
+def serve_and_run(models: dict[str, Model], inputs: Inputs, cfg: ChaosConfig) -> Outcome:
     """A server on a fresh repository holding model A, tracing to a sink here: /classify's
     capacity alone, then the chaos run, then the spans."""
     sink = SpanSink()
@@ -289,7 +288,7 @@ def serve_and_run(models: dict[str, Model], inputs: Inputs, cfg: dict[str, Any])
             progress(f"service ready on :{server.port} (gRPC :{grpc_port}), model A served")
             request = build_request(CLASSIFY, inputs.good["flower.jpg"], "image/jpeg")
             classify_capacity = asyncio.run(
-                measure_capacity(server.port, request, cfg["calibrate_s"], concurrency=8)
+                measure_capacity(server.port, request, cfg.calibrate_s, concurrency=8)
             )
             progress(f"/classify alone: ~{classify_capacity:.1f} images/s")
             chaos = Chaos(server, grpc_port, repo, models, inputs, cfg)
@@ -304,17 +303,12 @@ def serve_and_run(models: dict[str, Model], inputs: Inputs, cfg: dict[str, Any])
 
 def main(out_dir: Path, *, quick: bool, minutes: float | None = None) -> int:
     cfg = run_config(quick, minutes)
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_info()
+    clock = RunClock()
     models = ensure_chaos_models()
     inputs = Inputs.build()
     compute_goldens(models, inputs.good)
     outcome = serve_and_run(models, inputs, cfg)
-    seconds = round(time.perf_counter() - started, 1)
-    meta = describe_run(
-        outcome, models, cfg, quick=quick, started_at=started_at, seconds=seconds, machine=machine
-    )
+    meta = describe_run(outcome, models, cfg, quick=quick, clock=clock)
     results = build_results(outcome, meta)
     chaos = outcome.chaos
     results["checks"] = judge(
@@ -330,5 +324,5 @@ def main(out_dir: Path, *, quick: bool, minutes: float | None = None) -> int:
     results["passed"] = all(c["ok"] for c in results["checks"])
     if not results["passed"]:
         results["server_log_tail"] = outcome.log_tail
-    write_results(out_dir, results)
+    write_results(out_dir, "chaos", results, render_markdown(results))
     return 0 if results["passed"] else 1

@@ -7,7 +7,6 @@ import dataclasses
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.chaos_models import Model
@@ -31,7 +30,9 @@ from bench.chaos_verdict import (
     ProcSample,
     flatness,
 )
-from bench.common import ROOT, describe_cpu, progress, write_json
+from bench.common import ROOT, describe_cpu
+from bench.config import Chaos as ChaosConfig
+from bench.run_record import RunClock
 
 if TYPE_CHECKING:
     from bench.chaos import Chaos, Outcome
@@ -96,34 +97,22 @@ def scan_bomb_summary(rows: Sequence[tuple[str, str, float]]) -> dict[str, Any]:
 
 
 def describe_run(
-    outcome: Outcome,
-    models: dict[str, Model],
-    cfg: dict[str, Any],
-    *,
-    quick: bool,
-    started_at: str,
-    seconds: float,
-    machine: dict[str, Any],
+    outcome: Outcome, models: dict[str, Model], cfg: ChaosConfig, *, quick: bool, clock: RunClock
 ) -> dict[str, Any]:
     """What was run, where, and with which settings and models."""
+    constants = {
+        "base_load": BASE_LOAD,
+        "overload": OVERLOAD,
+        "shares": SHARES,
+        "hostile_per_s": HOSTILE_PER_S,
+        "cancels_per_s": CANCELS_PER_S,
+        "scan_bomb_every_s": SCAN_BOMB_EVERY_S,
+        "card_poll_s": CARD_POLL_S,
+        "rss_band": RSS_BAND,
+        "fd_band": FD_BAND,
+    }
     return {
-        "started": started_at,
-        "mode": "quick" if quick else "full",
-        "minutes": cfg["minutes"],
-        "seconds": seconds,
-        "machine": machine,
-        "config": {
-            **cfg,
-            "base_load": BASE_LOAD,
-            "overload": OVERLOAD,
-            "shares": SHARES,
-            "hostile_per_s": HOSTILE_PER_S,
-            "cancels_per_s": CANCELS_PER_S,
-            "scan_bomb_every_s": SCAN_BOMB_EVERY_S,
-            "card_poll_s": CARD_POLL_S,
-            "rss_band": RSS_BAND,
-            "fd_band": FD_BAND,
-        },
+        **clock.meta(quick=quick, config=cfg, constants=constants, minutes=cfg.minutes),
         "server_env": {k: v for k, v in outcome.server_env.items() if k != "SWIN_MODEL_REPOSITORY"},
         "models": {
             m.id: {
@@ -254,12 +243,3 @@ def markdown_paragraphs(results: dict[str, Any]) -> list[str]:
         "",
         f"**Scan bombs.** {results['scan_bombs']}.",
     ]
-
-
-def write_results(out_dir: Path, results: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "chaos.json", results)
-    markdown = render_markdown(results)
-    (out_dir / "chaos.md").write_text(markdown)
-    print(markdown)
-    progress(f"results in {out_dir / 'chaos.json'} and {out_dir / 'chaos.md'}")

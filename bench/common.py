@@ -75,6 +75,28 @@ def cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def plan_cpus() -> tuple[list[int] | None, list[int] | None, str]:
+    """(server cpus, load-generator cpus, explanation)."""
+    all_cpus = cpus()
+    if len(all_cpus) >= 4:
+        return (
+            all_cpus[:-1],
+            all_cpus[-1:],
+            f"Servers and the engine benchmark pinned to CPUs {all_cpus[:-1]} (taskset), wrk to "
+            f"CPU {all_cpus[-1]}: the load generator never competes with the server.",
+        )
+    if len(all_cpus) >= 2:
+        return (
+            None,
+            all_cpus[-1:],
+            f"Only {len(all_cpus)} CPUs: wrk (one thread) is pinned to CPU {all_cpus[-1]} with "
+            "taskset, the servers may use every CPU. Giving wrk a core of its own would halve the "
+            "server's compute, and wrk needs little of one (its measured CPU share is in "
+            "results.json, `loadgen_cpu_share`).",
+        )
+    return None, None, "One CPU: nothing pinned; wrk shares the core with the server."
+
+
 def machine_cpu_seconds(stat: str | None = None) -> tuple[float, float] | None:
     """(busy, stolen) CPU seconds of the whole machine since boot, from /proc/stat's ``cpu`` line.
 

@@ -122,7 +122,7 @@ def export_repository(repo: Path) -> dict[str, Any]:
 def serving(repo: Path, precision: str = "fp32") -> Iterator[Any]:
     """``swin-serve`` on the repository at SWIN_PRECISION=``precision``, HTTP and gRPC on
     free ports, ready."""
-    from bench.server import Server, free_port
+    from bench.server_process import Server, free_port
 
     grpc_port = free_port()
     env = {

@@ -22,15 +22,15 @@ seconds unless a name says ``_ms``.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import SAMPLE_IMAGE, machine_info, percentile, progress, write_json
+from bench.common import SAMPLE_IMAGE, percentile, progress
+from bench.config import OVERLOAD_REFUSAL, OverloadRefusal
 from bench.loadclient import Outcome, build_request, open_loop
+from bench.run_record import RunClock, write_results
 from bench.service import running, service_server
 from bench.soak import measure_capacity
 
@@ -39,8 +39,6 @@ QUEUE_BATCHES = 2  # queue capacity, in batches of the server's (CPU) default si
 MAX_BATCH_SIZE = 4  # the server's CPU default, set explicitly so the queue size is known
 BUDGET_S = 0.1  # server-side p99 of a refusal (docs/RELIABILITY.md: "well under 100 ms")
 CALIBRATE_CLIENTS = 8
-FULL = {"calibrate_s": 8.0, "warmup_s": 3.0, "duration_s": 20.0}
-QUICK = {"calibrate_s": 3.0, "warmup_s": 1.0, "duration_s": 5.0}
 
 
 def server_env() -> dict[str, str]:
@@ -96,15 +94,18 @@ def judge(outcomes: list[Outcome]) -> dict[str, Any]:
 
 
 def run(
-    model: Path, cfg: dict[str, float], server_cpus: list[int] | None, client_cpus: list[int] | None
+    model: Path,
+    cfg: OverloadRefusal,
+    server_cpus: list[int] | None,
+    loadgen_cpus: list[int] | None,
 ) -> dict[str, Any]:
     server = service_server(model, server_cpus, server_env())
     request = build_request("/classify", SAMPLE_IMAGE.read_bytes(), "image/jpeg")
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)  # the client never competes with a pinned server
+    if loadgen_cpus:
+        os.sched_setaffinity(0, loadgen_cpus)  # the client never competes with a pinned server
     with running([server]):
         capacity = asyncio.run(
-            measure_capacity(server.port, request, cfg["calibrate_s"], CALIBRATE_CLIENTS)
+            measure_capacity(server.port, request, cfg.calibrate_s, CALIBRATE_CLIENTS)
         )
         rate = OFFER * capacity
         progress(f"capacity {capacity:.1f} images/s; offering {rate:.1f}/s open loop")
@@ -113,8 +114,8 @@ def run(
             requests = [request] * max(1, int(rate * seconds))
             return asyncio.run(open_loop("127.0.0.1", server.port, requests, rate))
 
-        offer(cfg["warmup_s"])
-        outcomes = offer(cfg["duration_s"])
+        offer(cfg.warmup_s)
+        outcomes = offer(cfg.duration_s)
     return {
         "server": server.label,
         "server_env": server_env(),
@@ -130,32 +131,18 @@ def main(
     quick: bool,
     model: Path | None = None,
     server_cpus: list[int] | None = None,
-    client_cpus: list[int] | None = None,
+    loadgen_cpus: list[int] | None = None,
 ) -> int:
     if model is None:
-        from bench.models import ensure_models
+        from bench.model_files import ensure_models
 
         model = ensure_models().fp32
-    cfg = QUICK if quick else FULL
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_info()
-    result = run(model, cfg, server_cpus, client_cpus)
-    results = {
-        "meta": {
-            "started": started_at,
-            "mode": "quick" if quick else "full",
-            "seconds": round(time.perf_counter() - started, 1),
-            "machine": machine,
-            "config": {**cfg, "offer": OFFER, "calibrate_clients": CALIBRATE_CLIENTS},
-            "model": model.name,
-            "server_cpus": server_cpus,
-            "client_cpus": client_cpus,
-        },
-        "overload_refusal": result,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "overload_refusal.json", results)
+    cfg = OVERLOAD_REFUSAL.pick(quick)
+    clock = RunClock()
+    result = run(model, cfg, server_cpus, loadgen_cpus)
+    constants = {"offer": OFFER, "calibrate_clients": CALIBRATE_CLIENTS}
+    cpus = {"server_cpus": server_cpus, "client_cpus": loadgen_cpus}
+    meta = clock.meta(quick=quick, config=cfg, constants=constants, model=model.name, **cpus)
     server = result["refusal_server"]
     progress(
         f"{result['status']}: {result['by_status']}; refusal p50 {server['p50_ms']} ms, p99 "
@@ -164,5 +151,5 @@ def main(
     )
     for problem in result["problems"]:
         progress(f"  {problem}")
-    progress(f"results in {out_dir / 'overload_refusal.json'}")
+    write_results(out_dir, "overload_refusal", {"meta": meta, "overload_refusal": result})
     return 0 if result["status"] == "PASS" else 1

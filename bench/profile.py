@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import collections
+import functools
+import importlib
 import json
 import re
 import shutil
@@ -37,20 +39,26 @@ HTTP = "HTTP (uvicorn/h11/starlette)"
 LOOP = "asyncio event loop"
 THREADS = "thread pool idle/handoff"
 
-# Keyed on the file a frame runs in, as py-spy prints it (relative to sys.path, or absolute with
-# --full-filenames), never on function names, which change with every refactor. The most
-# specific key wins; a file not listed is skipped and the frame that called it decides (so
-# src/swin_serve/server/http/routes.py, which both reads requests and shapes answers, counts as what it calls).
-# tests/bench checks that every src/swin_serve/server/ file named here exists, so a move fails a test.
-MODULE_BUCKETS: dict[str, str] = {
+# Keyed on the file a frame runs in, never on function names, which change with every refactor.
+# py-spy prints a file relative to sys.path (``swin_serve/artifact/preprocess.py`` from an
+# installed package) or absolute (an editable install, --full-filenames): a key matches either
+# way. The most specific key wins; a file not listed is skipped and the frame that called it
+# decides (so the routes, which both read requests and shape answers, count as what they call).
+# The server's own files are named by module and keyed on their path inside the package, which
+# the modules give: a moved file takes its key along, a renamed one fails here at import rather
+# than leave a key that matches nothing.
+SERVER_BUCKETS: dict[str, str] = {
+    "swin_serve.server.runtime.engine": INFERENCE,
+    "swin_serve.artifact.preprocess": DECODE,
+    "swin_serve.server.observability.metrics": METRICS,
+    "swin_serve.server.runtime.postprocess": RESPONSE,
+    "swin_serve.server.http.schemas": RESPONSE,
+    "swin_serve.server.runtime.batcher": BATCHER,
+}
+LIBRARY_BUCKETS: dict[str, str] = {
     "onnxruntime/": INFERENCE,
-    "src/swin_serve/server/runtime/engine.py": INFERENCE,
-    "src/swin_serve/artifact/preprocess.py": DECODE,
     "PIL/": DECODE,
     "prometheus_client/": METRICS,
-    "src/swin_serve/server/observability/metrics.py": METRICS,
-    "src/swin_serve/server/runtime/postprocess.py": RESPONSE,
-    "src/swin_serve/server/http/schemas.py": RESPONSE,
     "json/": RESPONSE,
     "pydantic/": RESPONSE,
     "pydantic_core/": RESPONSE,
@@ -60,7 +68,6 @@ MODULE_BUCKETS: dict[str, str] = {
     "starlette/formparsers.py": BODY,
     "multipart/": BODY,
     "python_multipart/": BODY,
-    "src/swin_serve/server/runtime/batcher.py": BATCHER,
     "uvicorn/": HTTP,
     "h11/": HTTP,
     "httptools/": HTTP,
@@ -72,7 +79,24 @@ MODULE_BUCKETS: dict[str, str] = {
     "threading.py": THREADS,
     "queue.py": THREADS,
 }
-_BY_SPECIFICITY = sorted(MODULE_BUCKETS, key=len, reverse=True)
+
+
+def package_path(module: str) -> str:
+    """``module``'s file relative to the folder that holds its top-level package, e.g.
+    ``swin_serve/artifact/preprocess.py``: how py-spy names it from an installed package."""
+    top = importlib.import_module(module.partition(".")[0])
+    root = Path(top.__file__).resolve().parent.parent
+    return Path(importlib.import_module(module).__file__).resolve().relative_to(root).as_posix()
+
+
+@functools.cache
+def module_buckets() -> dict[str, str]:
+    """Every key ``bucket_of`` knows (the server's files by package path, and the libraries'),
+    the most specific first."""
+    every = {**{package_path(m): b for m, b in SERVER_BUCKETS.items()}, **LIBRARY_BUCKETS}
+    return {k: every[k] for k in sorted(every, key=len, reverse=True)}
+
+
 # NumPy does the work of whoever calls it, so its frames take the caller's bucket; in the
 # batcher, its one NumPy call stacks the images into a batch, which has a bucket of its own.
 NUMPY = "numpy/"
@@ -85,8 +109,8 @@ def _under(path: str, key: str) -> bool:
 
 
 def module_bucket(path: str) -> str | None:
-    """The bucket of a source file, by the most specific ``MODULE_BUCKETS`` key it is under."""
-    return next((MODULE_BUCKETS[k] for k in _BY_SPECIFICITY if _under(path, k)), None)
+    """The bucket of a source file, by the most specific ``module_buckets`` key it is under."""
+    return next((b for k, b in module_buckets().items() if _under(path, k)), None)
 
 
 def bucket_of(stack: str) -> str:
@@ -138,7 +162,7 @@ def summarise_ort_trace(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def profile_engine(model: Path, threads: int, batch: int = 8, runs: int = 3) -> dict[str, Any]:
-    from bench.engine import ort_session, run_all
+    from bench.engine_throughput import ort_session, run_all
 
     with tempfile.TemporaryDirectory(prefix="bench-ortprof-") as tmp:
         session = ort_session(model, threads, profile_prefix=str(Path(tmp) / "ort"))

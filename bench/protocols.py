@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import median, progress
+from bench.common import progress
+from bench.interleaved import alternate, per_side, ratios, throughput_ratio
 from bench.loadgen import lua_script, run_wrk
-from bench.server import Server
+from bench.server_process import Server
 from bench.service import load_once, running, summary_line
 
 CLASSIFY = "classify"
@@ -131,42 +132,12 @@ def check_answers(base: str, by_name: dict[str, Route]) -> dict[str, Any]:
 
 def round_order(index: int) -> tuple[str, ...]:
     """The paths in the order round ``index`` (from 0) loads them: alternately each first."""
-    return PATHS if index % 2 == 0 else PATHS[::-1]
-
-
-def is_clean(run: dict[str, Any]) -> bool:
-    """Every answer a 200 and no socket error (an uncounted non-200 is not clean either)."""
-    return run["error_count"] == 0 and run.get("non_200") == 0
+    return alternate(PATHS, index)
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per path the median over rounds of each figure; the median of the per-round ratios."""
-    paths = {}
-    for name in PATHS:
-        runs = [r["runs"][name] for r in rounds]
-        figures = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_s_per_request")
-        paths[name] = {
-            **{k: _median_of(runs, k) for k in figures},
-            "mean_batch_size": _median_of(runs, "mean_batch_size"),
-            "throughput_all_rounds": [r["throughput_rps"] for r in runs],
-        }
-    ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
-    return {
-        "paths": paths,
-        "ratio": round(median(ratios), 4) if ratios else None,
-        "ratio_all_rounds": ratios,
-        "unclean_runs": sum(not is_clean(r["runs"][n]) for r in rounds for n in PATHS),
-    }
-
-
-def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return round(median(values), 4) if values else None
-
-
-def _ratio(runs: dict[str, dict[str, Any]]) -> float | None:
-    base = runs[CLASSIFY]["throughput_rps"]
-    return round(runs[V2_BINARY]["throughput_rps"] / base, 4) if base else None
+    return {"paths": {name: per_side(rounds, name) for name in PATHS}, **ratios(rounds, PATHS)}
 
 
 def run_protocols_benchmark(
@@ -212,7 +183,12 @@ def run_protocols_benchmark(
                 )
                 progress(f"round {i + 1}/{rounds} {name:<9} {summary_line(runs[name])}")
             done.append(
-                {"round": i + 1, "order": list(round_order(i)), "runs": runs, "ratio": _ratio(runs)}
+                {
+                    "round": i + 1,
+                    "order": list(round_order(i)),
+                    "runs": runs,
+                    "ratio": throughput_ratio(runs, PATHS),
+                }
             )
         log = server.tail(1500)
     return {

@@ -1,7 +1,7 @@
 """End-to-end benchmark: the real server (``swin-serve``) and its peers, same load.
 
-The peers are the naive FastAPI + PyTorch server (bench.peer) and LitServe in the configurations
-a user would try on the machine (bench.litserve_peer, ``litserve_configs``). Every server runs
+The peers are the naive FastAPI + PyTorch server (bench.peers.naive) and LitServe in the configurations
+a user would try on the machine (bench.peers.litserve_app, ``litserve_configs``). Every server runs
 for the whole benchmark, serves the same JPEG through the same preprocessing and is loaded by
 the same wrk, in turn, interleaved at every concurrency level (service c=1, peer c=1, ...,
 service c=4, ...), so a noisy neighbour hits them all. The servers not under load are frozen
@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.common import machine_cpu_seconds, progress
 from bench.loadgen import run_wrk, unexpected_answers
 from bench.proctree import PeakRss
-from bench.server import Server, free_port, measure_idle
+from bench.server_process import Server, free_port, measure_idle
 
 # The histograms whose _sum/_count differences the report needs.
 HISTOGRAMS = (
@@ -152,7 +152,7 @@ def peer_server(manifest: Path, cpus: list[int] | None) -> Server:
     return Server(
         "peer",
         "naive peer (FastAPI + PyTorch eager, no batching) - BASELINE",
-        [sys.executable, "-m", "bench.peer"],
+        [sys.executable, "-m", "bench.peers.naive"],
         {"PEER_MANIFEST": str(manifest), "PEER_PORT": str(port)},
         port,
         cpus,
@@ -173,15 +173,15 @@ def litserve_configs(n_cpus: int) -> list[tuple[int, int]]:
 
 
 def litserve_server(model: Path, cpus: list[int] | None, workers: int, threads: int) -> Server:
-    from bench import litserve_peer
+    from bench.peers import litserve_app
 
     port = free_port()
     return Server(
         f"litserve_w{workers}t{threads}",
         f"LitServe {_version('litserve')}, {workers} worker(s) x {threads} ORT thread(s), "
-        f"max batch {litserve_peer.MAX_BATCH_SIZE}, {litserve_peer.BATCH_TIMEOUT_S * 1e3:g} ms "
+        f"max batch {litserve_app.MAX_BATCH_SIZE}, {litserve_app.BATCH_TIMEOUT_S * 1e3:g} ms "
         "- PEER",
-        [sys.executable, "-m", "bench.litserve_peer"],
+        [sys.executable, "-m", "bench.peers.litserve_app"],
         {
             "PEER_MODEL": str(model),
             "PEER_PORT": str(port),

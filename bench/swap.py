@@ -28,7 +28,6 @@ Times are in seconds unless a name says ``_ms``; memory in MB (10^6 bytes).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import re
@@ -45,19 +44,17 @@ from bench.closedloop import ClosedLoop, Sample
 from bench.common import (
     SAMPLE_IMAGE,
     describe_cpu,
-    machine_info,
     median,
     percentile,
     progress,
-    write_json,
 )
-from bench.models import BenchModels
+from bench.config import SWAP, Swap
+from bench.model_files import BenchModels
 from bench.proctree import PeakRss
-from bench.server import Server
+from bench.run_record import RunClock, write_results
+from bench.server_process import Server
 from bench.service import scrape_histograms, service_server
 
-FULL = {"rounds": 6, "warmup_s": 8.0, "before_s": 10.0}  # three swaps each way
-QUICK = {"rounds": 1, "warmup_s": 3.0, "before_s": 4.0}
 CLIENTS = 4  # the service's CPU batch size: a steady load keeps its batches full
 NAME = "swin_t"
 TAIL_S = 1.0  # the swap window lasts this long past the switch
@@ -215,9 +212,7 @@ def settled_rss(server: Server, samples: int = 5, every_s: float = 0.2) -> float
 # -- the measurements --------------------------------------------------------------------------
 
 
-def measure_swaps(
-    cfg: dict[str, Any], models: BenchModels, server_cpus, client_cpus
-) -> dict[str, Any]:
+def measure_swaps(cfg: Swap, models: BenchModels, server_cpus, loadgen_cpus) -> dict[str, Any]:
     from swin_serve.server.repository.files import content_digest
 
     files = {"fp32": models.fp32, "int8": models.int8}
@@ -230,18 +225,18 @@ def measure_swaps(
         shutil.copy2(files["fp32"], repo / f"{NAME}.onnx")
         with running(repository_server(repo, server_cpus)) as server:
             assert server.proc is not None
-            load = ClosedLoop(server.port, path, body, CLIENTS, cpus=client_cpus).start()
+            load = ClosedLoop(server.port, path, body, CLIENTS, cpus=loadgen_cpus).start()
             try:
-                progress(f"{CLIENTS} clients on {path}: warm-up {cfg['warmup_s']:g} s")
-                time.sleep(cfg["warmup_s"])
+                progress(f"{CLIENTS} clients on {path}: warm-up {cfg.warmup_s:g} s")
+                time.sleep(cfg.warmup_s)
                 serving = "fp32"
-                for i in range(cfg["rounds"]):
+                for i in range(cfg.rounds):
                     new = "int8" if serving == "fp32" else "fp32"
                     hidden = publish(files[new], repo, NAME)
                     result = swap_round(server, load, hidden, repo, digests[new], cfg)
                     rounds.append({"round": i + 1, "from": serving, "to": new, **result})
                     progress(
-                        f"round {i + 1}/{cfg['rounds']} {serving} -> {new}: {round_line(rounds[-1])}"
+                        f"round {i + 1}/{cfg.rounds} {serving} -> {new}: {round_line(rounds[-1])}"
                     )
                     serving = new
             finally:
@@ -266,14 +261,14 @@ def measure_swaps(
 
 
 def swap_round(
-    server: Server, load: ClosedLoop, hidden: Path, repo: Path, digest: str, cfg: dict[str, Any]
+    server: Server, load: ClosedLoop, hidden: Path, repo: Path, digest: str, cfg: Swap
 ) -> dict[str, Any]:
     assert server.proc is not None
     log_before = whole_log(server)
     swapped_before = len(load_times(log_before, NAME, "swapped"))
     unloaded_before = unloads(log_before, NAME)
     metrics_before = scrape_histograms(server)
-    time.sleep(cfg["before_s"])
+    time.sleep(cfg.before_s)
     rss_before = server.rss_mb()
     with PeakRss(server.proc.pid) as peak:
         os.replace(hidden, repo / f"{NAME}.onnx")
@@ -300,7 +295,7 @@ def swap_round(
             histogram_delta(metrics_before, metrics_after, "swin_model_load_seconds"), 3
         ),
         "before": latency_summary(
-            completed_within(samples, t_hup - cfg["before_s"], t_hup), cfg["before_s"]
+            completed_within(samples, t_hup - cfg.before_s, t_hup), cfg.before_s
         ),
         "during": latency_summary(overlapping(samples, t_hup, t_end), t_end - t_hup),
         "window_s": round(t_end - t_hup, 3),
@@ -310,7 +305,7 @@ def swap_round(
     }
 
 
-def measure_memory(models: BenchModels, server_cpus, client_cpus) -> dict[str, Any]:
+def measure_memory(models: BenchModels, server_cpus, loadgen_cpus) -> dict[str, Any]:
     body = SAMPLE_IMAGE.read_bytes()
     first = ("swin_t_fp32", models.fp32, "fp32")
     added = [
@@ -330,7 +325,7 @@ def measure_memory(models: BenchModels, server_cpus, client_cpus) -> dict[str, A
                     wait_for(
                         server, lambda idx, n=name: idx.get(n, {}).get("state") == "ready", name
                     )
-                exercise(server, name, body, client_cpus)
+                exercise(server, name, body, loadgen_cpus)
                 steps.append((label, settled_rss(server)))
                 progress(f"RSS with {i + 1} model(s): {steps[-1][1]:.0f} MB")
             log = whole_log(server)
@@ -449,40 +444,22 @@ def main(
     quick: bool,
     rounds: int = 0,
     server_cpus: list[int] | None = None,
-    client_cpus: list[int] | None = None,
+    loadgen_cpus: list[int] | None = None,
 ) -> int:
-    from bench.models import ensure_models
+    from bench.model_files import ensure_models
 
-    cfg = {**(QUICK if quick else FULL)}
-    if rounds:
-        cfg["rounds"] = rounds
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_info()
+    cfg = SWAP.pick(quick, rounds=rounds)
+    clock = RunClock()
     models = ensure_models()
     progress("memory per model: one server, models added by SIGHUP")
-    memory = measure_memory(models, server_cpus, client_cpus)
-    progress(f"swap under load: {cfg['rounds']} round(s)")
-    swap = measure_swaps(cfg, models, server_cpus, client_cpus)
-    results = {
-        "meta": {
-            "started": started_at,
-            "mode": "quick" if quick else "full",
-            "seconds": round(time.perf_counter() - started, 1),
-            "machine": machine,
-            "config": {**cfg, "clients": CLIENTS, "tail_s": TAIL_S, "poll_s": POLL_S},
-            "server_cpus": server_cpus,
-            "client_cpus": client_cpus,
-        },
-        "swap": swap,
-        "memory": memory,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "swap.json", results)
-    markdown = render_markdown(results)
-    (out_dir / "swap.md").write_text(markdown)
-    print(markdown)
-    progress(f"results in {out_dir / 'swap.json'} and {out_dir / 'swap.md'}")
+    memory = measure_memory(models, server_cpus, loadgen_cpus)
+    progress(f"swap under load: {cfg.rounds} round(s)")
+    swap = measure_swaps(cfg, models, server_cpus, loadgen_cpus)
+    constants = {"clients": CLIENTS, "tail_s": TAIL_S, "poll_s": POLL_S}
+    cpus = {"server_cpus": server_cpus, "client_cpus": loadgen_cpus}
+    meta = clock.meta(quick=quick, config=cfg, constants=constants, **cpus)
+    results = {"meta": meta, "swap": swap, "memory": memory}
+    write_results(out_dir, "swap", results, render_markdown(results))
     bad = swap["all_requests"]["non_200"]
     if bad:
         progress(f"FAILED: {bad} requests were not answered 200")

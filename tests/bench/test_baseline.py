@@ -1,4 +1,4 @@
-"""bench.baseline's pure parts: the server it starts for a revision, and its report."""
+"""bench.peers.baseline's pure parts: the server it starts for a revision, and its report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import baseline
+from bench.peers import baseline
 
 
 def test_the_baseline_server_runs_the_service_of_the_revisions_tree(tmp_path: Path):

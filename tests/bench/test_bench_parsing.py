@@ -9,7 +9,6 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from bench.__main__ import parse_also, parse_env
 from bench.common import ROOT, interpolate_log2, percentile, write_json
 from bench.loadgen import (
     MARKER,
@@ -18,11 +17,18 @@ from bench.loadgen import (
     parse_wrk_output,
     unexpected_answers,
 )
-from bench.profile import MODULE_BUCKETS, bucket_of, summarise_folded, summarise_ort_trace
+from bench.profile import (
+    SERVER_BUCKETS,
+    bucket_of,
+    package_path,
+    summarise_folded,
+    summarise_ort_trace,
+)
 from bench.report import plot_names, render_markdown
-from bench.server import Server
+from bench.server_process import Server
 from bench.service import histogram_means, histogram_totals
 from bench.soak import Tally, summarise
+from bench.suite import parse_also, parse_env
 from bench.targets import compute_targets
 
 WRK_STDOUT = f"""Running 5s test @ http://127.0.0.1:8000/classify
@@ -175,9 +181,9 @@ def test_a_sample_is_bucketed_by_the_file_of_its_innermost_known_frame(innermost
 
 
 def test_every_service_file_the_profiler_buckets_exists():
-    service_files = [k for k in MODULE_BUCKETS if k.startswith("src/swin_serve/server/")]
+    service_files = [package_path(m) for m in SERVER_BUCKETS if m.startswith("swin_serve.server.")]
     assert service_files
-    assert [f for f in service_files if not (ROOT / f).is_file()] == []
+    assert [f for f in service_files if not (ROOT / "src" / f).is_file()] == []
 
 
 def test_ort_trace_counts_node_kernel_time_by_operator():
@@ -368,7 +374,7 @@ def test_side_by_side_runners_count_the_images_of_every_copy():
     import time
 
     from bench.common import median
-    from bench.engine import Runner, run_engine_benchmark
+    from bench.engine_throughput import Runner, run_engine_benchmark
 
     def run(x):
         time.sleep(0.005)  # a call long enough to time; the figure checked is arithmetic
@@ -379,3 +385,13 @@ def test_side_by_side_runners_count_the_images_of_every_copy():
         figures = res["pair"]["batches"][str(batch)]
         seconds = median(figures["samples_ms"]) / 1e3
         assert figures["img_per_s"] == pytest.approx(batch * 2 / seconds, rel=0.01)
+
+
+def test_python_m_bench_without_a_command_runs_the_whole_suite(monkeypatch):
+    from bench import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_suite", lambda args: seen.append((args.what, args.quick)) or 0)
+    assert cli.main(["--quick"]) == 0
+    assert cli.main([]) == 0
+    assert seen == [("all", True), ("all", False)]

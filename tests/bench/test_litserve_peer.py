@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from bench import __main__ as bench_main
+from bench import suite as bench_main
 from bench.common import SAMPLE_IMAGE
 from bench.service import (
     litserve_configs,

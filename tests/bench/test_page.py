@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from bench import __main__ as bench_main
 from bench import report
+from bench import suite as bench_main
 from bench.common import ROOT, machine_fingerprint
 from bench.page import (
     BENCH_END,

@@ -9,9 +9,10 @@ import struct
 
 import pytest
 
-from bench import __main__ as bench_main
-from bench import protocols
+from bench import cli, protocols, suite
+from bench import common as bench_common
 from bench.common import SAMPLE_IMAGE, machine_cpu_seconds
+from bench.config import SUITE
 from bench.loadgen import MARKER, lua_script, parse_wrk_output
 from bench.protocols import (
     CLASSIFY,
@@ -148,13 +149,13 @@ def test_wrk_output_reports_the_scripts_non_200_count_when_it_has_one():
 
 
 def test_a_protocols_run_keeps_the_run_line_of_the_tables_it_does_not_measure(monkeypatch):
-    monkeypatch.setattr(bench_main, "plan_cpus", lambda: (None, None, "not pinned"))
-    monkeypatch.setattr("bench.models.ensure_models", lambda: None)
-    monkeypatch.setattr(bench_main, "run_protocols", lambda *a: {"ratio": 1.0})
-    args = bench_main.build_parser().parse_args(["protocols"])
+    monkeypatch.setattr(bench_common, "plan_cpus", lambda: (None, None, "not pinned"))
+    monkeypatch.setattr("bench.model_files.ensure_models", lambda: None)
+    monkeypatch.setattr(suite, "run_protocols", lambda *a: {"ratio": 1.0})
+    args = cli.build_parser().parse_args(["protocols"])
     earlier = {"started": "earlier", "what": "all"}
     results = {"meta": earlier, "service": {"kept": True}}
-    bench_main.measure(args, bench_main.FULL, results)
+    suite.measure(args, SUITE.full, results)
     assert results["meta"] == earlier
     assert results["service"] == {"kept": True}
     assert results["protocols"]["ratio"] == 1.0

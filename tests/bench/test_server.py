@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import server as server_module
+from bench import server_process as server_module
 from bench.proctree import (
     PeakRss,
     process_cpu_seconds,
@@ -20,7 +20,7 @@ from bench.proctree import (
     tree_cpu_seconds,
     tree_pids,
 )
-from bench.server import IDLE_MARGIN_CORES, Server, idle_threshold, measure_idle
+from bench.server_process import IDLE_MARGIN_CORES, Server, idle_threshold, measure_idle
 
 MB = 2**20
 # A worker, as LitServe's: it holds 64 MB, burns 0.5 s of CPU, then says so in a file. SIGUSR1

@@ -1,4 +1,4 @@
-"""bench/tracing.py: its collector reads what the OpenTelemetry SDK exports, and its summary
+"""bench/tracing_overhead.py and bench/span_sink.py: the collector reads what the OpenTelemetry SDK exports, and its summary
 and checks say what the run showed (nothing here starts a server or times anything)."""
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from opentelemetry.trace import Link, SpanKind
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from bench import __main__ as bench_main
-from bench import tracing
-from bench.tracing import (
+from bench import cli, tracing_overhead
+from bench import common as bench_common
+from bench.span_sink import SpanSink, decode_export, without_inherited_otel
+from bench.tracing_overhead import (
     CLASSIFY_SPAN,
     OFF,
     ON,
     RUN_SPAN,
-    SpanSink,
-    decode_export,
     problems,
     read_exposition,
     render_markdown,
@@ -41,7 +40,6 @@ from bench.tracing import (
     summarise,
     today_reference,
     tracing_env,
-    without_inherited_otel,
 )
 from swin_serve.server.observability import tracing as service_tracing
 from swin_serve.server.observability import tracing as tracing_module
@@ -314,10 +312,10 @@ def test_todays_figure_comes_only_from_a_run_on_a_machine_like_this_one(tmp_path
 
 def test_python_m_bench_tracing_runs_the_tracing_benchmark(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(bench_main, "plan_cpus", lambda: ([0], [1], "pinned"))
-    monkeypatch.setattr(tracing, "main", lambda out, **kw: seen.update(out=out, **kw) or 0)
+    monkeypatch.setattr(bench_common, "plan_cpus", lambda: ([0], [1], "pinned"))
+    monkeypatch.setattr(tracing_overhead, "main", lambda out, **kw: seen.update(out=out, **kw) or 0)
     argv = ["tracing", "--quick", "--rounds", "3", "--out", str(tmp_path)]
-    assert bench_main.main([*argv, "--service-env", "SWIN_MAX_BATCH_SIZE=8"]) == 0
+    assert cli.main([*argv, "--service-env", "SWIN_MAX_BATCH_SIZE=8"]) == 0
     assert seen == {
         "out": tmp_path,
         "quick": True,
@@ -344,5 +342,5 @@ def test_span_cost_lines_give_the_share_of_a_requests_cpu():
         "on": {"cpu_us_per_request": 500.0, "requests": 10, "otlp_bytes_per_request": 800.0},
         "off": {"cpu_us_per_request": 5.0},
     }
-    (_, line) = tracing.span_cost_lines(cost, 0.2)
+    (_, line) = tracing_overhead.span_cost_lines(cost, 0.2)
     assert "on 500 µs, off 5.0 µs" in line and "0.25 % of the 200 ms" in line

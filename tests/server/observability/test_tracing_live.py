@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from bench.tracing import SpanSink
+from bench.span_sink import SpanSink
 from swin_serve.server.v2 import messages
 from tests.server.conftest import image_bytes
 from tests.support.v2 import ServerProcess, start_server

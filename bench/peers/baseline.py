@@ -10,7 +10,6 @@ service's own code differs; a revision that needs other packages cannot be compa
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,16 @@ from bench.common import (
     machine_info,
     median,
     progress,
-    write_json,
 )
+from bench.config import BASELINE, Interleaved, as_json
+from bench.interleaved import server_rounds
 from bench.loadgen import lua_script
-from bench.server import Server
-from bench.service import load_in_turn, running, service_server, warm_up_each
+from bench.run_record import RunClock, write_results
+from bench.server_process import Server
+from bench.service import running, service_server, warm_up_each
 
 CONNECTIONS = 16
-FULL = {"rounds": 6, "duration_s": 15.0, "warmup_s": 8.0}
-QUICK = {"rounds": 1, "duration_s": 4.0, "warmup_s": 3.0}
+PAIR = ("base", "head")  # the base first in the first round
 
 
 @contextlib.contextmanager
@@ -67,30 +67,26 @@ def server_from(tree: Path, model: Path, cpus: list[int] | None) -> Server:
 
 
 def compare(
-    servers: dict[str, Server], cfg: dict[str, Any], loadgen_cpus: list[int] | None
+    servers: dict[str, Server], cfg: Interleaved, loadgen_cpus: list[int] | None
 ) -> dict[str, Any]:
     """Warm both up, then rounds in alternating order; the ratio is this tree's over the base's."""
-    rounds = []
     load = {"connections": CONNECTIONS, "loadgen_cpus": loadgen_cpus}
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as tmp:
         script = Path(tmp) / "post_jpeg.lua"
         script.write_text(lua_script(SAMPLE_IMAGE))
         with running(list(servers.values())):
-            warm_up_each(servers, script, duration_s=cfg["warmup_s"], **load)
-            for i in range(cfg["rounds"]):
-                order = ("base", "head") if i % 2 == 0 else ("head", "base")
-                label = f"round {i + 1}/{cfg['rounds']}"
-                runs = load_in_turn(
-                    servers, order, script, duration_s=cfg["duration_s"], label=label, **load
-                )
-                ratio = runs["head"]["throughput_rps"] / runs["base"]["throughput_rps"]
-                rounds.append({"round": i + 1, "order": list(order), "runs": runs, "ratio": ratio})
+            warm_up_each(servers, script, duration_s=cfg.warmup_s, **load)
+            rounds = server_rounds(servers, PAIR, script, cfg=cfg, ratio=_ratio, **load)
     ratios = [r["ratio"] for r in rounds]
     return {
         "rounds": rounds,
         "ratio_median": median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
     }
+
+
+def _ratio(runs: dict[str, dict[str, Any]]) -> float:
+    return runs["head"]["throughput_rps"] / runs["base"]["throughput_rps"]
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -128,12 +124,10 @@ def main(
     server_cpus: list[int] | None = None,
     loadgen_cpus: list[int] | None = None,
 ) -> int:
-    from bench.models import ensure_models
+    from bench.model_files import ensure_models
 
-    cfg = {**(QUICK if quick else FULL)}
-    if rounds:
-        cfg["rounds"] = rounds
-    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cfg = BASELINE.pick(quick, rounds=rounds)
+    clock = RunClock()
     models = ensure_models()
     with worktree(rev) as (tree, commit):
         progress(f"baseline {rev} ({commit[:10]}) in {tree}")
@@ -142,10 +136,12 @@ def main(
             "head": service_server(models.fp32, server_cpus, {}),
         }
         result = compare(servers, cfg, loadgen_cpus)
-    result.update(rev=rev, commit=commit, started_at=started_at, machine=machine_info(), config=cfg)
-    write_json(out_dir / "baseline.json", result)
-    text = render_markdown(result)
-    (out_dir / "baseline.md").write_text(text)
-    print(text)
-    progress(f"results in {out_dir / 'baseline.json'} and {out_dir / 'baseline.md'}")
+    result.update(
+        rev=rev,
+        commit=commit,
+        started_at=clock.started,
+        machine=machine_info(),
+        config=as_json(cfg),
+    )
+    write_results(out_dir, "baseline", result, render_markdown(result))
     return 0

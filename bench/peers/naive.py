@@ -6,7 +6,7 @@ event loop keeps accepting), under ``torch.inference_mode``, with PyTorch's defa
 uses the SAME preprocessing (``swin_serve.artifact.preprocess.decode_image``) and the SAME weights (rebuilt
 from the benchmark model's manifest) as the real service, so the comparison is about serving only.
 
-Run: ``PEER_MANIFEST=artefacts/bench/swin_tiny_patch4_window7_224.json PEER_PORT=8001 python -m bench.peer``
+Run: ``PEER_MANIFEST=artefacts/bench/swin_tiny_patch4_window7_224.json PEER_PORT=8001 python -m bench.peers.naive``
 """
 
 from __future__ import annotations

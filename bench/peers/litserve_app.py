@@ -10,7 +10,7 @@ ZeroMQ (``fast_queue``). The preprocessing is the service's own
 comparison is about serving only.
 
 Run: ``PEER_MODEL=artefacts/bench/swin_tiny_patch4_window7_224.onnx PEER_PORT=8002
-LITSERVE_WORKERS=1 LITSERVE_THREADS=2 python -m bench.litserve_peer``; ready when ``/health``
+LITSERVE_WORKERS=1 LITSERVE_THREADS=2 python -m bench.peers.litserve_app``; ready when ``/health``
 answers 200. ``POST /classify`` takes a raw ``image/jpeg`` body, as the service does.
 """
 

@@ -1,4 +1,4 @@
-"""``python -m bench.selfcheck MODEL.onnx ...``: what the golden self-check adds to a start-up.
+"""``python -m bench.selfcheck_cost MODEL.onnx ...``: what the golden self-check adds to a start-up.
 
 For each artefact: the time to open it (ONNX Runtime session and manifest, as the server does),
 and the time of the self-check itself, the median of ``--reps`` runs after one unmeasured run

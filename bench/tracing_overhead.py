@@ -24,27 +24,11 @@ Times are in seconds unless a name says ``_ms``.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import gzip
-import http.server
-import os
 import tempfile
-import threading
-import time
 import urllib.request
-import zlib
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from bench import span_cost
@@ -53,16 +37,16 @@ from bench.common import (
     SAMPLE_IMAGE,
     describe_cpu,
     machine_fingerprint,
-    machine_info,
-    median,
     progress,
     read_json,
-    write_json,
 )
+from bench.config import TRACING, Tracing
+from bench.interleaved import alternate, per_side, ratios, server_rounds, throughput_ratio
 from bench.loadgen import lua_script
-from bench.protocols import is_clean
-from bench.server import Server, measure_idle
-from bench.service import load_in_turn, running, service_server, warm_up_each
+from bench.run_record import RunClock, write_results
+from bench.server_process import Server, measure_idle
+from bench.service import running, service_server, warm_up_each
+from bench.span_sink import SpanSink, without_inherited_otel
 
 OFF, ON = "off", "on"
 MODES = (OFF, ON)
@@ -70,142 +54,8 @@ CONNECTIONS = 16
 BUDGET = 0.03  # the issue's: tracing on costs under 3 % of the throughput
 CLASSIFY_SPAN = "POST /classify"  # the server span of each request the load sends
 RUN_SPAN = "model run"
-FULL = {"rounds": 6, "duration_s": 15.0, "warmup_s": 8.0, "idle_s": 5.0}
-QUICK = {"rounds": 2, "duration_s": 4.0, "warmup_s": 3.0, "idle_s": 2.0}
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 SPAN_WAIT_S = 15.0  # three times the SDK's default export interval
-
-
-# -- the collector -----------------------------------------------------------------------------
-
-
-def decode_export(body: bytes, encoding: str = "") -> ExportTraceServiceRequest:
-    """The body of one OTLP/HTTP trace export (binary protobuf, compressed if
-    OTEL_EXPORTER_OTLP_COMPRESSION says so); ValueError if it is none."""
-    encoding = encoding.strip().lower()
-    if encoding not in ("", "identity", "gzip", "deflate"):
-        raise ValueError(f"Content-Encoding {encoding!r} is not gzip or deflate")
-    try:
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        return ExportTraceServiceRequest.FromString(body)
-    except (
-        OSError,
-        EOFError,
-        zlib.error,
-        DecodeError,
-    ) as exc:  # gzip's errors are OSError, EOFError
-        raise ValueError(
-            f"not an ExportTraceServiceRequest ({encoding or 'identity'}): {exc}"
-        ) from exc
-
-
-class SpanSink:
-    """An OTLP/HTTP trace receiver on 127.0.0.1 that counts what it gets: spans by name, server
-    spans, span links and the exporting services (``service.name``). Answers each export as a
-    collector does (200, an empty ExportTraceServiceResponse); thread-safe."""
-
-    def __init__(self) -> None:
-        self.spans: Counter[str] = Counter()
-        self.server_spans = 0
-        self.links = 0
-        self.services: set[str] = set()
-        self.exports = 0
-        self.refused = 0
-        self._lock = threading.Lock()
-        self._httpd: http.server.ThreadingHTTPServer | None = None
-
-    def record(self, request: ExportTraceServiceRequest) -> int:
-        """Count one export's spans; returns how many it held."""
-        n = 0
-        with self._lock:
-            self.exports += 1
-            for resource_spans in request.resource_spans:
-                for attribute in resource_spans.resource.attributes:
-                    if attribute.key == "service.name":
-                        self.services.add(attribute.value.string_value)
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        n += 1
-                        self.spans[span.name] += 1
-                        self.links += len(span.links)
-                        self.server_spans += span.kind == Span.SPAN_KIND_SERVER
-        return n
-
-    def wait_for(self, name: str, count: int, timeout_s: float) -> bool:
-        """Block until ``count`` spans named ``name`` have arrived; False after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self.spans[name] >= count:
-                    return True
-            time.sleep(0.2)
-        return False
-
-    def summary(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "spans": sum(self.spans.values()),
-                "by_name": dict(self.spans.most_common()),
-                "server_spans": self.server_spans,
-                "links": self.links,
-                "services": sorted(self.services),
-                "exports": self.exports,
-                "refused_exports": self.refused,
-            }
-
-    @property
-    def endpoint(self) -> str:
-        """OTEL_EXPORTER_OTLP_ENDPOINT for it (the exporter appends /v1/traces)."""
-        assert self._httpd is not None, "the sink is not running"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[SpanSink]:
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as a collector
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                if self.path != "/v1/traces":
-                    self._answer(404, b"", "text/plain")
-                    return
-                try:
-                    request = decode_export(body, self.headers.get("Content-Encoding", ""))
-                except ValueError as exc:
-                    with sink._lock:
-                        sink.refused += 1
-                    self._answer(400, str(exc).encode(), "text/plain")
-                    return
-                sink.record(request)
-                response = ExportTraceServiceResponse().SerializeToString()
-                self._answer(200, response, "application/x-protobuf")
-
-            def _answer(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:  # quiet: one line per export otherwise
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        thread = threading.Thread(target=self._httpd.serve_forever, name="span-sink", daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            thread.join(timeout=5)
 
 
 # -- the servers -------------------------------------------------------------------------------
@@ -219,19 +69,6 @@ def tracing_env(endpoint: str) -> dict[str, str]:
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_TRACES_SAMPLER": "always_on",
     }
-
-
-@contextlib.contextmanager
-def without_inherited_otel() -> Iterator[list[str]]:
-    """The OTEL_* variables of this process are out of its environment (so of the servers')
-    while the block runs; yields their names."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
-    for key in saved:
-        del os.environ[key]
-    try:
-        yield sorted(saved)
-    finally:
-        os.environ.update(saved)
 
 
 def read_exposition(text: str) -> dict[str, int]:
@@ -266,43 +103,30 @@ def scrape_openmetrics(server: Server) -> dict[str, int]:
 
 def round_order(index: int) -> tuple[str, ...]:
     """The modes in the order round ``index`` (from 0) loads them: alternately each first."""
-    return MODES if index % 2 == 0 else MODES[::-1]
+    return alternate(MODES, index)
 
 
 def ratio(runs: dict[str, dict[str, Any]]) -> float | None:
     """On / off throughput of one round."""
-    base = runs[OFF]["throughput_rps"]
-    return round(runs[ON]["throughput_rps"] / base, 4) if base else None
+    return throughput_ratio(runs, MODES)
 
 
 def summarise(rounds: list[dict[str, Any]], budget: float = BUDGET) -> dict[str, Any]:
-    """Per mode the median over rounds of each figure; the median of the per-round ratios (not
-    the ratio of the medians: each round's two runs share that moment's machine)."""
+    """Per mode the median over rounds of each figure, and its peak RSS; the median of the
+    per-round ratios, and whether it is within ``budget``."""
     modes = {}
     for mode in MODES:
-        runs = [r["runs"][mode] for r in rounds]
-        figures = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_s_per_request")
-        modes[mode] = {
-            **{k: _median_of(runs, k) for k in (*figures, "mean_batch_size")},
-            "peak_rss_mb": max((r.get("peak_rss_mb") or 0.0 for r in runs), default=None),
-            "throughput_all_rounds": [r["throughput_rps"] for r in runs],
-        }
-    ratios = [r["ratio"] for r in rounds if r["ratio"] is not None]
-    middle = round(median(ratios), 4) if ratios else None
+        peaks = (r["runs"][mode].get("peak_rss_mb") or 0.0 for r in rounds)
+        modes[mode] = {**per_side(rounds, mode), "peak_rss_mb": max(peaks, default=None)}
+    summary = ratios(rounds, MODES)
+    middle = summary["ratio"]
     return {
         "modes": modes,
-        "ratio": middle,
-        "ratio_all_rounds": ratios,
+        **summary,
         "overhead_pct": None if middle is None else round(100 * (1 - middle), 2),
         "budget_pct": round(100 * budget, 2),
         "within_budget": None if middle is None else middle >= 1 - budget,
-        "unclean_runs": sum(not is_clean(r["runs"][m]) for r in rounds for m in MODES),
     }
-
-
-def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return round(median(values), 4) if values else None
 
 
 def problems(result: dict[str, Any]) -> list[str]:
@@ -357,40 +181,24 @@ def run_tracing_benchmark(
     servers: dict[str, Server],
     sink: SpanSink,
     *,
-    rounds: int,
-    duration_s: float,
-    warmup_s: float,
-    idle_s: float,
+    cfg: Tracing,
     loadgen_cpus: list[int] | None,
     connections: int = CONNECTIONS,
 ) -> dict[str, Any]:
-    """Warm both servers up, then ``rounds`` interleaved rounds; ``sink`` must be running and
-    ``servers[ON]`` exporting to it."""
+    """Warm both servers up, then ``cfg.rounds`` interleaved rounds; ``sink`` must be running
+    and ``servers[ON]`` exporting to it."""
     both = list(servers.values())
     with tempfile.TemporaryDirectory(prefix="bench-otel-") as tmp:
         script = Path(tmp) / "post_jpeg.lua"
         script.write_text(lua_script(SAMPLE_IMAGE))
         with running(both):
             load = {"connections": connections, "loadgen_cpus": loadgen_cpus}
-            warm_up_each(servers, script, duration_s=warmup_s, **load)
-            idle = measure_idle(both, idle_s)
+            warm_up_each(servers, script, duration_s=cfg.warmup_s, **load)
+            idle = measure_idle(both, cfg.idle_s)
             progress(
                 "idle CPU, % of a core: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in idle.items())
             )
-            done = []
-            for i in range(rounds):
-                label = f"round {i + 1}/{rounds}"
-                runs = load_in_turn(
-                    servers, round_order(i), script, duration_s=duration_s, label=label, **load
-                )
-                done.append(
-                    {
-                        "round": i + 1,
-                        "order": list(round_order(i)),
-                        "runs": runs,
-                        "ratio": ratio(runs),
-                    }
-                )
+            done = server_rounds(servers, MODES, script, cfg=cfg, ratio=ratio, **load)
             # Every run ended with the server idle: no request is in flight any more.
             scraped = {mode: scrape_openmetrics(s) for mode, s in servers.items()}
             answered = scraped[ON]["classify"]
@@ -514,14 +322,10 @@ def main(
     loadgen_cpus: list[int] | None = None,
     env: dict[str, str] | None = None,
 ) -> int:
-    from bench.models import ensure_models
+    from bench.model_files import ensure_models
 
-    cfg = {**(QUICK if quick else FULL)}
-    if rounds:
-        cfg["rounds"] = rounds
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_info()
+    cfg = TRACING.pick(quick, rounds=rounds)
+    clock = RunClock()
     models = ensure_models()
     sink = SpanSink()
     with without_inherited_otel() as dropped, sink.running():
@@ -535,41 +339,24 @@ def main(
         for mode, server in servers.items():
             server.name = f"service_{mode}"  # "service...": load_once reads its histograms
         progress(
-            f"tracing: off vs on at c={CONNECTIONS}, {cfg['rounds']} rounds of "
-            f"{cfg['duration_s']:g} s each; collector on {sink.endpoint}"
+            f"tracing: off vs on at c={CONNECTIONS}, {cfg.rounds} rounds of "
+            f"{cfg.duration_s:g} s each; collector on {sink.endpoint}"
         )
-        run = run_tracing_benchmark(
-            servers,
-            sink,
-            rounds=cfg["rounds"],
-            duration_s=cfg["duration_s"],
-            warmup_s=cfg["warmup_s"],
-            idle_s=cfg["idle_s"],
-            loadgen_cpus=loadgen_cpus,
-        )
+        run = run_tracing_benchmark(servers, sink, cfg=cfg, loadgen_cpus=loadgen_cpus)
     run["problems"] = problems(run)
     progress("CPU of one request's spans, measured alone (bench.span_cost)")
     run["span_cost"] = span_cost.measure(1000 if quick else 5000)
-    results = {
-        "meta": {
-            "started": started_at,
-            "mode": "quick" if quick else "full",
-            "seconds": round(time.perf_counter() - started, 1),
-            "machine": machine,
-            "config": {**cfg, "connections": CONNECTIONS, "budget": BUDGET},
-            "on_env": on_env,
-            "server_cpus": server_cpus,
-            "loadgen_cpus": loadgen_cpus,
-        },
-        "today": today_reference(RESULTS_DIR / "results.json", machine),
-        "tracing": run,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "tracing.json", results)
-    markdown = render_markdown(results)
-    (out_dir / "tracing.md").write_text(markdown)
-    print(markdown)
-    progress(f"results in {out_dir / 'tracing.json'} and {out_dir / 'tracing.md'}")
+    meta = clock.meta(
+        quick=quick,
+        config=cfg,
+        constants={"connections": CONNECTIONS, "budget": BUDGET},
+        on_env=on_env,
+        server_cpus=server_cpus,
+        loadgen_cpus=loadgen_cpus,
+    )
+    today = today_reference(RESULTS_DIR / "results.json", clock.machine)
+    results = {"meta": meta, "today": today, "tracing": run}
+    write_results(out_dir, "tracing", results, render_markdown(results))
     for problem in run["problems"]:
         progress(f"INVALID: {problem}")
     return 1 if run["problems"] else 0
