@@ -3,8 +3,9 @@
     LOADING -> WARMING -> READY -> DRAINING -> STOPPED
     (from any of them) -> FATAL: the device failed for good; the process must restart
 
-The models themselves, each with its own state, are in ``registry`` (``swin_serve.server.repository.registry``);
-``loader`` loads them at start-up and on each reload. Readiness (``/readyz`` and the
+The models themselves, each with its own state, are in ``registry``
+(``swin_serve.server.repository.registry``), which alone changes them; ``loader`` fills it, at
+start-up and on each reload, and calls back after each change. Readiness (``/readyz`` and the
 ``swin_ready`` gauge) is READY while the default model is ready, and nothing else. A model takes
 requests once it is warm and until the lifespan ends, even while draining (what reached us is
 accepted work, which should complete), but never after the device failed.
@@ -24,7 +25,6 @@ from enum import StrEnum
 from swin_serve.server.observability.metrics import Metrics
 from swin_serve.server.repository.loader import Loader
 from swin_serve.server.repository.models import LoadAbandoned, LoadedModel, Opener
-from swin_serve.server.repository.registry import Registry
 from swin_serve.server.runtime.batcher import Batcher, Draining
 from swin_serve.server.runtime.decoding import DecodePool
 from swin_serve.server.settings import Settings
@@ -59,15 +59,10 @@ class Lifecycle:
         self.settings = settings
         self.metrics = metrics
         self.phase = Phase.LOADING
-        self.registry = Registry(settings, metrics)
         self.loader = Loader(
-            settings,
-            metrics,
-            self.registry,
-            opener,
-            on_fatal=self.fail,
-            on_change=self._refresh_ready,
+            settings, metrics, opener, on_fatal=self.fail, on_change=self._refresh_ready
         )
+        self.registry = self.loader.registry
         self._fatal_hooks: list[FatalHook] = []
         self._ready_hooks: list[Callable[[], None]] = []
         self._drain_hooks: list[Callable[[], None]] = []
@@ -212,9 +207,7 @@ class Lifecycle:
         budget = max(0.5, self.drain_time_left())
         models = self.registry.live_models()
         finished = await asyncio.gather(*(m.batcher.drain(budget) for m in models))
-        for task in self.loader.retirements:  # their batchers have just drained
-            task.cancel()
-        await asyncio.gather(*self.loader.retirements, return_exceptions=True)
+        await self.loader.retirements.cancel()  # their batchers have just drained
         self._advance(Phase.DRAINING, Phase.STOPPED)
         self._log_drained(all(finished))
 

@@ -1,7 +1,7 @@
 """One served model: its engine, its batcher, its self-check, and the requests using it.
 
-``open_model`` loads a file, replays its golden answers and starts its batcher; ``warm_up`` runs
-each batch size once. A model is retired (replaced or removed) only once no request holds a
+``swin_serve.server.repository.opening`` loads a file, replays its golden answers (``self_check``)
+and starts its batcher (``new_batcher``); ``warm_up`` runs each batch size once. A model is retired (replaced or removed) only once no request holds a
 lease on it: a request leases the model when its name is resolved and gives it back when it is
 answered, so a swap can never refuse a request that was already routed to the old model.
 """

@@ -7,14 +7,14 @@ Each name has one entry; its state is what ``/v1/models`` shows:
 
 A replacement loads beside the model it replaces, which keeps serving (its entry stays ready)
 until the new one is warm; the name then points at the new one in one assignment on the event
-loop, and the old one is retired. ``swin_serve.server.repository.loader`` decides what changes; this module holds
-the result and answers the routes.
+loop, and the old one is retired. The loader (``swin_serve.server.repository.loader``) decides
+what to change and asks: the registry alone changes an entry, every state above included, and
+calls ``on_change`` after each change. It also answers the routes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,8 +24,6 @@ from swin_serve.server.observability.metrics import Metrics
 from swin_serve.server.repository.files import FileStamp
 from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.settings import Settings
-
-log = logging.getLogger("swin_serve.server")
 
 
 class ModelState(StrEnum):
@@ -65,9 +63,10 @@ class ModelEntry:
 class Registry:
     """Every entry by name, the entries being unloaded, and the default model."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, on_change: Callable[[], None]) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._on_change = on_change  # after every change of an entry: readiness may follow
         self.entries: dict[str, ModelEntry] = {}
         self.unloading: dict[str, ModelEntry] = {}  # a name can be re-added while it unloads
         self.retiring: set[LoadedModel] = set()  # replaced or removed; draining
@@ -109,6 +108,10 @@ class Registry:
         served = [e.model for e in [*self.entries.values(), *self.unloading.values()] if e.model]
         return [*served, *self.retiring]
 
+    def is_current(self, entry: ModelEntry) -> bool:
+        """``entry`` is still what its name stands for: not removed (nor re-added) meanwhile."""
+        return self.entries.get(entry.name) is entry
+
     # -- what the routes ask ---------------------------------------------------------------------
 
     def entry(self, name: str | None) -> ModelEntry:
@@ -141,12 +144,58 @@ class Registry:
         shown = ", ".join(repr(n) for n in names[:20])
         return f"[{shown}{', ...' if len(names) > 20 else ''}]"
 
-    # -- changes, on the event loop ---------------------------------------------------------------
+    # -- changes: the only code that changes an entry; on the event loop, each then on_change --
+
+    def add(
+        self,
+        name: str,
+        path: Path,
+        *,
+        stamp: FileStamp | None = None,
+        model: LoadedModel | None = None,
+    ) -> ModelEntry:
+        """A new name, loading; ``model``: one loaded at start-up, not yet warm."""
+        entry = ModelEntry(name, ModelState.LOADING, path, model=model, stamp=stamp)
+        self.entries[name] = entry
+        self._on_change()
+        return entry
+
+    def hold(self, entry: ModelEntry, model: LoadedModel) -> None:
+        """A start-up model, loaded but not warm: in its entry (still loading) until it is."""
+        entry.model = model
+        self._on_change()
+
+    def withdraw(self, entry: ModelEntry) -> None:
+        """The start-up model in ``entry`` cannot be warmed up: the entry lets go of it."""
+        entry.model = None
+        self._on_change()
+
+    def restamp(self, entry: ModelEntry, stamp: FileStamp) -> None:
+        """The file as read for this look: the next look compares with it."""
+        entry.stamp = stamp
+        self._on_change()
+
+    def clear_failure(self, entry: ModelEntry) -> None:
+        """The file is back to the content that serves: a failed replacement is moot."""
+        entry.reason = None
+        self._on_change()
+
+    def begin_loading(self, entry: ModelEntry, *, stamp: FileStamp | None = None) -> None:
+        """A name that serves nothing (failed or refused) loads its file again."""
+        entry.state, entry.refused, entry.reason = ModelState.LOADING, False, None
+        if stamp is not None:
+            entry.stamp = stamp
+        self._on_change()
+
+    def begin_replacing(self, entry: ModelEntry) -> None:
+        """A new version loads beside the one serving, which stays ready."""
+        entry.replacing = True
+        self._on_change()
 
     def publish(self, entry: ModelEntry, model: LoadedModel) -> LoadedModel | None:
         """Point ``entry`` at ``model`` (warm) at once; returns the model it replaces, if any."""
         old, entry.model = entry.model, model
-        entry.state, entry.replacing = ModelState.READY, False
+        entry.state, entry.replacing, entry.reason = ModelState.READY, False, None
         self.entries[entry.name] = entry
         engine = model.engine
         weights = engine.manifest.weights
@@ -158,6 +207,8 @@ class Registry:
             weights="random" if weights.random else weights.source,
         )
         self.metrics.model_ready.labels(model=entry.name).set(1)
+        self.metrics.model_loads.labels(model=entry.name, outcome="loaded").inc()
+        self._on_change()
         if old is None or old is model:  # a start-up model was in its entry while warming
             return None
         self.retiring.add(old)
@@ -170,6 +221,12 @@ class Registry:
         if entry.model is None:
             entry.state = ModelState.FAILED
             self.metrics.model_ready.labels(model=entry.name).set(0)
+        self._on_change()
+
+    def refuse(self, entry: ModelEntry, reason: str) -> None:
+        """Refused for SWIN_MAX_MODELS: failed, and tried again at every reload."""
+        entry.refused = True
+        self.fail(entry, reason, outcome="refused")
 
     def remove(self, entry: ModelEntry) -> LoadedModel | None:
         """Its file is gone: new requests get 404 at once; returns the model to retire."""
@@ -177,9 +234,10 @@ class Registry:
         self.metrics.model_ready.labels(model=entry.name).set(0)
         if entry.model is None:
             self._forget(entry.name)
-            return None
-        entry.state = ModelState.UNLOADING
-        self.unloading[entry.name] = entry
+        else:
+            entry.state = ModelState.UNLOADING
+            self.unloading[entry.name] = entry
+        self._on_change()
         return entry.model
 
     def unloaded(self, model: LoadedModel) -> None:
@@ -203,24 +261,3 @@ def not_ready(entry: ModelEntry) -> ApiError:
             ErrorCode.NOT_READY, f"model {entry.name!r} failed to load: {entry.reason}"[:1000]
         )
     return ApiError(ErrorCode.NOT_READY, f"model {entry.name!r} is loading or warming up")
-
-
-async def retire(registry: Registry, model: LoadedModel, settings: Settings) -> None:
-    """Let ``model`` finish what it holds, then stop it; the registry then forgets it."""
-    # The longest a request that leased it can still take: its body, then its deadline.
-    budget = settings.body_timeout_s + settings.request_timeout_ms / 1e3 + 1.0
-    try:
-        finished = await model.retire(budget)
-    finally:
-        registry.unloaded(model)
-    log.info(
-        "model %s: old version unloaded (%s)", model.name, "drained" if finished else "timed out"
-    )
-
-
-def spawn(coro, tasks: set[asyncio.Task]) -> asyncio.Task:
-    """Run ``coro`` as a task that ``tasks`` keeps alive until it ends."""
-    task = asyncio.get_running_loop().create_task(coro)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return task
