@@ -160,11 +160,11 @@ def test_folded_stacks_are_bucketed_by_innermost_known_frame():
             "inference (ORT session.run)",
         ),
         (
-            "anything (src/swin_serve/server/http/routes.py:1);inc (prometheus_client/metrics.py:2)",
+            "anything (src/swin_serve/server/http/inference_routes.py:1);inc (prometheus_client/metrics.py:2)",
             "metrics",
         ),
         (
-            "anything (src/swin_serve/server/http/routes.py:1);top_k (src/swin_serve/server/runtime/postprocess.py:1)",
+            "anything (src/swin_serve/server/http/inference_routes.py:1);top_k (src/swin_serve/server/runtime/postprocess.py:1)",
             "response shaping + JSON",
         ),
         ("body (starlette/requests.py:1)", "request body read"),

@@ -24,15 +24,16 @@ from bench.swap import (
     unloads,
 )
 
-# As src/swin_serve/server/__main__.py formats them, with the messages of src/swin_serve/server/repository/loader.py and registry.py.
+# As the server logs them (server/observability/logs.py), with the messages of
+# server/repository/loading.py, sync.py, opening.py and retire.py.
 LOG = """\
-2026-12-01 23:30:00,001 INFO service: model swin_t: warm-up done (batch sizes [1, 2, 4])
-2026-12-01 23:30:00,002 INFO service: model swin_t_int8: ready in 4.17 s
-2026-12-01 23:30:10,000 INFO service: model swin_t: new content in /tmp/r/swin_t.onnx; loading it beside the serving one
-2026-12-01 23:30:13,210 INFO service: model swin_t: swapped in 3.21 s
-2026-12-01 23:30:13,400 INFO service: model swin_t: old version unloaded (drained)
-2026-12-01 23:30:30,000 INFO service: model swin_t_b: swapped in 9.99 s
-2026-12-01 23:30:40,000 INFO service: model swin_t: swapped in 12.50 s
+2026-12-01 23:30:00,001 INFO swin_serve.server: model swin_t: warm-up done (batch sizes [1, 2, 4])
+2026-12-01 23:30:00,002 INFO swin_serve.server: model swin_t_int8: ready in 4.17 s
+2026-12-01 23:30:10,000 INFO swin_serve.server: model swin_t: new content in /tmp/r/swin_t.onnx; loading it beside the serving one
+2026-12-01 23:30:13,210 INFO swin_serve.server: model swin_t: swapped in 3.21 s
+2026-12-01 23:30:13,400 INFO swin_serve.server: model swin_t: old version unloaded (drained)
+2026-12-01 23:30:30,000 INFO swin_serve.server: model swin_t_b: swapped in 9.99 s
+2026-12-01 23:30:40,000 INFO swin_serve.server: model swin_t: swapped in 12.50 s
 """
 
 

@@ -347,12 +347,12 @@ def test_importing_the_server_does_not_import_torch():
 async def test_unhandled_error_becomes_json_500_and_is_counted(
     make_app, make_engine, serve, png, monkeypatch
 ):
-    import swin_serve.server.http.routes
+    import swin_serve.server.http.inference_routes
 
     def boom(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(swin_serve.server.http.routes, "softmax", boom)
+    monkeypatch.setattr(swin_serve.server.http.inference_routes, "softmax", boom)
     async with serve(make_app()) as client:
         resp = await client.post("/classify", files={"file": png()})
         health = await client.get("/healthz")

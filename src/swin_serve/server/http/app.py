@@ -14,13 +14,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swin_serve.artifact.preprocess import configure_pillow
 from swin_serve.server.auth import install_api_keys
 from swin_serve.server.errors import ApiError, ErrorCode, code_for_status, is_v2_path
+from swin_serve.server.http.health_routes import router as health_router
+from swin_serve.server.http.inference_routes import router as inference_router
+from swin_serve.server.http.metrics_routes import router as metrics_router
 from swin_serve.server.http.middleware import (
     BodyLimitMiddleware,
     ConcurrencyLimitMiddleware,
     ObservabilityMiddleware,
 )
 from swin_serve.server.http.model_routes import router as model_router
-from swin_serve.server.http.routes import router
 from swin_serve.server.http.ui import router as ui_router
 from swin_serve.server.lifecycle import FatalHook, Lifecycle
 from swin_serve.server.observability import tracing
@@ -80,7 +82,9 @@ def create_app(
         lifespan=_lifespan(state),
     )
     app.state.service = state
-    app.include_router(router)
+    app.include_router(inference_router)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
     app.include_router(model_router)
     app.include_router(ui_router)
     app.include_router(v2_router)

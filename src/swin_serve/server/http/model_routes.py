@@ -6,14 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING, WeightsInfo
+from swin_serve.artifact.contract import WeightsInfo
+from swin_serve.server.dataplane import DataPlane, weights_warning
 from swin_serve.server.errors import ErrorResponse
-from swin_serve.server.http.deps import StateDep
+from swin_serve.server.http.deps import PlaneDep
 from swin_serve.server.http.schemas import BatchingInfo, ModelCard, ModelsIndex, ModelStatus
-from swin_serve.server.lifecycle import Phase
 from swin_serve.server.repository.models import LoadedModel
-from swin_serve.server.repository.registry import ModelEntry, ModelState, not_ready
-from swin_serve.server.state import ServiceState
+from swin_serve.server.repository.registry import ModelEntry
 
 router = APIRouter()
 
@@ -23,17 +22,16 @@ router = APIRouter()
     response_model=ModelsIndex,
     summary="Every model with its state, and the default model's card",
 )
-async def models_index(state: StateDep) -> ModelsIndex:
-    registry = state.lifecycle.registry
-    default = registry.default_name
+async def models_index(plane: PlaneDep) -> ModelsIndex:
+    default = plane.default_name()
     statuses = [
         ModelStatus.model_validate({**entry.summary(), "default": entry.name == default})
-        for entry in registry.listing()
+        for entry in plane.listing()
     ]
-    entry = registry.default_entry()
+    entry = plane.default_entry()
     card: dict[str, Any] = {}
     if entry is not None and entry.model is not None:
-        card = model_card(state, entry, entry.model).model_dump()
+        card = model_card(plane, entry, entry.model).model_dump()
     return ModelsIndex(default_model=default, models=statuses, **card)
 
 
@@ -46,15 +44,13 @@ async def models_index(state: StateDep) -> ModelsIndex:
     },
     summary="One model: variant, provider, weights, parity report, batching, state",
 )
-async def model_card_route(state: StateDep, name: str) -> ModelCard:
-    entry = state.lifecycle.registry.entry(name)
-    if entry.model is None:
-        raise not_ready(entry)
-    return model_card(state, entry, entry.model)
+async def model_card_route(plane: PlaneDep, name: str) -> ModelCard:
+    entry, model = plane.loaded(name)
+    return model_card(plane, entry, model)
 
 
-def model_card(state: ServiceState, entry: ModelEntry, model: LoadedModel) -> ModelCard:
-    s, batcher, manifest = state.settings, model.batcher, model.engine.manifest
+def model_card(plane: DataPlane, entry: ModelEntry, model: LoadedModel) -> ModelCard:
+    s, batcher, manifest = plane.settings, model.batcher, model.engine.manifest
     return ModelCard(
         name=entry.name,
         variant=manifest.variant,
@@ -70,7 +66,7 @@ def model_card(state: ServiceState, entry: ModelEntry, model: LoadedModel) -> Mo
         provider_warning=model.engine.provider_warning,
         labels_source=manifest.labels_source,
         weights=WeightsInfo.model_validate(manifest.weights.model_dump()),
-        warning=RANDOM_WEIGHTS_WARNING if manifest.weights.random else None,
+        warning=weights_warning(manifest),
         outputs={k: list(v) for k, v in manifest.outputs.items()},
         preprocess=manifest.preprocess.model_dump(),
         preprocessing_source=manifest.preprocessing_source,
@@ -85,7 +81,7 @@ def model_card(state: ServiceState, entry: ModelEntry, model: LoadedModel) -> Mo
             request_timeout_ms=s.request_timeout_ms,
             max_images_per_request=s.max_images_per_request,
         ),
-        ready=entry.state is ModelState.READY and state.lifecycle.phase is Phase.READY,
+        ready=plane.serving(entry),
         state=entry.state.value,
         reason=entry.reason,
         reloading=entry.replacing,

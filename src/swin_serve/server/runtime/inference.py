@@ -1,7 +1,7 @@
 """Images through decode and the batcher, for every protocol: the HTTP API, v2 HTTP and gRPC.
 
-Protocol code turns its request into image bytes or model inputs, calls these, and shapes the
-answer. Errors are ApiErrors, which each protocol renders its own way.
+The data plane (``swin_serve.server.dataplane``) calls these; each transport renders their
+ApiErrors its own way. Nothing here knows a transport.
 """
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-from starlette.requests import ClientDisconnect, Request
 
 from swin_serve.artifact.preprocess import ImageRejected, decode_image
 from swin_serve.server.errors import ApiError, ErrorCode
@@ -51,34 +50,6 @@ async def off_loop(state: ServiceState, fn: Callable[..., T], *args: Any) -> T:
     through ``decode_all``, whose cost the body does not bound, under the request's deadline."""
     executor = state.decoder.executor if state.decoder is not None else None
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
-
-async def unless_client_left(request: Request, work: Awaitable[T]) -> T:
-    """``work``, cancelled as soon as the HTTP client disconnects (ClientDisconnect, logged and
-    counted as 499): a decode or a queued image that nobody will read must not hold a decode
-    thread or a queue slot, and the log must not call it a 503 the client never saw.
-
-    Only once the body has been read: uvicorn's ``receive`` then returns nothing but the
-    disconnect."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done():  # the client left first: let the work see its cancellation
-        await asyncio.wait({task})
-        if not task.cancelled():
-            task.exception()  # retrieved: whatever it ended with has nobody to go to
-        raise ClientDisconnect()
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def effective_deadline(state: ServiceState, started: float, *requested_ms: float | None) -> float:

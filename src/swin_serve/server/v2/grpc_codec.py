@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from swin_serve.server.runtime.engine import Engine
 from swin_serve.server.v2 import messages
-from swin_serve.server.v2.model import VERSION, model_metadata
+from swin_serve.server.v2.model import VERSION
 from swin_serve.server.v2.tensors import (
     BYTES,
     FP32,
@@ -88,8 +87,9 @@ def infer_response(
     return response
 
 
-def metadata_response(name: str, engine: Engine) -> Any:
-    fields = model_metadata(name, engine)
+def metadata_response(metadata: dict[str, Any]) -> Any:
+    """A model's metadata (``v2.model.model_metadata``) as a ModelMetadataResponse."""
+    fields = dict(metadata)
     parameters = fields.pop("parameters")
     response = messages.ModelMetadataResponse(**fields)
     for key, value in parameters.items():

@@ -23,18 +23,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from swin_serve.server.auth import grpc_interceptors
+from swin_serve.server.dataplane import DataPlane, weights_warning
 from swin_serve.server.errors import ApiError, ErrorCode
-from swin_serve.server.http.deps import served_model, unavailable
 from swin_serve.server.lifecycle import DRAIN_ANSWER_MARGIN_S
 from swin_serve.server.observability import tracing
 from swin_serve.server.observability.logs import log_access
 from swin_serve.server.observability.metrics import exemplar
-from swin_serve.server.repository.registry import ModelState, not_ready
-from swin_serve.server.runtime.inference import effective_deadline, off_loop, refuse_if_full
 from swin_serve.server.state import RequestTimings, ServiceState
-from swin_serve.server.v2 import infer, messages
+from swin_serve.server.v2 import messages
 from swin_serve.server.v2.grpc_codec import infer_response, metadata_response, parse_request
-from swin_serve.server.v2.model import check_version, server_metadata, warning
+from swin_serve.server.v2.model import server_metadata
 from swin_serve.server.v2.tensors import invalid
 
 log = logging.getLogger(__name__)
@@ -66,53 +64,43 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class InferenceService:
-    """The six RPCs, named as the protocol names them, on parsed requests."""
+    """The six RPCs, named as the protocol names them, on parsed requests: each asks the data
+    plane, as the HTTP routes do."""
 
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return {"live": True}
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return {"ready": self.state.lifecycle.ready}
+        return {"ready": self.plane.server_ready()}
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return server_metadata()
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        entry = self.state.lifecycle.registry.entry(request.name)
-        check_version(request.name, request.version)
-        if entry.model is None:
-            raise not_ready(entry)
-        return metadata_response(request.name, entry.model.engine)
+        return metadata_response(self.plane.model_metadata(request.name, request.version))
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        lifecycle = self.state.lifecycle
-        entry = lifecycle.registry.entry(request.name)
-        check_version(request.name, request.version)
-        ready = entry.state is ModelState.READY and lifecycle.taking_requests
-        return {"ready": ready and not lifecycle.draining}
+        return {"ready": self.plane.why_not_ready(request.name, request.version) is None}
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.monotonic()
-        state = self.state
-        model = served_model(state, request.model_name)
-        tracing.annotate(**{"swin.model": model.name})
-        check_version(request.model_name, request.model_version)
-        refuse_if_full(model.batcher)
-        with model.leased():
-            parsed = await off_loop(state, parse_request, request)
-            deadline = effective_deadline(state, started, *_client_timeouts_ms(context))
+        plane = self.plane
+        with plane.lease(request.model_name) as model:
+            plane.admit(model, request.model_name, request.model_version)
+            parsed = await plane.off_loop(parse_request, request)
+            deadline = plane.deadline(started, *_client_timeouts_ms(context))
             timings = RequestTimings()
             try:
-                outputs = await infer.run(state, model, parsed, timings, deadline)
+                outputs = await plane.infer_tensors(model, parsed, timings, deadline)
             finally:
                 total = time.monotonic() - started
                 context.set_trailing_metadata((("server-timing", timings.header(total)),))
             with tracing.step("response"):
-                manifest = model.engine.manifest
-                return await off_loop(state, infer_response, parsed, outputs, warning(manifest))
+                warning = weights_warning(model.engine.manifest)
+                return await plane.off_loop(infer_response, parsed, outputs, warning)
 
 
 # The codes that make a server span an error, per the semantic conventions for gRPC.
@@ -167,6 +155,7 @@ class GrpcServer:
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
+        self.plane = DataPlane(state)
         self.port: int | None = None  # bound port, once started
         self._server: grpc.aio.Server | None = None
         self._draining = False
@@ -229,7 +218,7 @@ class GrpcServer:
         await server.stop(min(_SEND_GRACE_S, max(0.0, deadline - time.monotonic())))
 
     def _handlers(self) -> grpc.GenericRpcHandler:
-        service = InferenceService(self.state)
+        service = InferenceService(self.plane)
         # Every method is registered as a client stream, though the protocol's are unary (the same
         # on the wire): gRPC reads a unary call's first message and drops any after it, whereas
         # here the handler reads the message itself, and then the client's half-close. ModelInfer
@@ -247,8 +236,8 @@ class GrpcServer:
         """``handler`` with its request parsed, its answer built, its errors mapped to statuses,
         and the call counted and timed; inference also takes one of the shared request slots."""
         parse, build = messages.request_type(method).FromString, messages.response_type(method)
-        state, metrics = self.state, self.state.metrics
-        limit, read_s = state.settings.max_upload_bytes, state.settings.body_timeout_s
+        plane, metrics = self.plane, self.state.metrics
+        limit, read_s = plane.settings.max_upload_bytes, plane.settings.body_timeout_s
         infers = method == "ModelInfer"
 
         async def observed(requests: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -271,7 +260,7 @@ class GrpcServer:
                         with tracing.step("read body"):
                             raw = await _request_message(context, reading_from, limit, read_s)
                         reading_from = None
-                        message = await off_loop(state, _parse, parse, raw)
+                        message = await plane.off_loop(_parse, parse, raw)
                         result = await handler(message, context)
                 return build(**result) if isinstance(result, dict) else result
             except ApiError as exc:
@@ -310,11 +299,10 @@ class GrpcServer:
         self._inferring += 1
         self._idle.clear()
         try:
-            lifecycle = self.state.lifecycle
             # Before the message is read, so that refusing stays cheap. Which model's queue is
             # full can only be known from the message: ModelInfer asks once it is read.
-            if self._draining or not lifecycle.taking_requests:
-                raise unavailable(lifecycle)
+            if self._draining or not self.plane.taking_requests():
+                raise self.plane.unavailable()
             slots = self.state.slots
             if not slots.try_take():
                 raise ApiError(

@@ -1,6 +1,7 @@
 """The Open Inference Protocol over HTTP, on the API's port: health, metadata and inference.
 
-Errors are the protocol's ``{"error": "message"}``, with the statuses of the rest of the API
+A thin transport over the data plane (``swin_serve.server.dataplane``), as gRPC is. Errors are
+the protocol's ``{"error": "message"}``, with the statuses of the rest of the API
 (``swin_serve.server.errors``). Inference shares the batcher, limits, deadlines and metrics of
 ``/classify``.
 """
@@ -13,26 +14,20 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from swin_serve.server.http.deps import ServedDep, StateDep, TimingsDep, unavailable
-from swin_serve.server.http.routes import TimeoutHeader
+from swin_serve.server.dataplane import DataPlane, weights_warning
+from swin_serve.server.http.deps import PlaneDep, ServedDep, TimingsDep
+from swin_serve.server.http.disconnect import unless_client_left
+from swin_serve.server.http.params import TimeoutHeader
 from swin_serve.server.observability import tracing
 from swin_serve.server.repository.models import LoadedModel
-from swin_serve.server.repository.registry import ModelState, not_ready
-from swin_serve.server.runtime.inference import (
-    effective_deadline,
-    off_loop,
-    refuse_if_full,
-    unless_client_left,
-)
-from swin_serve.server.state import RequestTimings, ServiceState
-from swin_serve.server.v2 import infer
+from swin_serve.server.state import RequestTimings
 from swin_serve.server.v2.http_codec import (
     BINARY_MEDIA_TYPE,
     HEADER_LENGTH,
     parse_body,
     response_body,
 )
-from swin_serve.server.v2.model import check_version, model_metadata, server_metadata, warning
+from swin_serve.server.v2.model import server_metadata
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe v2)"])
 
@@ -102,52 +97,39 @@ async def live() -> dict[str, bool]:
     summary="Readiness: loaded, warmed up and not draining (503 if not)",
     responses=_errors(503),
 )
-async def ready(state: StateDep) -> dict[str, bool]:
-    if not state.lifecycle.ready:
-        raise unavailable(state.lifecycle)
+async def ready(plane: PlaneDep) -> dict[str, bool]:
+    plane.check_server_ready()
     return {"ready": True}
 
 
 @router.get(_MODEL, summary="Model metadata: its inputs and outputs", responses=_MODEL_ERRORS)
-async def model(state: StateDep, name: str) -> dict[str, Any]:
-    return _metadata(state, name, "")
+async def model(plane: PlaneDep, name: str) -> dict[str, Any]:
+    return plane.model_metadata(name)
 
 
 @router.get(_VERSIONED, summary="Model metadata, for a version", responses=_MODEL_ERRORS)
-async def model_version(state: StateDep, name: str, version: str) -> dict[str, Any]:
-    return _metadata(state, name, version)
-
-
-def _metadata(state: ServiceState, name: str, version: str) -> dict[str, Any]:
-    entry = state.lifecycle.registry.entry(name)
-    check_version(name, version)
-    if entry.model is None:
-        raise not_ready(entry)
-    return model_metadata(name, entry.model.engine)
+async def model_version(plane: PlaneDep, name: str, version: str) -> dict[str, Any]:
+    return plane.model_metadata(name, version)
 
 
 @router.get(
     f"{_MODEL}/ready", summary="Model readiness (503 while not ready)", responses=_MODEL_ERRORS
 )
-async def model_ready(state: StateDep, name: str) -> dict[str, Any]:
-    return _model_ready(state, name, "")
+async def model_ready(plane: PlaneDep, name: str) -> dict[str, Any]:
+    return _model_ready(plane, name, "")
 
 
 @router.get(
     f"{_VERSIONED}/ready", summary="Model readiness, for a version", responses=_MODEL_ERRORS
 )
-async def model_version_ready(state: StateDep, name: str, version: str) -> dict[str, Any]:
-    return _model_ready(state, name, version)
+async def model_version_ready(plane: PlaneDep, name: str, version: str) -> dict[str, Any]:
+    return _model_ready(plane, name, version)
 
 
-def _model_ready(state: ServiceState, name: str, version: str) -> dict[str, Any]:
-    lifecycle = state.lifecycle
-    entry = lifecycle.registry.entry(name)
-    check_version(name, version)
-    if lifecycle.draining or not lifecycle.taking_requests:
-        raise unavailable(lifecycle)
-    if entry.state is not ModelState.READY:
-        raise not_ready(entry)
+def _model_ready(plane: DataPlane, name: str, version: str) -> dict[str, Any]:
+    refusal = plane.why_not_ready(name, version)
+    if refusal is not None:
+        raise refusal
     return {"name": name, "ready": True}
 
 
@@ -159,13 +141,13 @@ def _model_ready(state: ServiceState, name: str, version: str) -> dict[str, Any]
 )
 async def model_infer(
     request: Request,
-    state: StateDep,
+    plane: PlaneDep,
     model: ServedDep,
     timings: TimingsDep,
     name: str,
     timeout_header: TimeoutHeader = None,
 ) -> Response:
-    return await _infer(request, state, model, timings, name, "", timeout_header)
+    return await _infer(request, plane, model, timings, name, "", timeout_header)
 
 
 @router.post(
@@ -176,19 +158,19 @@ async def model_infer(
 )
 async def model_version_infer(
     request: Request,
-    state: StateDep,
+    plane: PlaneDep,
     model: ServedDep,
     timings: TimingsDep,
     name: str,
     version: str,
     timeout_header: TimeoutHeader = None,
 ) -> Response:
-    return await _infer(request, state, model, timings, name, version, timeout_header)
+    return await _infer(request, plane, model, timings, name, version, timeout_header)
 
 
 async def _infer(
     request: Request,
-    state: ServiceState,
+    plane: DataPlane,
     model: LoadedModel,
     timings: RequestTimings,
     name: str,
@@ -196,18 +178,17 @@ async def _infer(
     timeout_ms: int | None,
 ) -> Response:
     started = time.monotonic()
-    check_version(name, version)
-    refuse_if_full(model.batcher)
+    plane.admit(model, name, version)
     with tracing.step("read body"):
         body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
-    parsed = await off_loop(state, parse_body, body, header_length, name, version)
+    parsed = await plane.off_loop(parse_body, body, header_length, name, version)
     del body
-    deadline = effective_deadline(state, started, timeout_ms)
-    outputs = await unless_client_left(request, infer.run(state, model, parsed, timings, deadline))
+    deadline = plane.deadline(started, timeout_ms)
+    work = plane.infer_tensors(model, parsed, timings, deadline)
+    outputs = await unless_client_left(request, work)
     with tracing.step("response"):
-        body, header_length = await off_loop(
-            state, response_body, parsed, outputs, warning(model.engine.manifest)
-        )
+        warning = weights_warning(model.engine.manifest)
+        body, header_length = await plane.off_loop(response_body, parsed, outputs, warning)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(header_length)})

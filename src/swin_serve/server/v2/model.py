@@ -7,7 +7,7 @@ import functools
 from importlib import metadata
 from typing import Any
 
-from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING, Manifest
+from swin_serve.artifact.contract import Manifest
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.runtime.engine import Engine
 from swin_serve.server.v2.tensors import BYTES, FP32
@@ -23,11 +23,6 @@ _PLATFORMS = {"openvino": "openvino"}
 IMAGE_INPUT = "image"  # BYTES: each element one encoded image file
 PIXELS_INPUT = "pixel_values"  # FP32 [N, 3, S, S], preprocessed as the manifest says
 CLASSIFIABLE_OUTPUT = "logits"
-
-
-def warning(manifest: Manifest) -> str | None:
-    """What every answer of this model says about it: that its weights are random, if so."""
-    return RANDOM_WEIGHTS_WARNING if manifest.weights.random else None
 
 
 @functools.cache

@@ -1,7 +1,8 @@
-"""HTTP routes: decode and validate the request, ``await batcher.submit(...)``, shape the response.
+"""The plain HTTP API's inference routes: ``/classify`` and ``/features``, for the default
+model and under a model's name.
 
-Routes never touch onnxruntime; CPU-heavy work (decode, large JSON/npz bodies) runs on the
-decode thread pool.
+Each reads and validates its request, hands the images to the data plane, and shapes the
+answer. CPU-heavy work (decode, large JSON or npz answers) runs on the decode thread pool.
 """
 
 from __future__ import annotations
@@ -12,35 +13,27 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Header, Query, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from fastapi import APIRouter, Query, Request, Response
 
-from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING, FeatureName, Manifest
-from swin_serve.server.errors import INFERENCE_ERROR_RESPONSES, ApiError, ErrorCode, ErrorResponse
-from swin_serve.server.http.deps import ServedDep, StateDep, TimingsDep, unavailable
+from swin_serve.artifact.contract import FeatureName
+from swin_serve.server.dataplane import DataPlane, weights_warning
+from swin_serve.server.errors import INFERENCE_ERROR_RESPONSES, ApiError, ErrorCode
+from swin_serve.server.http.deps import PlaneDep, ServedDep, TimingsDep
+from swin_serve.server.http.disconnect import unless_client_left
+from swin_serve.server.http.params import TimeoutHeader, TimeoutQuery
 from swin_serve.server.http.schemas import (
     ClassifyResponse,
     FeaturesResponse,
     ImageClassification,
     PoolMode,
     Prediction,
-    Status,
 )
 from swin_serve.server.http.uploads import read_image_bodies
 from swin_serve.server.observability import tracing
-from swin_serve.server.observability.metrics import OPENMETRICS_CONTENT_TYPE
 from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.runtime.batcher import ImageResult
-from swin_serve.server.runtime.inference import (
-    decode_all,
-    effective_deadline,
-    off_loop,
-    refuse_if_full,
-    submit,
-    unless_client_left,
-)
 from swin_serve.server.runtime.postprocess import pool_feature, softmax, top_k
-from swin_serve.server.state import RequestTimings, ServiceState
+from swin_serve.server.state import RequestTimings
 
 NPZ_MEDIA_TYPE = "application/x-npz"
 router = APIRouter()
@@ -80,54 +73,20 @@ _NAMED = {
     ],
 }
 
-TimeoutQuery = Annotated[
-    int | None,
-    Query(
-        ge=1,
-        le=600_000,
-        description="Shorter deadline for this request (ms); never extends the server default",
-    ),
-]
-TimeoutHeader = Annotated[
-    int | None,
-    Header(
-        ge=1,
-        le=600_000,
-        alias="X-Request-Timeout-Ms",
-        description="Same as the timeout_ms query parameter",
-    ),
-]
-
 
 async def infer_images(
     request: Request,
-    state: ServiceState,
+    plane: DataPlane,
     model: LoadedModel,
     timings: RequestTimings,
     deadline: float,
 ) -> list[ImageResult]:
     """Read, decode (worker threads) and batch-run every image of the request."""
-    refuse_if_full(model.batcher)
-    bodies = await read_image_bodies(request, state.settings.max_images_per_request)
-    work = _run_images(state, model, timings, bodies, deadline)
+    plane.admit(model, model.name)
+    bodies = await read_image_bodies(request, plane.settings.max_images_per_request)
+    work = plane.infer_images(model, bodies, timings, deadline)
     del bodies  # only the work holds them now, and drops them once decoded
     return await unless_client_left(request, work)
-
-
-async def _run_images(
-    state: ServiceState,
-    model: LoadedModel,
-    timings: RequestTimings,
-    bodies: list[bytes],
-    deadline: float,
-) -> list[ImageResult]:
-    inputs = await decode_all(state, model, timings, bodies, deadline)
-    del bodies  # the encoded images: their memory is free while they wait for the model
-    return await submit(model.batcher, inputs, deadline, timings)
-
-
-def _warning(manifest: Manifest) -> str | None:
-    return RANDOM_WEIGHTS_WARNING if manifest.weights.random else None
 
 
 @router.post(
@@ -148,7 +107,7 @@ def _warning(manifest: Manifest) -> str | None:
 )
 async def classify(
     request: Request,
-    state: StateDep,
+    plane: PlaneDep,
     model: ServedDep,
     timings: TimingsDep,
     top_k_: Annotated[
@@ -165,8 +124,8 @@ async def classify(
             ErrorCode.VALIDATION_ERROR,
             f"top_k must be between 1 and {manifest.num_classes}, got {top_k_}",
         )
-    deadline = effective_deadline(state, started, timeout_ms, timeout_header)
-    results = await infer_images(request, state, model, timings, deadline)
+    deadline = plane.deadline(started, timeout_ms, timeout_header)
+    results = await infer_images(request, plane, model, timings, deadline)
     labels = manifest.labels
     with tracing.step("response"):
         return _classification(model, results, labels, top_k_)
@@ -186,7 +145,7 @@ def _classification(
             )
             for r in results
         ],
-        warning=_warning(model.engine.manifest),
+        warning=weights_warning(model.engine.manifest),
     )
 
 
@@ -199,7 +158,7 @@ def _features_json(
         "pool": pool,
         "shapes": {s: list(per_image[0][s].shape) for s in stages},
         "results": [{s: v.tolist() for s, v in feats.items()} for feats in per_image],
-        "warning": _warning(model.engine.manifest),
+        "warning": weights_warning(model.engine.manifest),
     }
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -240,7 +199,7 @@ _FEATURES_RESPONSES: dict[int | str, dict] = {
 )
 async def features(
     request: Request,
-    state: StateDep,
+    plane: PlaneDep,
     model: ServedDep,
     timings: TimingsDep,
     stages: Annotated[
@@ -255,57 +214,26 @@ async def features(
 ) -> Response:
     started = time.monotonic()
     wanted = list(dict.fromkeys(stages))  # de-duplicated, request order kept
-    deadline = effective_deadline(state, started, timeout_ms, timeout_header)
-    results = await infer_images(request, state, model, timings, deadline)
+    deadline = plane.deadline(started, timeout_ms, timeout_header)
+    results = await infer_images(request, plane, model, timings, deadline)
     with tracing.step("response"):
-        return await _features_response(request, state, model, wanted, pool, results)
+        return await _features_response(request, plane, model, wanted, pool, results)
 
 
 async def _features_response(
     request: Request,
-    state: ServiceState,
+    plane: DataPlane,
     model: LoadedModel,
     wanted: list[str],
     pool: str,
     results: list[ImageResult],
 ) -> Response:
     if NPZ_MEDIA_TYPE in request.headers.get("accept", ""):
-        body = await off_loop(state, _features_npz, wanted, pool, results)
+        body = await plane.off_loop(_features_npz, wanted, pool, results)
         return Response(
             body,
             media_type=NPZ_MEDIA_TYPE,
             headers={"Content-Disposition": 'attachment; filename="features.npz"'},
         )
-    body = await off_loop(state, _features_json, model, wanted, pool, results)
+    body = await plane.off_loop(_features_json, model, wanted, pool, results)
     return Response(body, media_type="application/json")
-
-
-@router.get("/healthz", response_model=Status, summary="Liveness: the process is up")
-async def healthz() -> Status:
-    return Status(status="ok")
-
-
-@router.get(
-    "/readyz",
-    response_model=Status,
-    responses={
-        503: {"model": ErrorResponse, "description": "Loading, warming up, draining or failed"}
-    },
-    summary="Readiness: the default model loaded and warm, and not draining",
-)
-async def readyz(state: StateDep) -> Status:
-    if not state.lifecycle.ready:
-        raise unavailable(state.lifecycle)
-    return Status(status="ready")
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics (OpenMetrics, with trace exemplars, when the scraper asks for it)",
-    response_class=Response,
-)
-async def metrics(request: Request, state: StateDep) -> Response:
-    if "application/openmetrics-text" in request.headers.get("accept", ""):
-        body = state.metrics.render(openmetrics_format=True)
-        return Response(body, media_type=OPENMETRICS_CONTENT_TYPE)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
