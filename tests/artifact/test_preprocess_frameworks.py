@@ -24,6 +24,7 @@ from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from swin_serve.artifact.preprocess import to_model_input
 from swin_serve.export.preprocessing import TransformFlags, decide_transform
 from swin_serve.export.transform_configs import huggingface_transform, timm_transform
+from tests.support.processors import clip_processor
 
 BOUND = 1e-5
 PHOTOS = ["flower.jpg", "flower2.jpg", "hopper.jpg"]  # 480x360, 300x225, 128x128
@@ -66,20 +67,9 @@ HF_CONFIGS = {
         "image_mean": list(IMAGENET_MEAN),
         "image_std": list(IMAGENET_STD),
     },
-    "clip shortest edge + centre crop": {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": 147},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": 128, "width": 128},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.4815, 0.4578, 0.4082],
-        "image_std": [0.2686, 0.2613, 0.2758],
-        "do_convert_rgb": True,
-    },
+    "clip shortest edge + centre crop": clip_processor(
+        147, 128, mean=[0.4815, 0.4578, 0.4082], std=[0.2686, 0.2613, 0.2758]
+    ),
 }
 
 

@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, skip_unless_ci, wait_for_readyz
-
-ROOT = Path(__file__).resolve().parents[2]
-# A small upload cap, so the 413 case needs only a 1.5 MB file.
-MAX_UPLOAD_BYTES = 1_000_000
-# Not the default (16), so the test can tell the model card shows live settings.
-MAX_BATCH_SIZE = 8
+from tests.browser.page_server import Server, serve_for_the_page
+from tests.support import settle, skip_unless_ci
 
 # As in ../.library/env/machines/python.md: without the background-networking flags Chromium
 # keeps trying hosts this machine cannot reach.
@@ -35,17 +26,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    max_batch_size: int
-    max_upload_bytes: int
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server, started as a subprocess and ready (``/readyz`` 200)."""
-    yield from _serve({"SWIN_MODEL_PATH": str(tiny_model_path)}, tmp_path_factory)
+    yield from serve_for_the_page({"SWIN_MODEL_PATH": str(tiny_model_path)}, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +39,9 @@ def int8_server(tiny_variants, tmp_path_factory: pytest.TempPathFactory) -> Iter
     model = folder / "micro.onnx"
     shutil.copy(tiny_variants.model_path, model)
     shutil.copy(tiny_variants.files["int8"], folder / "micro.int8.onnx")
-    yield from _serve({"SWIN_MODEL_PATH": str(model), "SWIN_PRECISION": "int8"}, tmp_path_factory)
+    yield from serve_for_the_page(
+        {"SWIN_MODEL_PATH": str(model), "SWIN_PRECISION": "int8"}, tmp_path_factory
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,42 +51,9 @@ def repository_server(
     """The real server on a repository of two models, ``swin_a`` (the default) and ``swin_b``."""
     repo = tmp_path_factory.mktemp("browser-repository")
     for name in ("swin_a", "swin_b"):
-        shutil.copy(tiny_model_path, repo / f"{name}.onnx")
-        past = time.time() - 60  # settled: not a file still being copied
-        os.utime(repo / f"{name}.onnx", (past, past))
+        settle(shutil.copy(tiny_model_path, repo / f"{name}.onnx"))
     env = {"SWIN_MODEL_REPOSITORY": str(repo), "SWIN_DEFAULT_MODEL": "swin_a"}
-    yield from _serve(env, tmp_path_factory)
-
-
-def _serve(model_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    env = {
-        **os.environ,
-        **model_env,
-        "SWIN_HOST": "127.0.0.1",
-        "SWIN_PORT": str(port),
-        "SWIN_GRPC_PORT": "0",
-        "SWIN_PROVIDERS": "cpu",
-        "SWIN_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
-        "SWIN_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-        "SWIN_LOG_LEVEL": "warning",
-    }
-    log_path = tmp_path_factory.mktemp("browser-server") / "server.log"
-    with log_path.open("w+b") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "swin_serve.server"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_readyz(url, proc, 90, lambda: log.seek(0) or log.read().decode())
-            yield Server(url, MAX_BATCH_SIZE, MAX_UPLOAD_BYTES)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    yield from serve_for_the_page(env, tmp_path_factory)
 
 
 def _chromium_path() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.browser.conftest import Server, _serve
+from tests.browser.page_server import Server, serve_for_the_page
 
 KEY = "page-test-key-0123456789abcdef"
 
@@ -25,7 +25,7 @@ def keyed_server(
     tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     env = {"SWIN_MODEL_PATH": str(tiny_model_path), "SWIN_API_KEYS": KEY}
-    yield from _serve(env, tmp_path_factory)
+    yield from serve_for_the_page(env, tmp_path_factory)
 
 
 def test_the_page_asks_for_a_key_and_sends_it(page, keyed_server, images_dir):

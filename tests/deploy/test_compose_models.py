@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import load_compose, merge
 from tests.deploy.test_docker_files import (
     EXPORT_ARGS,
     SWITCHES,
@@ -24,6 +23,7 @@ from tests.deploy.test_docker_files import (
     interpolate,
     option,
 )
+from tests.support.deploy_files import load_compose, merge
 
 SERVICE = "swin-serve"
 BYO = "docker-compose.byo.yml"

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from swin_serve.server.repository.files import model_name, scan
-from tests.deploy.conftest import ROOT, SERVICE, load_compose, merge
 from tests.deploy.test_compose_models import mounts
 from tests.deploy.test_docker_files import built, depends_on, env_of, interpolate
+from tests.support.deploy_files import ROOT, SERVICE, load_compose, merge
 
 REPOSITORY = "docker-compose.repository.yml"
 MOUNT = "/models"

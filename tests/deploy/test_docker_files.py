@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import merge
 from tests.support import need_make
+from tests.support.deploy_files import merge
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "swin-serve"

@@ -54,9 +54,9 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
-def with_servicemonitor(overlay: str, tmp: Path) -> Path:
-    """A kustomization of ``overlay`` plus the ServiceMonitor component, as a user writes it
-    (kustomize takes only relative paths)."""
+def with_component(overlay: str, component: Path, tmp: Path) -> Path:
+    """A kustomization of ``overlay`` plus ``component``, as a user writes it (kustomize takes
+    only relative paths)."""
     rel = lambda p: os.path.relpath(p, tmp)  # noqa: E731
     (tmp / "kustomization.yaml").write_text(
         yaml.safe_dump(
@@ -64,7 +64,7 @@ def with_servicemonitor(overlay: str, tmp: Path) -> Path:
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [rel(K8S / "overlays" / overlay)],
-                "components": [rel(K8S / "components" / "servicemonitor")],
+                "components": [rel(component)],
             }
         )
     )
@@ -78,7 +78,9 @@ def rendered(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
     for overlay in OVERLAYS:
         out[overlay] = kustomize(K8S / "overlays" / overlay)
         tmp = tmp_path_factory.mktemp(f"{overlay}-servicemonitor")
-        out[f"{overlay}+servicemonitor"] = kustomize(with_servicemonitor(overlay, tmp))
+        out[f"{overlay}+servicemonitor"] = kustomize(
+            with_component(overlay, K8S / "components" / "servicemonitor", tmp)
+        )
     return out
 
 

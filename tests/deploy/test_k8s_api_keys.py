@@ -4,7 +4,6 @@ and the result still validates strictly against the Kubernetes API's schema."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,32 +11,27 @@ import pytest
 import yaml
 
 from swin_serve.server.settings import Settings
-from tests.deploy.test_k8s import K8S, OLDEST_KUBERNETES, OVERLAYS, container, kustomize, pod_spec
+from tests.deploy.test_k8s import (
+    K8S,
+    OLDEST_KUBERNETES,
+    OVERLAYS,
+    container,
+    kustomize,
+    pod_spec,
+    with_component,
+)
 
 COMPONENT = K8S / "components" / "api-keys"
 SECRET = "swin-api-keys"
-
-
-def with_api_keys(overlay: str, tmp: Path) -> Path:
-    rel = lambda p: os.path.relpath(p, tmp)  # noqa: E731
-    (tmp / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [rel(K8S / "overlays" / overlay)],
-                "components": [rel(COMPONENT)],
-            }
-        )
-    )
-    return tmp
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def builds(request, tmp_path_factory) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the overlay, the overlay with the component)."""
     tmp = tmp_path_factory.mktemp(f"{request.param}-api-keys")
-    return kustomize(K8S / "overlays" / request.param), kustomize(with_api_keys(request.param, tmp))
+    return kustomize(K8S / "overlays" / request.param), kustomize(
+        with_component(request.param, COMPONENT, tmp)
+    )
 
 
 def test_the_keys_file_is_the_mounted_secrets_entry(builds):

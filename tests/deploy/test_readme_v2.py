@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.deploy.test_docs import readme_python
-from tests.support.v2 import ServerProcess, start_server
+from tests.support.live_server import LiveServer, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 README_MODEL = "swin_tiny_patch4_window7_224"
@@ -21,19 +21,15 @@ CLASS = re.compile(rb"(-?\d+\.\d{6}):(\d+):(.+)")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("readme-v2") / "server.log"
-    proc = start_server(tiny_model_path, log)
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def server(tiny_model_path: Path, tmp_path_factory) -> Iterator[LiveServer]:
+    with start_server(tmp_path_factory.mktemp("readme-v2"), model_path=tiny_model_path) as server:
+        yield server
 
 
-def pointed_at(code: str, server: ServerProcess, model: str) -> str:
+def pointed_at(code: str, server: LiveServer, model: str) -> str:
     """The example with the README's addresses and model name replaced by the test server's."""
     for old, new in (
-        (README_HTTP, server.url.removeprefix("http://")),
+        (README_HTTP, server.base.removeprefix("http://")),
         (README_GRPC, server.grpc_address),
         (f'"{README_MODEL}"', f'"{model}"'),
     ):

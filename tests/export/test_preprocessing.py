@@ -12,6 +12,7 @@ from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD
 from swin_serve.export.__main__ import parse_args
 from swin_serve.export.preprocessing import TransformFlags, decide_transform
 from swin_serve.export.transform_configs import TransformConfigError
+from tests.support.processors import clip_processor
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -96,20 +97,7 @@ def test_a_vit_processor_leaves_out_fields_at_vits_defaults(tmp_path):
 
 
 def test_shortest_edge_with_a_centre_crop_is_a_crop_with_transformers_floor_offset(tmp_path):
-    processor = {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": 146},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": 128, "width": 128},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.48, 0.45, 0.40],
-        "image_std": [0.26, 0.26, 0.27],
-        "do_convert_rgb": True,
-    }
+    processor = clip_processor(146, 128, mean=[0.48, 0.45, 0.40], std=[0.26, 0.26, 0.27])
     spec = decide_transform(str(hf_folder(tmp_path, processor)), 128, TransformFlags()).spec
     assert (spec.resize_mode, spec.resize_shorter, spec.crop_size, spec.crop_offset) == (
         "crop",

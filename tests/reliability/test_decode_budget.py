@@ -15,7 +15,6 @@ import io
 import re
 import signal
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from swin_serve.server.v2 import messages
 from tests.support import free_port, metric
+from tests.support.v2 import grpc_infer_image
 
 SLOW_MARK = b"harness:slow-decode"  # tests/reliability/harness.py SLOW_DECODE_MARK
 HANG_GUARD_S = 30.0  # any wait on the server: only a hung server takes this long
@@ -99,18 +98,7 @@ def v2_infer(server, data: bytes) -> httpx.Response:
 
 def grpc_infer(server, data: bytes, timeout_s: float = HANG_GUARD_S):
     name = httpx.get(f"{server.base}/v1/models", timeout=10).json()["name"]
-    request = messages.ModelInferRequest(
-        model_name=name,
-        inputs=[{"name": "image", "datatype": "BYTES", "shape": [1]}],
-        raw_input_contents=[struct.pack("<I", len(data)) + data],
-    )
-    with grpc.insecure_channel(server.grpc_address) as channel:
-        call = channel.unary_unary(
-            f"/{messages.SERVICE}/ModelInfer",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=messages.response_type("ModelInfer").FromString,
-        )
-        return call(request, timeout=timeout_s)
+    return grpc_infer_image(server.grpc_address, name, data, timeout=timeout_s)
 
 
 def error_of(resp: httpx.Response) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from onnx import numpy_helper
 
 from swin_serve.artifact.contract import MANIFEST_KEY
+from tests.support.live_server import SERVE
 
 # Loading, the golden self-check and exiting take seconds; a server still running after this
 # long is one that did not refuse its model.
@@ -99,37 +99,27 @@ def _transform_changed(source: Path, dest: Path) -> str:
     [_truncated, _weights_changed, _transform_changed],
     ids=["corrupt", "tampered", "transform"],
 )
-def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_path, helpers, damage):
+def test_a_damaged_model_exits_3_without_ever_listening(
+    start_server, tiny_model_path, tmp_path, damage
+):
     damaged = tmp_path / "damaged.onnx"
     expected_message = damage(tiny_model_path, damaged)
-    port = helpers.free_port()
-    env = helpers.server_env(damaged, port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swin_serve.server"],
-        cwd=helpers.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = start_server(model_path=damaged, command=SERVE, wait=False)
     accepted = 0
     start = time.monotonic()
-    try:
-        # Poll the port for the whole life of the process: a half-alive server would accept.
-        # Until the first connection it accepts, or a deadline: a server that took the damaged
-        # file and serves fails here, with its output, rather than at pytest-timeout.
-        while proc.poll() is None and not accepted and time.monotonic() < start + EXIT_WITHIN_S:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-                accepted += 1
-            except httpx.TransportError:
-                pass
-            time.sleep(0.02)
-    finally:
-        still_running = proc.poll() is None
-        if still_running:
-            proc.kill()
-        out = proc.communicate(timeout=30)[0]
+    # Poll the port for the whole life of the process: a half-alive server would accept.
+    # Until the first connection it accepts, or a deadline: a server that took the damaged
+    # file and serves fails here, with its output, rather than at pytest-timeout.
+    while server.proc.poll() is None and not accepted and time.monotonic() < start + EXIT_WITHIN_S:
+        try:
+            httpx.get(f"{server.base}/healthz", timeout=0.5)
+            accepted += 1
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    still_running = server.proc.poll() is None
+    rc = server.stop()
+    out = server.log()
     if still_running:
         pytest.fail(
             f"swin-serve on a damaged model ({damage.__name__}) was still running after "
@@ -137,6 +127,6 @@ def test_a_damaged_model_exits_3_without_ever_listening(tiny_model_path, tmp_pat
             f"for exit code 3 with {expected_message!r}, within {EXIT_WITHIN_S} s and without "
             f"ever listening. Its output:\n{out}"
         )
-    assert proc.returncode == 3, out
+    assert rc == 3, out
     assert expected_message in out and str(damaged) in out
     assert accepted == 0

@@ -25,6 +25,7 @@ from PIL import Image
 from schemathesis.specs.openapi.checks import status_code_conformance
 
 from tests.support import free_port
+from tests.support.v2 import length_prefixed
 
 EXAMPLES_PER_OPERATION = 40
 RANDOM_IMAGES = 200
@@ -160,10 +161,6 @@ _OUTPUTS = st.lists(
 )
 
 
-def _length_prefixed(blobs: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
-
-
 def _same(a, b) -> bool:
     """Equal as JSON: ``True == 1`` in Python, not in a request."""
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -227,7 +224,7 @@ def _v2_bodies(draw, size: int, num_classes: int) -> tuple[dict, bytes, list[str
         blobs = _BLOBS if may("images") else st.just(_GOOD_IMAGE)
         images = draw(st.lists(blobs, min_size=0 if may("images") else 1, max_size=3))
         spec: dict = {"name": "image", "datatype": "BYTES", "shape": [len(images)]}
-        section = _length_prefixed(images)
+        section = length_prefixed(*images)
         json_data = [base64.b64encode(b).decode() for b in images]
         n = len(images)
         if any(b != _GOOD_IMAGE for b in images):
@@ -489,7 +486,7 @@ def _grpc_calls(draw, live: dict) -> tuple[bytes, list[tuple[grpc.StatusCode, st
         files = [b for b, _ in images]
         shape = draw(st.sampled_from([[n], [n, 1]]))
         tensor = {"name": "image", "datatype": "BYTES", "shape": shape}
-        raw, contents = _length_prefixed(files), {"bytes_contents": files}
+        raw, contents = length_prefixed(*files), {"bytes_contents": files}
     else:
         n = draw(st.integers(0 if may("images") else 1, 2))
         values = [0.5, -1.0, 3.4e38] + ([float("nan"), float("inf")] if may("pixels") else [])

@@ -23,6 +23,7 @@ from PIL import Image
 
 from swin_serve.server.v2 import messages
 from tests.support import free_port
+from tests.support.v2 import length_prefixed
 
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT_S = 1.5
@@ -33,12 +34,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    grpc_port = free_port()
-    live = start_module_server(
-        max_upload_bytes=MAX_BODY, body_timeout_s=BODY_TIMEOUT_S, grpc_port=grpc_port
+    return start_module_server(
+        max_upload_bytes=MAX_BODY, body_timeout_s=BODY_TIMEOUT_S, grpc_port=free_port()
     )
-    live.grpc_address = f"127.0.0.1:{grpc_port}"
-    return live
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +65,6 @@ def jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 32), (30, 120, 220)).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def length_prefixed(*elements: bytes) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
 def image_spec(n: int = 1, **extra) -> dict:

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from swin_serve.server.auth import OPEN_PATHS, ApiKeys, parse_keys
 from swin_serve.server.settings import Settings
 from swin_serve.server.v2 import messages
-from tests.server.conftest import image_bytes, test_settings
 from tests.support import free_port, metric, parse_metrics
+from tests.support.fakes import default_model, image_bytes, test_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -348,7 +348,7 @@ async def test_grpc_with_keys_refuses_a_missing_or_wrong_key(grpc_serving):
             metric(samples, "swin_grpc_requests_total", method="ModelInfer", code="UNAUTHENTICATED")
             == 2
         )
-        assert served.app.state.service.lifecycle.model.engine.calls == []
+        assert default_model(served.app.state.service.lifecycle).engine.calls == []
 
 
 async def test_grpc_with_keys_serves_the_right_key_and_leaves_the_probes_open(grpc_serving):

@@ -145,11 +145,11 @@ def test_a_version_1_manifest_refusal_names_the_fields_it_cannot_state(manifest)
         parse_manifest(json.dumps(data))
 
 
-def _run_main(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _run_main(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
     env.update(env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "swin_serve.server"],
+        [sys.executable, "-m", "swin_serve.server", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -162,6 +162,23 @@ def test_cli_rejects_bad_settings_with_exit_2():
     proc = _run_main({"SWIN_MAX_BATCH_SIZE": "-1"})
     assert proc.returncode == 2
     assert "max_batch_size" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_setting_with_its_default_and_starts_nothing(flag):
+    # A model that does not exist: were the server to start, it would exit 3.
+    proc = _run_main({"SWIN_MODEL_PATH": "/nonexistent.onnx"}, flag)
+    assert proc.returncode == 0, proc.stderr
+    for name in Settings.model_fields:
+        assert f"SWIN_{name.upper()}" in proc.stdout, name
+    assert "default 'artefacts/swin_tiny_patch4_window7_224.onnx'" in proc.stdout
+    assert "ready: serving" not in proc.stdout + proc.stderr
+
+
+def test_an_argument_the_server_would_ignore_is_refused_with_exit_2():
+    proc = _run_main({}, "--port", "9000")
+    assert proc.returncode == 2
+    assert "takes no arguments but --help" in proc.stderr and "SWIN_PORT" in proc.stderr
 
 
 def test_cli_exits_non_zero_with_a_clear_message_when_the_model_is_missing(tmp_path):

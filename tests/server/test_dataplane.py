@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from swin_serve.server.v2 import messages
-from tests.server.conftest import image_bytes
 from tests.support import free_port, until
+from tests.support.fakes import default_model, image_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +71,7 @@ async def test_the_model_is_leased_while_a_request_runs_and_given_back_once_answ
     port = free_port()
     app = make_app(engine, grpc_port=port)
     async with serve(app) as client:
-        model = app.state.service.lifecycle.model
+        model = default_model(app.state.service.lifecycle)
         running = asyncio.ensure_future(_senders(client, port)[transport]())
         await until(lambda: engine.calls)
         assert model.leases == 1  # held while its image is on the model
@@ -85,7 +85,7 @@ async def test_a_request_refused_once_leased_gives_the_lease_back(make_app, serv
     port = free_port()
     app = make_app(grpc_port=port)
     async with serve(app) as client:
-        model = app.state.service.lifecycle.model
+        model = default_model(app.state.service.lifecycle)
         senders = _senders(client, port, version="2")  # a version the model does not have
         by_http = await senders["v2 http"]()
         with pytest.raises(grpc.aio.AioRpcError) as by_grpc:

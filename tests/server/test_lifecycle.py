@@ -9,29 +9,14 @@ import threading
 import pytest
 
 from swin_serve.server.lifecycle import Phase
-from tests.support import metric, parse_metrics, until
+from tests.support import eventually, metric, parse_metrics, until, within
+from tests.support.fakes import default_model
 
 pytestmark = pytest.mark.anyio
 
 
 def _ready_gauge(lifecycle) -> float:
     return metric(parse_metrics(lifecycle.metrics.render().decode()), "swin_ready")
-
-
-async def _until(condition, what: str, timeout_s: float = 30.0) -> None:
-    """``until``, failing with what it waited for."""
-    try:
-        await until(condition, timeout_s)
-    except AssertionError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
-
-
-async def _within(awaitable, what: str, timeout_s: float = 30.0):
-    """``await awaitable``, failing with what it waited for if that takes over ``timeout_s``."""
-    try:
-        return await asyncio.wait_for(awaitable, timeout_s)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
 
 
 async def test_phases_follow_load_warm_up_drain_and_stop_with_the_readiness_gauge(
@@ -89,13 +74,13 @@ async def test_the_drain_deadline_answers_unfinished_requests_while_the_model_is
         requests = [
             asyncio.create_task(client.post("/classify", files={"file": im})) for im in pngs(2)
         ]
-        await _until(
-            lambda: engine.calls and lifecycle.model.batcher.depth == 1,
+        await eventually(
+            lambda: engine.calls and default_model(lifecycle).batcher.depth == 1,
             "one image on the model and one queued behind it",
         )
         in_flight_at_drain = not release.is_set() and not any(r.done() for r in requests)
         lifecycle.begin_drain()  # what SIGTERM does; nothing else happens until the deadline
-        answers = await _within(asyncio.gather(*requests), "the drain deadline's answers")
+        answers = await within(asyncio.gather(*requests), "the drain deadline's answers")
         answered_while_held = not release.is_set()
         release.set()  # the run ends only now; its answer has nobody left to go to
     assert in_flight_at_drain, "the drain began after a request had already ended"

@@ -6,10 +6,10 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -20,6 +20,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".png", ".gif", ".bmp", ".webp"})
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -40,27 +42,6 @@ def parse_metrics(text: str) -> Samples:
 
 def metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for_readyz(
-    base_url: str,
-    proc: subprocess.Popen,
-    timeout_s: float = 90.0,
-    log: Callable[[], str] = lambda: "",
-) -> None:
-    """Poll `/readyz` until it answers 200; fail the test, with the server's log, if the
-    process exits first or the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"swin-serve exited with {proc.returncode}:\n{log()}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"server at {base_url} not ready within {timeout_s:.0f} s:\n{log()}")
 
 
 def sample_images(images_dir: Path) -> list[Path]:
@@ -129,6 +110,30 @@ async def until(condition: Callable[[], object], timeout_s: float = 10.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.005)
+
+
+async def eventually(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """``until``, failing with what it waited for."""
+    try:
+        await until(condition, timeout_s)
+    except AssertionError:
+        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
+
+
+async def within(awaitable: Awaitable[T], what: str, timeout_s: float = 30.0) -> T:
+    """``await awaitable``, failing with what it waited for if that takes over ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
+
+
+def settle(path: Path) -> Path:
+    """Date ``path`` a minute back, so that the repository takes it as settled (not a file still
+    being copied in) at once."""
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    return path
 
 
 def checkout_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

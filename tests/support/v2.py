@@ -1,81 +1,45 @@
-"""Helpers for tests/server/v2/test_e2e.py: a real ``swin-serve`` process with gRPC on,
+"""Helpers for tests of the Open Inference Protocol (v2): BYTES tensors' binary encoding,
 Triton's clients behind one small interface, and preprocessing written independently of
 ``swin_serve.artifact.preprocess``."""
 
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import httpx
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
-from tests.support import Samples, free_port, parse_metrics, wait_for_readyz
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class ServerProcess:
-    """A running server: its process, its HTTP base URL and its gRPC address (host:port)."""
-
-    proc: subprocess.Popen
-    url: str
-    grpc_address: str
-    log: IO[bytes]
-
-    def log_text(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def metrics(self) -> Samples:
-        return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=5).text)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def length_prefixed(*elements: bytes) -> bytes:
+    """BYTES elements as the v2 protocol's binary data carries them: each one after its length,
+    4 bytes little-endian."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
-def start_server(model_path: Path, log_path: Path, **env: str) -> ServerProcess:
-    """``swin-serve`` on free HTTP and gRPC ports, ready (``/readyz`` 200; gRPC listens
-    before the server turns ready). ``env``: extra SWIN_* settings."""
-    port, grpc_port = free_port(), free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
-    environ.update(
-        SWIN_MODEL_PATH=str(model_path),
-        SWIN_HOST="127.0.0.1",
-        SWIN_PORT=str(port),
-        SWIN_GRPC_PORT=str(grpc_port),
-        SWIN_PROVIDERS="cpu",
-        SWIN_PRECISION="fp32",  # the tests compare with ONNX Runtime fp32
-        SWIN_LOG_LEVEL="warning",
+def grpc_infer_image(address: str, model: str, image: bytes, **call: Any) -> Any:
+    """One image through ModelInfer over a fresh channel, with the server's own message types
+    (``call`` goes to the call: ``timeout``, ``metadata``)."""
+    from swin_serve.server.v2 import messages
+
+    request = messages.ModelInferRequest(
+        model_name=model,
+        inputs=[{"name": "image", "datatype": "BYTES", "shape": [1]}],
+        raw_input_contents=[length_prefixed(image)],
     )
-    environ.update(env)
-    log = log_path.open("w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swin_serve.server"], cwd=ROOT, env=environ, stdout=log, stderr=log
-    )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", log)
-    try:
-        wait_for_readyz(server.url, proc, 90, server.log_text)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    with grpc.insecure_channel(address) as channel:
+        infer = channel.unary_unary(
+            f"/{messages.SERVICE}/ModelInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=messages.response_type("ModelInfer").FromString,
+        )
+        return infer(request, **call)
 
 
 @dataclass(frozen=True)

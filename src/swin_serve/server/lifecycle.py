@@ -24,7 +24,7 @@ from enum import StrEnum
 
 from swin_serve.server.observability.metrics import Metrics
 from swin_serve.server.repository.loader import Loader
-from swin_serve.server.repository.models import LoadAbandoned, LoadedModel, Opener
+from swin_serve.server.repository.models import LoadAbandoned, Opener
 from swin_serve.server.runtime.batcher import Batcher, Draining
 from swin_serve.server.runtime.decoding import DecodePool
 from swin_serve.server.settings import Settings
@@ -92,12 +92,6 @@ class Lifecycle:
     def failed(self) -> bool:
         """The device failed for good (the log says how); nothing recovers from this."""
         return self.phase is Phase.FATAL
-
-    @property
-    def model(self) -> LoadedModel | None:
-        """The default model (maybe still warming up), if there is one."""
-        entry = self.registry.default_entry()
-        return entry.model if entry is not None else None
 
     @property
     def taking_requests(self) -> bool:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.support import assert_same_predictions, metric, parse_metrics, until
+from tests.support.fakes import default_model
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +31,7 @@ async def test_healthz_and_readyz_ok_after_warmup(make_app, serve):
     async with serve(app) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         assert (await client.get("/readyz")).json() == {"status": "ready"}
-        assert app.state.service.lifecycle.model.engine.warmup_sizes == [1, 2, 4, 8]
+        assert default_model(app.state.service.lifecycle).engine.warmup_sizes == [1, 2, 4, 8]
 
 
 async def test_readyz_is_503_until_warm_and_while_draining(make_app, make_engine, serve):
@@ -66,7 +67,7 @@ async def test_requests_reaching_a_draining_server_still_complete(
         assert (await running).status_code == 200
         assert late.status_code == 200
         # What the lifespan does after uvicorn drained:
-        await app.state.service.lifecycle.model.batcher.drain(5)
+        await default_model(app.state.service.lifecycle).batcher.drain(5)
         _assert_error(await client.post("/classify", files={"file": png()}), 503, "draining")
     assert sum(engine.calls) == 2  # both ran; the one after drain() never did
 

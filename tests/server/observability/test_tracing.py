@@ -19,8 +19,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from swin_serve.server.observability import tracing
 from swin_serve.server.observability.logs import ACCESS_LOGGER
 from swin_serve.server.v2 import messages
-from tests.server.conftest import image_bytes
-from tests.support import ROOT, checkout_env, free_port, until
+from tests.support import ROOT, checkout_env, eventually, free_port, until
+from tests.support.fakes import default_model, image_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -39,14 +39,6 @@ def children(exporter: InMemorySpanExporter, parent: ReadableSpan) -> list[str]:
         for s in exporter.get_finished_spans()
         if s.parent is not None and s.parent.span_id == parent.context.span_id
     )
-
-
-async def _until(condition, what: str, timeout_s: float = 30.0) -> None:
-    """``until``, failing with what it waited for."""
-    try:
-        await until(condition, timeout_s)
-    except AssertionError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
 
 
 async def test_a_request_is_one_server_span_continuing_the_callers_trace(make_app, serve, spans):
@@ -91,12 +83,14 @@ async def test_a_batched_run_is_one_span_linked_to_every_request_it_served(
     async with serve(app) as client:
         # One image first, to hold the single run slot; the next four then queue and batch.
         first = asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
-        await _until(lambda: engine.calls, "the first image to reach the model")
+        await eventually(lambda: engine.calls, "the first image to reach the model")
         rest = [
             asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
             for _ in range(n)
         ]
-        await _until(lambda: lifecycle.model.batcher.depth == n, f"{n} images queued behind it")
+        await eventually(
+            lambda: default_model(lifecycle).batcher.depth == n, f"{n} images queued behind it"
+        )
         release.set()
         answers = await asyncio.gather(first, *rest)
     assert all(a.status_code == 200 for a in answers)
@@ -354,7 +348,7 @@ async def test_a_request_whose_deadline_passed_in_the_queue_still_shows_its_wait
     engine, release = gated_engine  # the model is busy until release is set
     async with serve(make_app(engine, max_batch_size=1, parallel_batches=1)) as client:
         first = asyncio.create_task(client.post("/classify", files={"file": image_bytes()}))
-        await _until(lambda: engine.calls, "the first image to reach the model")
+        await eventually(lambda: engine.calls, "the first image to reach the model")
         # The only run slot is held, so this one's 100 ms pass in the queue.
         late = await client.post(
             "/classify", files={"file": image_bytes()}, headers={"X-Request-Timeout-Ms": "100"}

@@ -5,13 +5,9 @@ the start-up path that reads those variables."""
 
 from __future__ import annotations
 
-import os
-import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -19,10 +15,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bench.span_sink import SpanSink
 from swin_serve.server.v2 import messages
-from tests.server.conftest import image_bytes
-from tests.support.v2 import ServerProcess, start_server
+from tests.support.fakes import image_bytes
+from tests.support.live_server import LiveServer, start_server
+from tests.support.v2 import grpc_infer_image
 
-ROOT = Path(__file__).resolve().parents[3]
 SPAN_WAIT_S = 60.0  # the export interval is 0.1 s here: a minute is a busy machine, not a delay
 RUN, QUEUE = "model run", "queue"
 
@@ -61,22 +57,17 @@ def sink() -> Iterator[KeepingSink]:
 
 
 @pytest.fixture(scope="module")
-def server(sink, tiny_model_path, tmp_path_factory) -> Iterator[ServerProcess]:
+def server(sink, tiny_model_path, tmp_path_factory) -> Iterator[LiveServer]:
     otel = {
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{sink.endpoint}/v1/traces",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    log = tmp_path_factory.mktemp("tracing-live") / "server.log"
-    with pytest.MonkeyPatch.context() as patch:
-        # Only the variables above: a developer's own OTEL_* must not change what is tested.
-        for key in [k for k in os.environ if k.startswith("OTEL_")]:
-            patch.delenv(key)
-        proc = start_server(tiny_model_path, log, PYTHONPATH=str(ROOT / "src"), **otel)
-    try:
-        yield proc
-    finally:
-        proc.stop()
+    # Only these: a developer's own OTEL_* must not change what is tested, and start_server
+    # passes none on.
+    log_dir = tmp_path_factory.mktemp("tracing-live")
+    with start_server(log_dir, model_path=tiny_model_path, env=otel) as server:
+        yield server
 
 
 def traceparent(trace_id: str, parent_id: str) -> str:
@@ -84,7 +75,7 @@ def traceparent(trace_id: str, parent_id: str) -> str:
 
 
 def wait_for_trace(
-    sink: KeepingSink, server: ServerProcess, trace_id: str, names: set[str]
+    sink: KeepingSink, server: LiveServer, trace_id: str, names: set[str]
 ) -> dict[str, list[Span]]:
     """The spans of ``trace_id`` by name, once one of each of ``names`` has been exported."""
     deadline = time.monotonic() + SPAN_WAIT_S
@@ -93,7 +84,7 @@ def wait_for_trace(
             pytest.fail(
                 f"spans {sorted(names - spans.keys())} of trace {trace_id} not exported to the "
                 f"OTLP sink within {SPAN_WAIT_S:.0f} s; all spans received, by name: "
-                f"{sink.summary()['by_name']}\nserver log:\n{server.log_text()}"
+                f"{sink.summary()['by_name']}\nserver log:\n{server.log()}"
             )
         time.sleep(0.05)
     return spans
@@ -112,7 +103,7 @@ def assert_one_run_served_the_request(spans: dict[str, list[Span]], request: Spa
 def test_a_classify_request_reaches_the_collector_in_the_callers_trace(server, sink):
     trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     answer = httpx.post(
-        f"{server.url}/classify",
+        f"{server.base}/classify",
         files={"file": image_bytes()},
         headers={"traceparent": traceparent(trace_id, parent_id)},
         timeout=60,
@@ -129,18 +120,13 @@ def test_a_classify_request_reaches_the_collector_in_the_callers_trace(server, s
 def test_a_grpc_model_infer_reaches_the_collector_in_the_callers_trace(server, sink, tiny_export):
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     image = image_bytes()
-    request = messages.ModelInferRequest(
-        model_name=tiny_export.manifest.name,
-        inputs=[{"name": "image", "datatype": "BYTES", "shape": [1]}],
-        raw_input_contents=[struct.pack("<I", len(image)) + image],
+    grpc_infer_image(
+        server.grpc_address,
+        tiny_export.manifest.name,
+        image,
+        metadata=[("traceparent", traceparent(trace_id, parent_id))],
+        timeout=60,
     )
-    with grpc.insecure_channel(server.grpc_address) as channel:
-        infer = channel.unary_unary(
-            f"/{messages.SERVICE}/ModelInfer",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=messages.response_type("ModelInfer").FromString,
-        )
-        infer(request, metadata=[("traceparent", traceparent(trace_id, parent_id))], timeout=60)
     name = f"{messages.SERVICE}/ModelInfer"
     spans = wait_for_trace(sink, server, trace_id, {name, RUN, QUEUE})
     (call,) = spans[name]

@@ -24,8 +24,8 @@ from swin_serve.server.http.app import create_app
 from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime.engine import ModelLoadError
 from swin_serve.server.settings import Settings
-from tests.server.conftest import FakeEngine, image_bytes, running, tiny_manifest
-from tests.support import free_port, metric, parse_metrics, until
+from tests.support import free_port, metric, parse_metrics, settle, until
+from tests.support.fakes import FakeEngine, default_model, image_bytes, running, tiny_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -69,9 +69,7 @@ def publish(repo: Path, name: str, text: str) -> None:
     dated a minute back so that it counts as settled at once."""
     tmp = repo / f".{name}.onnx.tmp"
     tmp.write_text(text)
-    past = time.time() - 60
-    os.utime(tmp, (past, past))
-    os.replace(tmp, repo / f"{name}.onnx")
+    os.replace(settle(tmp), repo / f"{name}.onnx")
 
 
 def make_repo_app(repo: Path, **overrides: Any):
@@ -321,8 +319,7 @@ async def test_a_file_still_being_written_is_left_for_a_later_look(repo):
         (repo / "b.onnx").write_text("labels=b")  # copied in place: its time is now
         await reload(app)
         assert "b" not in await states(client)
-        past = time.time() - 60
-        os.utime(repo / "b.onnx", (past, past))
+        settle(repo / "b.onnx")
         await reload(app)
         assert top_label(await classify(client, "b")).startswith("b")
 
@@ -376,8 +373,7 @@ async def test_a_file_made_readable_is_tried_again(repo):
     async with running(app) as client:
         assert (await states(client))["b"][0] == "failed"
         (repo / "b.onnx").write_text("labels=b")  # a chmod: only its status-change time moves
-        past = time.time() - 60
-        os.utime(repo / "b.onnx", (past, past))
+        settle(repo / "b.onnx")
         await reload(app)
         assert top_label(await classify(client, "b")).startswith("b")
 
@@ -419,7 +415,7 @@ async def test_grpc_serves_each_model_and_admits_by_the_named_models_queue(repo)
     async with running(app) as client:
         # The default model's queue fills up; a call to another model must not mind.
         flood = [asyncio.create_task(classify(client)) for _ in range(16)]
-        await until(lambda: not app.state.service.lifecycle.model.batcher.has_room(1))
+        await until(lambda: not default_model(app.state.service.lifecycle).batcher.has_room(1))
         grpc_client = tritongrpc_aio.InferenceServerClient(f"127.0.0.1:{port}")
         try:
             pixels = tritongrpc_aio.InferInput("pixel_values", [1, 3, 32, 32], "FP32")

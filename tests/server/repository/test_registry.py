@@ -15,8 +15,8 @@ from swin_serve.server.repository import registry as registry_module
 from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.repository.registry import ModelState, Registry
 from swin_serve.server.settings import Settings
-from tests.server.conftest import FakeEngine
 from tests.support import metric, parse_metrics
+from tests.support.fakes import FakeEngine
 
 REPOSITORY_PACKAGE = Path(registry_module.__file__).parent
 ENTRY_FIELDS = {"state", "model", "reason", "stamp", "refused", "replacing"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from swin_serve.server.http.app import create_app
 from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime.engine import ModelLoadError, OnnxEngine
 from swin_serve.server.settings import Settings
-from tests.server.conftest import image_bytes, running, tiny_manifest
 from tests.server.runtime.test_engine import build_synthetic_model
+from tests.support import settle
+from tests.support.fakes import image_bytes, running, tiny_manifest
 
 pytestmark = pytest.mark.anyio
 
@@ -61,9 +61,7 @@ def publish(target: Path, data: bytes) -> None:
     """Rename ``data`` into place at ``target``, dated a minute back (settled at once)."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(data)
-    past = time.time() - 60
-    os.utime(tmp, (past, past))
-    os.replace(tmp, target)
+    os.replace(settle(tmp), target)
 
 
 def after_the_first_read(monkeypatch, then: Callable[[], None]) -> threading.Event:

@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +23,7 @@ import httpx
 import pytest
 
 from swin_serve.server.repository.files import SETTLE_S
-from tests.support import free_port, wait_for_readyz
-from tests.support.v2 import ROOT, ServerProcess
+from tests.support.live_server import LiveServer, start_server
 
 NEW_HEAD = re.compile(r"class_[0-6]")  # the 7-class export's labels
 TIMEOUT_S = 90.0  # for anything the server does in the background: a slow, busy 2-core runner
@@ -35,6 +32,17 @@ Index = dict[str, dict]  # model name -> its entry in GET /v1/models (unloading 
 
 
 # -- the repository and the server ----------------------------------------------------------------
+
+# What the server runs with besides its repository and default model: HTTP only.
+SERVER_SETTINGS = {
+    "grpc_port": 0,
+    "log_level": "info",  # the reload and drain lines are asserted
+    "max_batch_size": 2,
+    "intra_op_threads": 1,
+    "decode_threads": 2,
+    # Loads share the two CPUs with the load; a request must not time out while one runs.
+    "request_timeout_ms": 60000,
+}
 
 
 def publish(repo: Path, name: str, source: Path | bytes) -> None:
@@ -51,45 +59,8 @@ def publish(repo: Path, name: str, source: Path | bytes) -> None:
     os.replace(tmp, repo / f"{name}.onnx")
 
 
-def start_server(repo: Path, log_path: Path, default_model: str) -> ServerProcess:
-    """``swin-serve`` on ``repo`` (HTTP only, on a free port), ready."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SWIN_", "OMP_", "MKL_"))}
-    environ.update(
-        # This checkout's package, first: never the one an inherited PYTHONPATH or the
-        # virtualenv's editable install (another checkout) would give.
-        PYTHONPATH=os.pathsep.join(
-            [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
-        ),
-        SWIN_MODEL_REPOSITORY=str(repo),
-        SWIN_DEFAULT_MODEL=default_model,
-        SWIN_HOST="127.0.0.1",
-        SWIN_PORT=str(port),
-        SWIN_GRPC_PORT="0",
-        SWIN_PROVIDERS="cpu",
-        SWIN_PRECISION="fp32",  # the tests compare with ONNX Runtime fp32
-        SWIN_LOG_LEVEL="info",  # the reload and drain lines are asserted
-        SWIN_MAX_BATCH_SIZE="2",
-        SWIN_INTRA_OP_THREADS="1",
-        SWIN_DECODE_THREADS="2",
-        # Loads share the two CPUs with the load; a request must not time out while one runs.
-        SWIN_REQUEST_TIMEOUT_MS="60000",
-    )
-    log = log_path.open("w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swin_serve.server"], cwd=ROOT, env=environ, stdout=log, stderr=log
-    )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", "", log)
-    try:
-        wait_for_readyz(server.url, proc, TIMEOUT_S, server.log_text)
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
 def reload_until(
-    server: ServerProcess, condition: Callable[[Index], object], what: str, *, hup: bool = True
+    server: LiveServer, condition: Callable[[Index], object], what: str, *, hup: bool = True
 ) -> Index:
     """SIGHUP (unless ``hup`` is false), then poll GET /v1/models until ``condition(index)``."""
     if hup:
@@ -98,35 +69,35 @@ def reload_until(
     index: Index = {}
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            pytest.fail(f"the server exited ({server.proc.returncode}):\n{server.log_text()}")
-        resp = httpx.get(f"{server.url}/v1/models", timeout=10)
+            pytest.fail(f"the server exited ({server.proc.returncode}):\n{server.log()}")
+        resp = httpx.get(f"{server.base}/v1/models", timeout=10)
         assert resp.status_code == 200, resp.text
         index = {m["name"]: m for m in resp.json()["models"] if m["state"] != "unloading"}
         if condition(index):
             return index
         time.sleep(0.05)
-    pytest.fail(f"{what}: not seen within {TIMEOUT_S:.0f} s; index {index}\n{server.log_text()}")
+    pytest.fail(f"{what}: not seen within {TIMEOUT_S:.0f} s; index {index}\n{server.log()}")
 
 
 def all_ready(index: Index, *names: str) -> bool:
     return all(index.get(n, {}).get("state") == "ready" for n in names)
 
 
-def wait_until_unloaded(server: ServerProcess, name: str) -> None:
+def wait_until_unloaded(server: LiveServer, name: str) -> None:
     """Until the old version of ``name`` has been unloaded; it must have drained (every request
     holding it finished) rather than timed out."""
     line = f"model {name}: old version unloaded ("
     deadline = time.monotonic() + TIMEOUT_S
-    while line not in (log := server.log_text()):
+    while line not in (log := server.log()):
         if time.monotonic() > deadline:
             pytest.fail(f"{line!r} not logged within {TIMEOUT_S:.0f} s:\n{log}")
         time.sleep(0.05)
     assert f"{line}drained)" in log, log
 
 
-def classify(server: ServerProcess, name: str, image: bytes) -> httpx.Response:
+def classify(server: LiveServer, name: str, image: bytes) -> httpx.Response:
     return httpx.post(
-        f"{server.url}/v1/models/{name}/classify",
+        f"{server.base}/v1/models/{name}/classify",
         params={"top_k": 1},
         files={"file": ("hopper.jpg", image, "image/jpeg")},
         timeout=60,
@@ -247,14 +218,16 @@ def test_repository_changes_under_load_keep_every_request_answered(
     repo.mkdir()
     publish(repo, "under_load", old_model)
     publish(repo, "to_remove", old_model)
-    server = start_server(repo, tmp_path / "server.log", default_model="under_load")
+    server = start_server(
+        tmp_path, model_repository=repo, default_model="under_load", **SERVER_SETTINGS
+    )
     try:
         # Ready means the default model is warm; the others may still be warming up.
         reload_until(
             server, lambda ix: all_ready(ix, "under_load", "to_remove"), "all warm", hup=False
         )
-        load = Load(f"{server.url}/v1/models/under_load/classify", image, clients=3)
-        doomed = Load(f"{server.url}/v1/models/to_remove/classify", image, clients=1)
+        load = Load(f"{server.base}/v1/models/under_load/classify", image, clients=3)
+        doomed = Load(f"{server.base}/v1/models/to_remove/classify", image, clients=1)
         with load, doomed:
             load.wait_for(lambda a: len(a) >= 5, "the load's first answers")
 
@@ -288,7 +261,7 @@ def test_repository_changes_under_load_keep_every_request_answered(
                 "under_load swapped",
             )
             swapped_at = time.monotonic()  # the name already pointed at the new model
-            card = httpx.get(f"{server.url}/v1/models/under_load", timeout=10).json()
+            card = httpx.get(f"{server.base}/v1/models/under_load", timeout=10).json()
             assert card["num_classes"] == 7 and card["digest"] == new_digest, card
             load.wait_for(
                 lambda a: sum(x.sent > swapped_at for x in a) >= 10, "answers after the swap"
@@ -302,7 +275,7 @@ def test_repository_changes_under_load_keep_every_request_answered(
             assert resp.status_code == 404, resp.text
             assert resp.json()["error"]["code"] == "not_found", resp.text
             for path in ("/v1/models/to_remove", "/v2/models/to_remove/ready"):
-                resp = httpx.get(f"{server.url}{path}", timeout=10)
+                resp = httpx.get(f"{server.base}{path}", timeout=10)
                 assert resp.status_code == 404, (path, resp.text)
             doomed.wait_for(lambda a: any(x.status == 404 for x in a), "a 404 to the load")
             doomed.stop()
@@ -319,7 +292,7 @@ def test_repository_changes_under_load_keep_every_request_answered(
         # 5. SIGTERM: everything drains and the process exits 0.
         server.proc.send_signal(signal.SIGTERM)
         rc = server.proc.wait(timeout=60)
-        log = server.log_text()
+        log = server.log()
         assert rc == 0, log
         assert "drained (all requests finished)" in log, log
     finally:
@@ -367,7 +340,7 @@ def test_models_copied_in_place_are_served_once_complete(
     repo = tmp_path / "repository"
     repo.mkdir()
     publish(repo, "base", old_model)
-    server = start_server(repo, tmp_path / "server.log", default_model="base")
+    server = start_server(tmp_path, model_repository=repo, default_model="base", **SERVER_SETTINGS)
     try:
         new_data, old_data = new_model.read_bytes(), old_model.read_bytes()
         # As `cp` does: truncate or create, then write; each copy stops halfway for a while.
@@ -402,6 +375,6 @@ def test_models_copied_in_place_are_served_once_complete(
         assert resp.status_code == 200, resp.text
         assert NEW_HEAD.fullmatch(resp.json()["results"][0]["predictions"][0]["label"])
         server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(timeout=60) == 0, server.log_text()
+        assert server.proc.wait(timeout=60) == 0, server.log()
     finally:
         server.stop()

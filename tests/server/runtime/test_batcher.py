@@ -19,7 +19,7 @@ from swin_serve.server.runtime.batcher import (
     InferenceFailed,
     Overloaded,
 )
-from tests.support import until
+from tests.support import eventually, until, within
 
 pytestmark = pytest.mark.anyio
 
@@ -48,22 +48,6 @@ def _batcher(engine, **kw) -> Batcher:
 
 def _far() -> float:
     return time.monotonic() + 10.0
-
-
-async def _until(condition, what: str, timeout_s: float = 30.0) -> None:
-    """``until``, failing with what it waited for."""
-    try:
-        await until(condition, timeout_s)
-    except AssertionError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
-
-
-async def _within(awaitable, what: str, timeout_s: float = 30.0):
-    """``await awaitable``, failing with what it waited for if that takes over ``timeout_s``."""
-    try:
-        return await asyncio.wait_for(awaitable, timeout_s)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
 
 
 async def _loop_turns(n: int = 20) -> None:
@@ -117,7 +101,7 @@ async def test_full_queue_rejects_at_once(gated_engine):
     b = _batcher(engine, max_batch_size=1, queue_capacity=3)
     b.start()
     first = asyncio.create_task(b.submit([_img(0)], _far()))
-    await _until(lambda: engine.calls, "the first image to reach the model")
+    await eventually(lambda: engine.calls, "the first image to reach the model")
     queued = asyncio.create_task(b.submit([_img(1), _img(2), _img(3)], _far()))
     await asyncio.sleep(0)
     assert b.depth == 3
@@ -125,7 +109,7 @@ async def test_full_queue_rejects_at_once(gated_engine):
         await b.submit([_img(4)], _far())
     assert not first.done()  # refused while the first run was held: no waiting for room
     release.set()
-    await _within(asyncio.gather(first, queued), "the accepted images' answers")
+    await within(asyncio.gather(first, queued), "the accepted images' answers")
     await b.drain(5)
     assert sum(engine.calls) == 4  # the rejected image never ran
 
@@ -137,10 +121,10 @@ async def test_expired_request_is_refused_at_its_deadline_and_never_reaches_the_
     b = _batcher(engine, max_batch_size=1)
     b.start()
     busy = asyncio.create_task(b.submit([_img(0)], _far()))
-    await _until(lambda: engine.calls, "the busy image to reach the model")
+    await eventually(lambda: engine.calls, "the busy image to reach the model")
     deadline = time.monotonic() + 0.1
     with pytest.raises(DeadlineExceeded, match="still queued"):
-        await _within(b.submit([_img(99)], deadline), "the expired image's refusal")
+        await within(b.submit([_img(99)], deadline), "the expired image's refusal")
     late = time.monotonic() - deadline
     # The busy run is still held, so its end cannot have freed the slot or woken anyone: the
     # refusal came from the deadline alone.
@@ -149,7 +133,7 @@ async def test_expired_request_is_refused_at_its_deadline_and_never_reaches_the_
     assert held, "the refusal came after the busy run ended"
     assert late > -0.01, f"refused {-late:.3f} s before its deadline"  # a timer's resolution
     assert late < REFUSAL_LATENESS_S, f"refused {late:.3f} s after its deadline"
-    await _within(busy, "the busy image's answer once released")
+    await within(busy, "the busy image's answer once released")
     await b.drain(5)
     assert engine.calls == [1]
     assert all(float(m[0]) != 99 for m in engine.images_seen)
@@ -301,13 +285,13 @@ async def test_one_slot_never_overlaps_runs(make_engine):
     b = _batcher(engine, max_batch_size=2, max_batch_delay_s=0.0, parallel_batches=1)
     b.start()
     first = asyncio.ensure_future(b.submit([_img(0)], _far()))
-    await _until(lambda: engine.entered == 1, "the first image to reach the model")
+    await eventually(lambda: engine.entered == 1, "the first image to reach the model")
     rest = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(1, 6)]
     await _loop_turns()
     # The one slot is held at the gate: a second slot would have taken a batch of two by now.
     taken_while_busy = 5 - b.depth
     gate.set()
-    await _within(asyncio.gather(first, *rest), "every image's answer once the gate opened")
+    await within(asyncio.gather(first, *rest), "every image's answer once the gate opened")
     await b.drain(5)
     assert taken_while_busy == 0
     assert engine.most == 1
@@ -319,12 +303,12 @@ async def test_drain_waits_for_every_running_batch(make_engine):
     b = _batcher(engine, max_batch_size=1, max_batch_delay_s=0.0, parallel_batches=3)
     b.start()
     pending = [asyncio.ensure_future(b.submit([_img(i)], _far())) for i in range(5)]
-    await _until(lambda: engine.now == 3, "a run on the model in each of the three slots")
+    await eventually(lambda: engine.now == 3, "a run on the model in each of the three slots")
     drain = asyncio.ensure_future(b.drain(30))
     await _loop_turns()
     waited = not drain.done()  # three runs are held at the gate: the drain must wait for them
     gate.set()
-    assert await _within(drain, "the drain once the gate opened")
+    assert await within(drain, "the drain once the gate opened")
     assert waited, "the drain ended while three runs were still on the model"
     assert all(p.done() and not p.exception() for p in pending)
 

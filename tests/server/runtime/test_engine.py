@@ -10,8 +10,12 @@ it natively.
 from __future__ import annotations
 
 import re
+import signal
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -19,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from swin_serve.server.http.app import create_app
 from swin_serve.server.runtime.engine import EngineError, ModelLoadError, OnnxEngine
-from tests.support import free_port, wait_for_readyz
+from tests.support.live_server import start_server
 
 pytestmark = pytest.mark.anyio
 
@@ -251,38 +255,12 @@ async def test_app_serves_the_onnx_model_end_to_end(synthetic_model, serve, pngs
     assert np.asarray(feats.json()["results"][0]["stage2"]).shape == (16, 4, 4)
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs):
+def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs, tmp_path):
     """The real process: readiness 503 at once, accepted requests all 200, exit status 0."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    import httpx
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
-    env.update(
-        SWIN_MODEL_PATH=str(synthetic_model),
-        SWIN_PORT=str(port),
-        SWIN_PROVIDERS="cpu",
-        SWIN_LOG_LEVEL="warning",
-        # Requests sit queued for up to 1 s: long enough to be caught there by SIGTERM.
-        SWIN_MAX_BATCH_DELAY_MS="1000",
-    )
-    root = Path(__file__).resolve().parents[3]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swin_serve.server"],
-        cwd=root,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    # Requests sit queued for up to 1 s: long enough to be caught there by SIGTERM.
+    server = start_server(tmp_path, model_path=synthetic_model, max_batch_delay_ms=1000)
+    proc, base = server.proc, server.base
     try:
-        wait_for_readyz(base, proc, 30)
         images = pngs(12)
         codes: list[int | str] = []
 
@@ -325,10 +303,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(synthetic_model, pngs)
             t.join(timeout=15)
         rc = proc.wait(timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert rc == 0, proc.stderr.read() if proc.stderr else ""
+        server.stop()
+    assert rc == 0, server.log()
     # Every request that was queued at SIGTERM completed; any other one either completed too or
     # was refused at the connection level (the client may retry elsewhere). Never a 5xx.
     assert codes.count(200) >= queued, (queued, codes)

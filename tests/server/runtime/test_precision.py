@@ -295,8 +295,8 @@ def test_under_auto_a_reduced_precision_that_does_not_load_falls_back(micro_with
 def test_under_auto_a_model_without_golden_answers_stays_at_fp32(tmp_path, machine):
     """Nothing unverified is served at a reduced precision."""
     from swin_serve.server.runtime.engines import open_engine
-    from tests.server.conftest import tiny_manifest
     from tests.server.runtime.test_engine import build_synthetic_model
+    from tests.support.fakes import tiny_manifest
 
     path = build_synthetic_model(tmp_path / "syn.onnx", tiny_manifest().model_dump_json())
     machine["machine"] = ZEN4

@@ -15,7 +15,7 @@ from swin_serve.server.runtime.engines import machine
 from swin_serve.server.runtime.precision import int8_sibling, plan
 from swin_serve.server.settings import Settings
 from swin_serve.server.v2 import messages
-from tests.support.v2 import ServerProcess, start_server
+from tests.support.live_server import LiveServer, start_server
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,15 @@ def model(tiny_variants, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model, tmp_path_factory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("auto-log") / "server.log"
-    proc = start_server(model, log, SWIN_PRECISION="auto")
-    yield proc
-    proc.stop()
+def server(model, tmp_path_factory) -> Iterator[LiveServer]:
+    log_dir = tmp_path_factory.mktemp("auto-log")
+    with start_server(log_dir, model_path=model, precision="auto") as server:
+        yield server
 
 
 def name(server) -> str:
     """A one-file server names its model by its manifest."""
-    return httpx.get(f"{server.url}/v1/models", timeout=10).json()["default_model"]
+    return httpx.get(f"{server.base}/v1/models", timeout=10).json()["default_model"]
 
 
 def expected(model: Path):
@@ -46,7 +45,7 @@ def expected(model: Path):
 
 def test_the_card_says_what_runs_and_why(server, model):
     want = expected(model)
-    card = httpx.get(f"{server.url}/v1/models/{name(server)}", timeout=10).json()
+    card = httpx.get(f"{server.base}/v1/models/{name(server)}", timeout=10).json()
     assert (card["precision"], card["engine"]) == (want.precision, want.engine)
     assert card["exported_precision"] == "fp32"
     assert card["precision_reason"] == want.reason
@@ -55,13 +54,13 @@ def test_the_card_says_what_runs_and_why(server, model):
     assert card["self_check"]["precision"] == want.precision
     assert card["layout"]["name"] in ("wide", "narrow", "hybrid")
     assert card["batching"]["parallel_batches"] == card["layout"]["parallel_runs"]
-    index = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+    index = httpx.get(f"{server.base}/v1/models", timeout=10).json()
     assert index["models"][0]["precision"] == want.precision
 
 
 def test_the_v2_metadata_says_it_over_http_and_grpc(server, model):
     want = expected(model)
-    http_meta = httpx.get(f"{server.url}/v2/models/{name(server)}", timeout=10).json()
+    http_meta = httpx.get(f"{server.base}/v2/models/{name(server)}", timeout=10).json()
     http = http_meta["parameters"]
     assert http_meta["platform"] == (
         "openvino" if want.engine == "openvino" else "onnxruntime_onnx"
@@ -87,11 +86,11 @@ def test_a_reduced_precision_is_logged_at_warning(server, model):
     if want.precision == "fp32":
         pytest.skip("this machine serves fp32 under auto")
     # The server logs at WARNING here, so the line is there only because it is a warning.
-    assert f"micro.onnx: serving {want.precision} on {want.engine}" in server.log_text()
-    assert "SWIN_PRECISION=fp32 serves it unchanged" in server.log_text()
+    assert f"micro.onnx: serving {want.precision} on {want.engine}" in server.log()
+    assert "SWIN_PRECISION=fp32 serves it unchanged" in server.log()
 
 
 def test_it_classifies(server):
     with open(Path(__file__).parents[3] / "samples" / "images" / "flower.jpg", "rb") as f:
-        response = httpx.post(f"{server.url}/classify", files={"file": f}, timeout=30)
+        response = httpx.post(f"{server.base}/classify", files={"file": f}, timeout=30)
     assert response.status_code == 200 and response.json()["results"][0]

@@ -20,7 +20,8 @@ import pytest
 from swin_serve.server.http.app import create_app
 from swin_serve.server.runtime.engine import OnnxEngine
 from swin_serve.server.settings import Settings
-from tests.support import assert_same_predictions, server_seconds, until
+from tests.support import assert_same_predictions, eventually, server_seconds, within
+from tests.support.fakes import default_model
 
 pytestmark = pytest.mark.anyio
 
@@ -30,22 +31,6 @@ pytestmark = pytest.mark.anyio
 # gives the machine three times the "well under 100 ms" RELIABILITY.md asks of a 503, and still
 # catches a refusal 0.3 s late.
 REFUSAL_LATENESS_S = 0.3
-
-
-async def _until(condition, what: str, timeout_s: float = 30.0) -> None:
-    """``until``, failing with what it waited for."""
-    try:
-        await until(condition, timeout_s)
-    except AssertionError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
-
-
-async def _within(awaitable, what: str, timeout_s: float = 30.0):
-    """``await awaitable``, failing with what it waited for if that takes over ``timeout_s``."""
-    try:
-        return await asyncio.wait_for(awaitable, timeout_s)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s:.0f} s: {what}") from None
 
 
 class SlowEngine:
@@ -122,8 +107,8 @@ async def test_real_engine_refuses_a_request_at_its_deadline_and_never_runs_it(r
     timeout_s = 0.1
     async with serve(app) as client:
         busy = asyncio.create_task(client.post("/classify", files={"file": png((0, 0, 0))}))
-        await _until(lambda: engine.started, "the busy image to reach ONNX Runtime")
-        late = await _within(
+        await eventually(lambda: engine.started, "the busy image to reach ONNX Runtime")
+        late = await within(
             client.post(
                 f"/classify?timeout_ms={timeout_s * 1e3:.0f}", files={"file": png((255, 255, 255))}
             ),
@@ -133,7 +118,7 @@ async def test_real_engine_refuses_a_request_at_its_deadline_and_never_runs_it(r
         # refusal came from the deadline alone.
         held = not engine.gate.is_set() and not engine.runs and not busy.done()
         engine.gate.set()
-        assert (await _within(busy, "the busy image's answer once released")).status_code == 200
+        assert (await within(busy, "the busy image's answer once released")).status_code == 200
     assert held, "the refusal came after the busy run ended"
     error = late.json()["error"]
     assert late.status_code == 503 and error["code"] == "deadline_exceeded"
@@ -162,17 +147,17 @@ async def test_real_engine_never_runs_a_cancelled_queued_request(real, serve, pn
     engine.gate = threading.Event()  # the busy run stays on the model until the test opens it
     async with serve(app) as client:
         busy = asyncio.create_task(client.post("/classify", files={"file": png((0, 0, 0))}))
-        await _until(lambda: engine.started, "the busy image to reach ONNX Runtime")
+        await eventually(lambda: engine.started, "the busy image to reach ONNX Runtime")
         gone = asyncio.create_task(client.post("/classify", files={"file": png((255, 0, 0))}))
-        await _until(
-            lambda: app.state.service.lifecycle.model.batcher.depth == 1,
+        await eventually(
+            lambda: default_model(app.state.service.lifecycle).batcher.depth == 1,
             "the second image to queue behind the busy one",
         )
         gone.cancel()  # the client went away while its image was queued
         engine.gate.set()
-        assert (await _within(busy, "the busy image's answer once released")).status_code == 200
+        assert (await within(busy, "the busy image's answer once released")).status_code == 200
         after = await client.post("/classify", files={"file": png((0, 255, 0))})
-        depth = app.state.service.lifecycle.model.batcher.depth
+        depth = default_model(app.state.service.lifecycle).batcher.depth
     assert after.status_code == 200
     assert [n for n, *_ in engine.runs] == [1, 1]  # the busy image and the one after
     assert depth == 0

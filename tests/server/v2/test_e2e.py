@@ -22,14 +22,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.support import assert_same_predictions, metric, sample_images
-from tests.support.v2 import (
-    ServerProcess,
-    V2Client,
-    parse_classification,
-    predictions,
-    start_server,
-    torchvision_preprocess,
-)
+from tests.support.live_server import LiveServer, start_server
+from tests.support.v2 import V2Client, parse_classification, predictions, torchvision_preprocess
 
 # Refused by design (tests/server/http/test_e2e.py pins how); every other sample is served.
 BAD_SAMPLES = {"broken.png", "truncated_end_chunk.png", "decompression_bomb.gif"}
@@ -50,13 +44,9 @@ KINDS = ["grpc", "http-binary", "http-json"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("v2-e2e") / "server.log"
-    proc = start_server(tiny_model_path, log)
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def server(tiny_model_path: Path, tmp_path_factory) -> Iterator[LiveServer]:
+    with start_server(tmp_path_factory.mktemp("v2-e2e"), model_path=tiny_model_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +66,8 @@ def model(manifest) -> str:
 
 
 @pytest.fixture(scope="module")
-def clients(server: ServerProcess) -> Iterator[dict[str, V2Client]]:
-    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+def clients(server: LiveServer) -> Iterator[dict[str, V2Client]]:
+    http = httpclient.InferenceServerClient(server.base.removeprefix("http://"))
     grpc = grpcclient.InferenceServerClient(server.grpc_address)
     yield {
         "grpc": V2Client("grpc", grpc),
@@ -156,7 +146,7 @@ def test_image_batch_gives_the_predictions_of_classify(
     logits = result.as_numpy("logits")
     assert logits.shape == (len(files), manifest["config"]["num_classes"])
     resp = httpx.post(
-        f"{server.url}/classify?top_k=5", files=[("file", f) for f in files], timeout=30
+        f"{server.base}/classify?top_k=5", files=[("file", f) for f in files], timeout=30
     )
     assert resp.status_code == 200, resp.text
     # Probabilities: SCORE_ATOL (tests/support/__init__.py) bounds float32 batch-rounding differences.
@@ -189,7 +179,7 @@ def test_every_output_comes_back_when_none_is_named(client, model, manifest, ima
 @pytest.fixture(scope="module")
 def pixels(server, images_dir) -> np.ndarray:
     """PLAIN_RGB preprocessed here, as the served model's /v1/models spec says: (N, 3, S, S)."""
-    spec = httpx.get(f"{server.url}/v1/models", timeout=5).json()["preprocess"]
+    spec = httpx.get(f"{server.base}/v1/models", timeout=5).json()["preprocess"]
     return np.stack([torchvision_preprocess(images_dir / name, spec) for name in PLAIN_RGB])
 
 
@@ -411,10 +401,7 @@ def test_sigterm_finishes_an_in_flight_grpc_call_refuses_new_ones_and_exits_zero
     # Batches wait up to 1 s (the most allowed) for more images: the call below stays queued that
     # long, well past the moment the test signals.
     drained = start_server(
-        tiny_model_path,
-        tmp_path / "server.log",
-        SWIN_MAX_BATCH_SIZE="32",
-        SWIN_MAX_BATCH_DELAY_MS="1000",
+        tmp_path, model_path=tiny_model_path, max_batch_size=32, max_batch_delay_ms=1000
     )
     in_flight = grpcclient.InferenceServerClient(drained.grpc_address)
     late = V2Client("grpc", grpcclient.InferenceServerClient(drained.grpc_address))
@@ -442,7 +429,7 @@ def test_sigterm_finishes_an_in_flight_grpc_call_refuses_new_ones_and_exits_zero
         assert error is None, error
         assert answered > signalled
         assert result.as_numpy("logits").shape == (16, 1000)
-        assert drained.proc.wait(timeout=15) == 0, drained.log_text()
+        assert drained.proc.wait(timeout=15) == 0, drained.log()
         assert not _listens(drained.grpc_address)
     finally:
         in_flight.close()
@@ -450,7 +437,7 @@ def test_sigterm_finishes_an_in_flight_grpc_call_refuses_new_ones_and_exits_zero
         drained.stop()
 
 
-def _decoded(server: ServerProcess, model: str) -> float:
+def _decoded(server: LiveServer, model: str) -> float:
     return metric(server.metrics(), "swin_decode_seconds_count", model=model)
 
 

@@ -22,8 +22,9 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING
 from swin_serve.artifact.preprocess import decode_image
 from swin_serve.server.v2 import messages
-from tests.server.conftest import image_bytes, tiny_manifest
 from tests.support import free_port, metric, parse_metrics, until
+from tests.support.fakes import default_model, image_bytes, tiny_manifest
+from tests.support.v2 import length_prefixed
 
 pytestmark = pytest.mark.anyio
 
@@ -79,16 +80,12 @@ def grpc_serving(make_app, serve) -> Callable[..., Any]:
     return start
 
 
-def length_prefixed(elements: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
-
-
 def image_request(images: list[bytes], outputs: list | None = None, **fields: Any) -> Any:
     """A ModelInferRequest as Triton's client sends it: images in raw_input_contents."""
     return messages.ModelInferRequest(
         **{"model_name": MODEL, **fields},
         inputs=[{"name": "image", "datatype": "BYTES", "shape": [len(images)]}],
-        raw_input_contents=[length_prefixed(images)],
+        raw_input_contents=[length_prefixed(*images)],
         outputs=outputs or [],
     )
 
@@ -345,7 +342,7 @@ MALFORMED: dict[str, tuple[Code, Any]] = {
     "raw_count_mismatch": (
         Code.INVALID_ARGUMENT,
         messages.ModelInferRequest(
-            model_name=MODEL, inputs=[_IMAGE], raw_input_contents=[b"", length_prefixed([_ONE])]
+            model_name=MODEL, inputs=[_IMAGE], raw_input_contents=[b"", length_prefixed(_ONE)]
         ),
     ),
     "contents_and_raw": (
@@ -353,7 +350,7 @@ MALFORMED: dict[str, tuple[Code, Any]] = {
         messages.ModelInferRequest(
             model_name=MODEL,
             inputs=[{**_IMAGE, "contents": {"bytes_contents": [_ONE]}}],
-            raw_input_contents=[length_prefixed([_ONE])],
+            raw_input_contents=[length_prefixed(_ONE)],
         ),
     ),
     "no_data": (
@@ -366,7 +363,7 @@ MALFORMED: dict[str, tuple[Code, Any]] = {
         messages.ModelInferRequest(
             model_name=MODEL,
             inputs=[_IMAGE, _IMAGE],
-            raw_input_contents=[length_prefixed([_ONE])] * 2,
+            raw_input_contents=[length_prefixed(_ONE)] * 2,
         ),
     ),
     "zero_images": (Code.INVALID_ARGUMENT, image_request([])),
@@ -494,7 +491,7 @@ async def test_queue_full_is_unavailable_at_once(grpc_serving, gated_engine, png
     }
     requests = [image_request([im], [{"name": "logits"}]) for im in pngs(4)]
     async with grpc_serving(engine, **settings) as served:
-        batcher = served.state.lifecycle.model.batcher
+        batcher = default_model(served.state.lifecycle).batcher
         running = asyncio.ensure_future(served.infer(requests[0]))
         await until(lambda: engine.calls)
         queued = [asyncio.ensure_future(served.infer(r)) for r in requests[1:3]]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from swin_serve.server.observability.logs import ACCESS_LOGGER
 from swin_serve.server.v2 import messages
 from tests.support import free_port, metric, parse_metrics, until
+from tests.support.v2 import length_prefixed
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +30,7 @@ def infer_request(image: bytes, model: str = MODEL) -> Any:
     return messages.ModelInferRequest(
         model_name=model,
         inputs=[{"name": "image", "datatype": "BYTES", "shape": [1]}],
-        raw_input_contents=[struct.pack("<I", len(image)) + image],
+        raw_input_contents=[length_prefixed(image)],
     )
 
 

@@ -16,8 +16,9 @@ from tritonclient.utils import deserialize_bytes_tensor
 
 from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING
 from swin_serve.artifact.preprocess import decode_image
-from tests.server.conftest import image_bytes, tiny_manifest
 from tests.support import metric, parse_metrics, until
+from tests.support.fakes import default_model, image_bytes, tiny_manifest
+from tests.support.v2 import length_prefixed
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +46,6 @@ def binary_body(doc: dict, sections: list[bytes]) -> tuple[bytes, dict[str, str]
     """Triton's binary tensor extension: the JSON header, then each section in input order."""
     header = json.dumps(doc).encode()
     return header + b"".join(sections), {HEADER_LENGTH: str(len(header))}
-
-
-def length_prefixed(elements: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
 def decode_outputs(resp) -> dict[str, np.ndarray | list[bytes]]:
@@ -228,7 +225,7 @@ async def test_binary_inputs_and_outputs(make_app, make_engine, serve, pngs, man
     """Triton's client by default: images as length-prefixed binary BYTES, outputs binary."""
     engine = make_engine()
     images = pngs(2)
-    section = length_prefixed(images)
+    section = length_prefixed(*images)
     doc = {
         "id": "bin",
         "inputs": [
@@ -367,7 +364,7 @@ async def test_queue_full_is_a_fast_503_in_the_v2_shape(make_app, gated_engine, 
     )
     requests = [{"inputs": [images_input([im])], "outputs": [{"name": "logits"}]} for im in pngs(4)]
     async with serve(app) as client:
-        batcher = app.state.service.lifecycle.model.batcher
+        batcher = default_model(app.state.service.lifecycle).batcher
         running = asyncio.create_task(client.post(INFER, json=requests[0]))
         await until(lambda: engine.calls)
         queued = [asyncio.create_task(client.post(INFER, json=r)) for r in requests[1:3]]
@@ -488,7 +485,7 @@ def _nested(depth: int) -> tuple[bytes, dict]:
 
 
 _ONE = _png()
-_SECTION = length_prefixed([_ONE])
+_SECTION = length_prefixed(_ONE)
 _BINARY_SPEC = {"name": "image", "datatype": "BYTES", "shape": [1]}
 
 # (status, (body, headers)): each refused with its status and a v2 error, never a 5xx.

@@ -33,6 +33,7 @@ from swin_serve.server.v2.tensors import (
     fp32_from_json,
     serialize_bytes,
 )
+from tests.support.v2 import length_prefixed
 
 SIZE = 32  # the fake model's image size (tests/server/conftest.py)
 
@@ -45,10 +46,6 @@ def assert_invalid(fn, *args, match: str = ""):
     assert error.code is ErrorCode.INVALID_TENSOR and error.status == 400
     assert match in error.message and len(error.message) <= 500, error.message
     return error
-
-
-def length_prefixed(*elements: bytes) -> bytes:
-    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
 # -- BYTES ------------------------------------------------------------------------------------

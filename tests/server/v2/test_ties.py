@@ -8,8 +8,8 @@ import pytest
 
 from swin_serve.server.v2 import infer
 from swin_serve.server.v2.tensors import BYTES, RequestedOutput
-from tests.server.conftest import NUM_CLASSES
-from tests.server.conftest import TINY_SIZE as SIZE
+from tests.support.fakes import NUM_CLASSES
+from tests.support.fakes import TINY_SIZE as SIZE
 
 pytestmark = pytest.mark.anyio
 
