@@ -18,6 +18,7 @@ from typing import Any
 from bench import common
 from bench import page as bench_page
 from bench.common import RESULTS_DIR, read_json
+from bench.run_record import Run
 
 SUITE_PARTS = {
     "all": "engine + service + protocols + profile, then the report",
@@ -159,7 +160,7 @@ def run_suite(args: argparse.Namespace) -> int:
 def run_swap(args: argparse.Namespace) -> int:
     from bench import swap
 
-    return swap.main(out_dir(args), quick=args.quick, rounds=args.rounds, **_cpus())
+    return swap.main(_run(args))
 
 
 def run_tracing(args: argparse.Namespace) -> int:
@@ -167,16 +168,13 @@ def run_tracing(args: argparse.Namespace) -> int:
     from bench.suite import parse_env
 
     env = parse_env(args.service_env)
-    return tracing_overhead.main(
-        out_dir(args), quick=args.quick, rounds=args.rounds, **_cpus(), env=env
-    )
+    return tracing_overhead.main(_run(args), env=env)
 
 
 def run_baseline(args: argparse.Namespace) -> int:
     from bench.peers import baseline
 
-    out = out_dir(args)
-    return baseline.main(out, rev=args.rev, quick=args.quick, rounds=args.rounds, **_cpus())
+    return baseline.main(_run(args), rev=args.rev)
 
 
 def run_fine_tune(_args: argparse.Namespace) -> int:
@@ -188,7 +186,7 @@ def run_fine_tune(_args: argparse.Namespace) -> int:
 def run_overload(args: argparse.Namespace) -> int:
     from bench import overload_refusal
 
-    return overload_refusal.main(out_dir(args), quick=args.quick, **_cpus())
+    return overload_refusal.main(_run(args))
 
 
 def run_chaos(args: argparse.Namespace) -> int:
@@ -197,9 +195,10 @@ def run_chaos(args: argparse.Namespace) -> int:
     return chaos.main(out_dir(args), quick=args.quick, minutes=args.minutes)
 
 
-def _cpus() -> dict[str, list[int] | None]:
+def _run(args: argparse.Namespace) -> Run:
     server_cpus, loadgen_cpus, _ = common.plan_cpus()
-    return {"server_cpus": server_cpus, "loadgen_cpus": loadgen_cpus}
+    rounds = getattr(args, "rounds", 0)
+    return Run(out_dir(args), args.quick, rounds, server_cpus, loadgen_cpus)
 
 
 _COMMANDS = (

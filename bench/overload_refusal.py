@@ -30,7 +30,7 @@ from typing import Any
 from bench.common import SAMPLE_IMAGE, percentile, progress
 from bench.config import OVERLOAD_REFUSAL, OverloadRefusal
 from bench.loadclient import Outcome, build_request, open_loop
-from bench.run_record import RunClock, write_results
+from bench.run_record import Run, RunClock, write_results
 from bench.service import running, service_server
 from bench.soak import measure_capacity
 
@@ -125,14 +125,9 @@ def run(
     }
 
 
-def main(
-    out_dir: Path,
-    *,
-    quick: bool,
-    model: Path | None = None,
-    server_cpus: list[int] | None = None,
-    loadgen_cpus: list[int] | None = None,
-) -> int:
+def main(run: Run, model: Path | None = None) -> int:
+    out_dir, quick = run.out_dir, run.quick
+    server_cpus, loadgen_cpus = run.server_cpus, run.loadgen_cpus
     if model is None:
         from bench.model_files import ensure_models
 

@@ -6,11 +6,25 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import machine_info, progress, write_json
 from bench.config import as_json
+
+
+@dataclass(frozen=True)
+class Run:
+    """How a benchmark command is run: where its results go, quick or full, the rounds asked for
+    (0: the benchmark's own number), and the CPUs the server and the load generator are pinned
+    to (None: not pinned)."""
+
+    out_dir: Path
+    quick: bool
+    rounds: int = 0
+    server_cpus: list[int] | None = None
+    loadgen_cpus: list[int] | None = None
 
 
 class RunClock:

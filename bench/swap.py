@@ -51,7 +51,7 @@ from bench.common import (
 from bench.config import SWAP, Swap
 from bench.model_files import BenchModels
 from bench.proctree import PeakRss
-from bench.run_record import RunClock, write_results
+from bench.run_record import Run, RunClock, write_results
 from bench.server_process import Server
 from bench.service import scrape_histograms, service_server
 
@@ -438,14 +438,9 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def main(
-    out_dir: Path,
-    *,
-    quick: bool,
-    rounds: int = 0,
-    server_cpus: list[int] | None = None,
-    loadgen_cpus: list[int] | None = None,
-) -> int:
+def main(run: Run) -> int:
+    out_dir, quick, rounds = run.out_dir, run.quick, run.rounds
+    server_cpus, loadgen_cpus = run.server_cpus, run.loadgen_cpus
     from bench.model_files import ensure_models
 
     cfg = SWAP.pick(quick, rounds=rounds)

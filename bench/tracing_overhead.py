@@ -43,7 +43,7 @@ from bench.common import (
 from bench.config import TRACING, Tracing
 from bench.interleaved import alternate, per_side, ratios, server_rounds, throughput_ratio
 from bench.loadgen import lua_script
-from bench.run_record import RunClock, write_results
+from bench.run_record import Run, RunClock, write_results
 from bench.server_process import Server, measure_idle
 from bench.service import running, service_server, warm_up_each
 from bench.span_sink import SpanSink, without_inherited_otel
@@ -313,15 +313,9 @@ def span_cost_lines(cost: dict[str, Any] | None, cpu_s_per_request: float | None
     ]
 
 
-def main(
-    out_dir: Path,
-    *,
-    quick: bool,
-    rounds: int = 0,
-    server_cpus: list[int] | None = None,
-    loadgen_cpus: list[int] | None = None,
-    env: dict[str, str] | None = None,
-) -> int:
+def main(run: Run, env: dict[str, str] | None = None) -> int:
+    out_dir, quick, rounds = run.out_dir, run.quick, run.rounds
+    server_cpus, loadgen_cpus = run.server_cpus, run.loadgen_cpus
     from bench.model_files import ensure_models
 
     cfg = TRACING.pick(quick, rounds=rounds)

@@ -28,7 +28,7 @@ from bench.common import (
 from bench.config import BASELINE, Interleaved, as_json
 from bench.interleaved import server_rounds
 from bench.loadgen import lua_script
-from bench.run_record import RunClock, write_results
+from bench.run_record import Run, RunClock, write_results
 from bench.server_process import Server
 from bench.service import running, service_server, warm_up_each
 
@@ -115,15 +115,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(
-    out_dir: Path,
-    *,
-    rev: str,
-    quick: bool,
-    rounds: int = 0,
-    server_cpus: list[int] | None = None,
-    loadgen_cpus: list[int] | None = None,
-) -> int:
+def main(run: Run, rev: str) -> int:
+    out_dir, quick, rounds = run.out_dir, run.quick, run.rounds
+    server_cpus, loadgen_cpus = run.server_cpus, run.loadgen_cpus
     from bench.model_files import ensure_models
 
     cfg = BASELINE.pick(quick, rounds=rounds)

@@ -27,6 +27,7 @@ from prometheus_client.openmetrics.exposition import generate_latest
 
 from bench import cli, tracing_overhead
 from bench import common as bench_common
+from bench.run_record import Run
 from bench.span_sink import SpanSink, decode_export, without_inherited_otel
 from bench.tracing_overhead import (
     CLASSIFY_SPAN,
@@ -313,15 +314,11 @@ def test_todays_figure_comes_only_from_a_run_on_a_machine_like_this_one(tmp_path
 def test_python_m_bench_tracing_runs_the_tracing_benchmark(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(bench_common, "plan_cpus", lambda: ([0], [1], "pinned"))
-    monkeypatch.setattr(tracing_overhead, "main", lambda out, **kw: seen.update(out=out, **kw) or 0)
+    monkeypatch.setattr(tracing_overhead, "main", lambda run, **kw: seen.update(run=run, **kw) or 0)
     argv = ["tracing", "--quick", "--rounds", "3", "--out", str(tmp_path)]
     assert cli.main([*argv, "--service-env", "SWIN_MAX_BATCH_SIZE=8"]) == 0
     assert seen == {
-        "out": tmp_path,
-        "quick": True,
-        "rounds": 3,
-        "server_cpus": [0],
-        "loadgen_cpus": [1],
+        "run": Run(tmp_path, quick=True, rounds=3, server_cpus=[0], loadgen_cpus=[1]),
         "env": {"SWIN_MAX_BATCH_SIZE": "8"},
     }
 

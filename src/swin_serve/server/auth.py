@@ -36,9 +36,9 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swin_serve.server.errors import ApiError, ErrorCode, is_v2_path
-from swin_serve.server.observability.logs import log_access
 from swin_serve.server.observability.metrics import Metrics
 from swin_serve.server.v2 import messages
+from swin_serve.server.v2.grpc_calls import record_call
 
 if TYPE_CHECKING:
     from swin_serve.server.settings import Settings
@@ -301,15 +301,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.UNAUTHENTICATED
             metrics.rejected(ErrorCode.UNAUTHENTICATED)
-            # method is one the service registered (the handler existed): a bounded label.
-            metrics.grpc_requests.labels(method=method, code=code.name).inc()
-            log_access(
-                protocol="grpc",
-                method=method,
-                route=messages.SERVICE,
-                status=code.name,
-                duration_s=time.perf_counter() - started,
-            )
+            record_call(metrics, method, code, started)
             await context.abort(code, message)
 
         return grpc.stream_unary_rpc_method_handler(refuse)

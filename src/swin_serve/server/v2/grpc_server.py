@@ -27,10 +27,10 @@ from swin_serve.server.dataplane import DataPlane, weights_warning
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.lifecycle import DRAIN_ANSWER_MARGIN_S
 from swin_serve.server.observability import tracing
-from swin_serve.server.observability.logs import log_access
 from swin_serve.server.observability.metrics import exemplar
 from swin_serve.server.state import RequestTimings, ServiceState
 from swin_serve.server.v2 import messages
+from swin_serve.server.v2.grpc_calls import record_call
 from swin_serve.server.v2.grpc_codec import infer_response, metadata_response, parse_request
 from swin_serve.server.v2.model import server_metadata
 from swin_serve.server.v2.tensors import invalid
@@ -276,18 +276,11 @@ class GrpcServer:
                 code = grpc.StatusCode.INTERNAL
                 await context.abort(code, "internal server error")
             finally:
-                metrics.grpc_requests.labels(method=method, code=code.name).inc()
                 metrics.grpc_latency.labels(method=method).observe(
                     time.perf_counter() - started, exemplar(tracing.trace_ids())
                 )
                 tracing.set_rpc_status(span, code.value[0], code in _SERVER_ERRORS)
-                log_access(
-                    protocol="grpc",
-                    method=method,
-                    route=messages.SERVICE,
-                    status=code.name,
-                    duration_s=time.perf_counter() - started,
-                )
+                record_call(metrics, method, code, started)
 
         return observed
 
