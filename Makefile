@@ -140,7 +140,7 @@ bench-tracing: $(BENCH_STAMP) ## tracing's cost: c=16 with OpenTelemetry off and
 
 soak: $(BENCH_STAMP) ## long-running load and memory soak test
 	@test -f $(MODEL) || $(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
-	$(PY) -m bench.soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
+	$(PY) -m bench soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
 
 docker: ## build the GPU image (VARIANT, WEIGHTS, NUM_CLASSES, LABELS, IMG_SIZE, FP16 reach the export)
 	$(DOCKER) build $(strip $(foreach a,VARIANT WEIGHTS NUM_CLASSES LABELS IMG_SIZE FP16 TRUST_CHECKPOINT,$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) -t $(IMAGE) .

@@ -9,6 +9,7 @@ are not part of ``all``; each writes its own ``NAME.json`` (and ``NAME.md``) in 
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Callable
@@ -113,7 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         part.set_defaults(**{k: v for k, v in _SUITE_DEFAULTS.items() if _flag(k) not in flags})
     for name, help, run, *flags in _COMMANDS:
         _add(sub, name, help, run, *flags)
+    for name, (_module, help) in _TOOLS.items():
+        sub.add_parser(name, help=f"{help} (its own options: {name} --help)")
     return parser
+
+
+# Commands with a command line of their own, which `python -m bench NAME ...` hands over whole.
+_TOOLS = {
+    "soak": ("bench.soak", "the server under mixed good, bad and overload traffic for long"),
+    "capacity": ("bench.capacity", "replicas needed for a request rate and a p99 target"),
+    "quantization": ("bench.quantization", "int8 settings against fp32, on real photos"),
+    "selfcheck-cost": ("bench.selfcheck_cost", "what the golden self-check adds to a start-up"),
+}
 
 
 def _flag(dest: str) -> str:
@@ -257,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _TOOLS:  # handed over whole, its --help included
+        return importlib.import_module(_TOOLS[argv[0]][0]).main(argv[1:])
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["all", *argv]  # `python -m bench [--quick]`: the whole suite
     args = build_parser().parse_args(argv)

@@ -9,6 +9,7 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from bench import cli
 from bench.common import ROOT, interpolate_log2, percentile, write_json
 from bench.loadgen import (
     MARKER,
@@ -395,3 +396,16 @@ def test_python_m_bench_without_a_command_runs_the_whole_suite(monkeypatch):
     assert cli.main(["--quick"]) == 0
     assert cli.main([]) == 0
     assert seen == [("all", True), ("all", False)]
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [("soak", "soak"), ("capacity", "capacity"), ("selfcheck-cost", "selfcheck_cost")],
+)
+def test_a_tool_with_its_own_command_line_gets_the_rest_of_it_whole(monkeypatch, command, module):
+    import importlib
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(f"bench.{module}"), "main", seen.append)
+    cli.main([command, "--help", "--minutes", "3"])
+    assert seen == [["--help", "--minutes", "3"]]
