@@ -146,3 +146,14 @@ def test_the_error_table_gives_the_retry_after_of_every_retryable_code():
     rows = re.findall(r"^\| 503 \+ `Retry-After: (\d+)` \| `([a-z_]+)` \|", page, flags=re.M)
     expected = {c.value: c.retry_after_s for c in ErrorCode if c.retry_after_s is not None}
     assert {code: int(seconds) for seconds, code in rows} == expected
+
+
+def test_the_architecture_page_names_every_module_of_the_package():
+    """docs/architecture.md walks the package layer by layer; a module it does not name is a
+    module a newcomer cannot place."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "src" / "swin_serve"
+    modules = [p for p in package.rglob("*.py") if not p.name.startswith("__")]
+    assert len(modules) > 50
+    unnamed = sorted(str(p.relative_to(package)) for p in modules if f"`{p.name}`" not in page)
+    assert not unnamed, f"docs/architecture.md does not name: {unnamed}"

@@ -1,0 +1,1 @@
+"""The server: ``swin-serve`` serves the models of a repository over HTTP and gRPC, from their ONNX files alone (no torch). Transports (``http``, ``v2``) call one data plane; the data plane leases models from the repository and runs them through the runtime."""
