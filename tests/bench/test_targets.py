@@ -8,18 +8,11 @@ import pytest
 from bench.loadgen import unexpected_answers
 from bench.report import render_markdown, servers_table, service_table
 from bench.targets import PEAK_RSS_MB, best_litserve, compute_targets
+from tests.bench.made_up_results import load_level
 
 
 def _level(rps, p50, p99, **extra):
-    return {
-        "throughput_rps": rps,
-        "p50_ms": p50,
-        "p95_ms": p99,
-        "p99_ms": p99,
-        "error_count": 0,
-        "non_2xx": 0,
-        **extra,
-    }
+    return load_level(rps, p50, p99, **{"non_2xx": 0, **extra})
 
 
 def _with_litserve(results, w1t2=(10.0, 8.0), w2t1=(9.0, 12.0), p99_16=(900.0, 800.0)):
