@@ -60,7 +60,7 @@ def identify(labels: Sequence[str], models: dict[str, Model]) -> str:
 
 def ensure_chaos_models(out_dir: Path = CHAOS_MODELS_DIR) -> dict[str, Model]:
     """Export models A and B (random weights, different seeds and labels) unless already there."""
-    from swin_serve.server.repository.files import content_digest
+    from swin_serve.server.runtime.model_file import content_digest
 
     models = {}
     for model_id, seed in MODEL_SEEDS.items():

@@ -319,7 +319,7 @@ def run_service_benchmark(
 
     ``probe(concurrency, result)``, if given, runs right after each run of the server named
     "service" (every server is idle then) and its dict is stored as ``result["engine_probe"]``:
-    the raw-engine figure of the same moment, so src/swin_serve/server/engine ratios are not skewed by the
+    the raw-engine figure of the same moment, so service/engine ratios are not skewed by the
     machine's load drifting between the engine and service phases.
     """
     from bench.loadgen import lua_script

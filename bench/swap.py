@@ -213,7 +213,7 @@ def settled_rss(server: Server, samples: int = 5, every_s: float = 0.2) -> float
 
 
 def measure_swaps(cfg: Swap, models: BenchModels, server_cpus, loadgen_cpus) -> dict[str, Any]:
-    from swin_serve.server.repository.files import content_digest
+    from swin_serve.server.runtime.model_file import content_digest
 
     files = {"fp32": models.fp32, "int8": models.int8}
     digests = {k: content_digest(p) for k, p in files.items()}

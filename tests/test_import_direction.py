@@ -1,5 +1,7 @@
 """The package's layers import one way: ``server`` and ``export`` stand on ``artifact`` (and
-``export`` on ``model``), and never on each other.
+``export`` on ``model``), and never on each other; inside the server, ``observability`` <
+``runtime`` < ``repository`` < the data plane and the transports. Nothing in the package imports
+the checkout's ``bench`` or ``tests``.
 
 Read from the source with ``ast``, so an import inside a function counts as much as one at the
 top, and nothing is imported to find out.
@@ -22,13 +24,21 @@ MAY_IMPORT = {
     "export": {"model", "artifact"},
     "server": {"artifact"},
 }
-# Third-party packages a layer must never import, and why.
+# Inside the server: each lower package, and the server modules it may import besides its own.
+SERVER_MAY_IMPORT = {
+    "observability": {"errors", "settings"},
+    "runtime": {"errors", "settings", "observability"},
+    "repository": {"errors", "settings", "observability", "runtime"},
+}
+TORCH_WORLD = {"torch", "torchvision", "timm", "transformers", "safetensors"}
+# Packages a layer must never import, and why; the checkout's own folders for every layer.
 FORBIDDEN = {
     "model": {"onnx", "onnxruntime", "fastapi", "numpy", "PIL"},  # the model code is torch only
-    "artifact": {"torch", "fastapi", "starlette", "uvicorn", "grpc"},  # both sides load it
+    "artifact": TORCH_WORLD | {"fastapi", "starlette", "uvicorn", "grpc"},  # both sides load it
     "export": {"fastapi", "starlette", "uvicorn", "grpc"},
-    "server": {"torch", "torchvision", "timm", "transformers", "safetensors"},  # no torch to serve
+    "server": TORCH_WORLD,  # no torch to serve
 }
+NEVER = {"bench", "tests"}  # outside the wheel
 
 
 def module_name(path: Path) -> str:
@@ -56,17 +66,34 @@ def imports(path: Path) -> set[str]:
 
 
 def violations(path: Path) -> list[str]:
-    layer = module_name(path).split(".")[1]
+    parts = module_name(path).split(".")
+    layer = parts[1]
     wrong = []
     for name in sorted(imports(path)):
         top, _, rest = name.partition(".")
         if top == "swin_serve":
-            other = rest.partition(".")[0]
-            if other and other in MAY_IMPORT and other != layer and other not in MAY_IMPORT[layer]:
-                wrong.append(f"{name} (swin_serve.{layer} may not import swin_serve.{other})")
-        elif top in FORBIDDEN[layer]:
+            wrong += _across_layers(layer, rest)
+            if layer == "server" and len(parts) > 3:
+                wrong += _inside_server(parts[2], rest)
+        elif top in FORBIDDEN[layer] | NEVER:
             wrong.append(f"{name} (swin_serve.{layer} never imports {top})")
     return wrong
+
+
+def _across_layers(layer: str, imported: str) -> list[str]:
+    other = imported.partition(".")[0]
+    if other and other in MAY_IMPORT and other != layer and other not in MAY_IMPORT[layer]:
+        return [f"swin_serve.{imported} (swin_serve.{layer} may not import swin_serve.{other})"]
+    return []
+
+
+def _inside_server(package: str, imported: str) -> list[str]:
+    layer, _, rest = imported.partition(".")
+    other = rest.partition(".")[0]
+    allowed = SERVER_MAY_IMPORT.get(package)
+    if layer != "server" or allowed is None or not other or other in allowed | {package}:
+        return []
+    return [f"swin_serve.{imported} (server.{package} may not import server.{other})"]
 
 
 SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
@@ -91,6 +118,8 @@ def test_the_check_fails_on_an_import_against_the_direction(tmp_path, monkeypatc
         "export": "from ..server.runtime import engine\nimport swin_serve.server.settings\n",
         "artifact": "def f():\n    import torch\n",
         "server": "from swin_serve.artifact import contract\n",
+        "server/runtime": "from swin_serve.server.repository import files\nimport bench.common\n",
+        "server/repository": "from swin_serve.server.runtime import engine\n",
     }.items():
         (fake / layer).mkdir(parents=True)
         (fake / layer / "bad.py").write_text(code)
@@ -104,3 +133,9 @@ def test_the_check_fails_on_an_import_against_the_direction(tmp_path, monkeypatc
         "torch (swin_serve.artifact never imports torch)"
     ]
     assert violations(fake / "server" / "bad.py") == []
+    assert violations(fake / "server" / "runtime" / "bad.py") == [
+        "bench.common (swin_serve.server never imports bench)",
+        "swin_serve.server.repository (server.runtime may not import server.repository)",
+        "swin_serve.server.repository.files (server.runtime may not import server.repository)",
+    ]
+    assert violations(fake / "server" / "repository" / "bad.py") == []

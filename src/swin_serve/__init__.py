@@ -1,1 +1,2 @@
-"""Swin Transformer in production: the PyTorch model, a verified ONNX export, and a server for it."""
+"""Swin Transformer in production: the PyTorch model, a verified ONNX export, and a server for
+it."""

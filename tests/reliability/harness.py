@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import swin_serve
-import swin_serve.server.runtime.inference
+import swin_serve.server.inference
 from swin_serve.server.__main__ import main
 from swin_serve.server.runtime.engine import EngineError, FatalEngineError, OnnxEngine
 from swin_serve.server.settings import Settings
@@ -75,7 +75,7 @@ GATE_HANG_GUARD_S = 120.0  # a gate nobody opens: the decode ends, the test has 
 
 
 def _gate_decodes(gate: Path) -> None:
-    real_decode = swin_serve.server.runtime.inference.decode_image
+    real_decode = swin_serve.server.inference.decode_image
 
     def decode_image(data, spec, **limits):
         if SLOW_DECODE_MARK in data:
@@ -86,7 +86,7 @@ def _gate_decodes(gate: Path) -> None:
                 time.sleep(0.01)  # another process opens it: a file is the simplest gate
         return real_decode(data, spec, **limits)
 
-    swin_serve.server.runtime.inference.decode_image = decode_image  # looked up at each request
+    swin_serve.server.inference.decode_image = decode_image  # looked up at each request
 
 
 if os.environ.get("HARNESS_DECODE_GATE"):

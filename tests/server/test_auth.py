@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from swin_serve.server.auth import OPEN_PATHS, ApiKeys, parse_keys
 from swin_serve.server.settings import Settings
 from swin_serve.server.v2 import messages
-from tests.support import free_port, metric, parse_metrics
+from tests.support import checkout_env, free_port, metric, parse_metrics
 from tests.support.fakes import default_model, image_bytes, test_settings
 
 pytestmark = pytest.mark.anyio
@@ -138,7 +138,7 @@ def test_another_settings_error_does_not_print_the_keys():
 def test_a_bad_key_exits_2_naming_the_variable_not_the_key(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "swin_serve.server"],
-        env={"SWIN_API_KEYS": "tooshort-secret", "PATH": ""},
+        env=checkout_env({"SWIN_API_KEYS": "tooshort-secret", "PATH": ""}),
         cwd=ROOT,
         capture_output=True,
         text=True,

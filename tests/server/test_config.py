@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 from swin_serve.artifact.contract import ManifestError, manifest_from_metadata, parse_manifest
 from swin_serve.server.runtime.engine import is_fatal_device_error, warmup_batch_sizes
 from swin_serve.server.settings import Settings
+from tests.support import checkout_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def test_a_version_1_manifest_refusal_names_the_fields_it_cannot_state(manifest)
 
 
 def _run_main(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWIN_")}
+    env = {k: v for k, v in checkout_env().items() if not k.startswith("SWIN_")}
     env.update(env_extra)
     return subprocess.run(
         [sys.executable, "-m", "swin_serve.server", *args],

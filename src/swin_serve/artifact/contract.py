@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_KEY = "swin.manifest"
-GOLDEN_KEY = "swin.golden"  # the golden answers of the start-up self-check (src/swin_serve/artifact/golden.py)
+GOLDEN_KEY = "swin.golden"  # the golden answers of the start-up self-check (artifact/golden.py)
 # 2: a transform that a version-1 server would misread (it knows neither resize_mode nor
 # crop_offset nor the box and hamming filters). An export that needs none of them still writes 1,
 # so older servers keep reading it; one that does writes 2, which they refuse rather than serve
@@ -69,7 +69,7 @@ class InputSpec(_Part):
 
 
 class PreprocessSpec(_Part):
-    """The whole input transform; src/swin_serve/artifact/preprocess.py implements it, docs/export.md explains it.
+    """The whole input transform; artifact/preprocess.py implements it, docs/export.md explains it.
 
     - ``resize_mode`` "crop": the shorter side to ``resize_shorter`` (aspect kept, the longer side
       truncated), then a centre crop of ``crop_size`` (torchvision's and timm's eval, the official
@@ -150,7 +150,8 @@ class WeightsInfo(BaseModel):
 
 
 class WeightsRecord(WeightsInfo):
-    """What the exporter records besides, so that `python -m swin_serve.export.verify` can reload them."""
+    """What the exporter records besides, so that `python -m swin_serve.export.verify` can
+    reload them."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 

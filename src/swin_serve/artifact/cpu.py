@@ -1,9 +1,9 @@
 """What this process's CPU can do, as ONNX Runtime's kernels see it.
 
-int8 and bf16 speed and numerics depend on it (see src/swin_serve/export/variants.py and src/swin_serve/server/runtime/precision.py),
-so it is reported with the self-check result. AVX2, AVX-512, AVX-512 VNNI and AVX-512 BF16 come
-from numpy's own CPUID probe,
-which also checks that the OS saves the wide registers and which an emulator (qemu -cpu) can
+int8 and bf16 speed and numerics depend on it (see export/variants.py and
+server/runtime/precision.py), so it is reported with the self-check result. AVX2, AVX-512,
+AVX-512 VNNI and AVX-512 BF16 come from numpy's own CPUID probe, which also checks that
+the OS saves the wide registers and which an emulator (qemu -cpu) can
 change; AVX-VNNI and AMX, which numpy does not probe, come from the kernel's flags in
 /proc/cpuinfo, trusted only where they agree with CPUID on the features both know (under an
 emulator they describe the host). A feature that cannot be read is None, never guessed.

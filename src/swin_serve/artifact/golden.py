@@ -22,11 +22,11 @@ Each output gets three scores against the fp32 answer (``compare``); each precis
 - int8: cosine >= 0.99 and scale within 2%, the same reasoning with dynamic int8's coarser
   rounding. A kernel that saturates falls well below the cosine bound.
 
-An engine with several lanes (src/swin_serve/server/runtime/layout.py: one run on every core, runs side by side) is
+An engine with several lanes (server/runtime/layout.py: one run on every core, runs side by side) is
 checked on each, since each is its own compiled program.
 
 The same metadata carries one golden image and the tensor its transform gave at export; the
-server's preprocessing is checked on it too (src/swin_serve/artifact/preprocess_check.py).
+server's preprocessing is checked on it too (artifact/preprocess_check.py).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def tolerance_for(precision: str, provider: str) -> Tolerance:
 class Golden:
     inputs: np.ndarray  # float32 (G, 3, S, S)
     outputs: dict[str, np.ndarray]  # name -> float32 (G, ...)
-    image: bytes | None = None  # an encoded image (src/swin_serve/artifact/preprocess_check.py)
+    image: bytes | None = None  # an encoded image (artifact/preprocess_check.py)
     pixels: np.ndarray | None = None  # float32 (3, S, S): what the transform made of it
     pillow: str | None = None  # the Pillow that made ``pixels``
 

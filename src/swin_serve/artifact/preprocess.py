@@ -6,7 +6,8 @@
 Each step is the same Pillow or NumPy call that torchvision, timm and transformers' PIL image
 processors make, so the tensor equals theirs (tests/artifact/test_preprocess_frameworks.py).
 Runs in a worker thread, never on the event loop.
-Bad input raises ImageRejected (the server answers it 400/413/415); nothing here can produce a 5xx for any byte string.
+Bad input raises ImageRejected (the server answers it 400, 413 or 415); nothing here can
+produce a 5xx for any byte string.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def scan_budget(pixels: int, max_pixels: int) -> int:
 
 def _check_scans(data: bytes, limit: int, max_scans: int) -> None:
     """413 for a JPEG that declares more than ``limit`` scans: libjpeg would run every one over
-    every block, so the decode's cost is its pixels times its scans (src/swin_serve/artifact/jpeg_scans.py)."""
+    every block, so the decode's cost is its pixels times its scans (artifact/jpeg_scans.py)."""
     scans = count_scans(data, stop_after=limit)
     if scans <= limit:
         return

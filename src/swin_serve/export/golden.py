@@ -1,6 +1,6 @@
 """The golden answers an artefact carries for the server's start-up self-check.
 
-The inputs and the codec live in src/swin_serve/artifact/golden.py, which the server reads with; this side
+The inputs and the codec live in artifact/golden.py, which the server reads with; this side
 computes the answers with the PyTorch model and checks them against the file being written, so
 an export that its own server would refuse never leaves the exporter.
 """

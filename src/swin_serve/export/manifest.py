@@ -1,6 +1,6 @@
 """Building the artefact's manifest and storing it in the ONNX metadata.
 
-The schema is `swin_serve.artifact.contract.Manifest`, the model the server reads; the exporter builds one
+The schema is `artifact.contract.Manifest`, the model the server reads; the exporter builds one
 and validates it again on the way out. The same JSON is written beside the model as
 `<name>.json`.
 """

@@ -11,7 +11,7 @@ In this order:
    mean and std.
 
 The transform must make inputs of the model's own size; any other is refused, as is a field
-that cannot be reproduced exactly (src/swin_serve/export/transform_configs.py).
+that cannot be reproduced exactly (export/transform_configs.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Class names shipped with the package (src/swin_serve/model/data/README.md says where they come from)."""
+"""Class names shipped with the package (model/data/README.md says where they come from)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Turn a weights spec into loaded weights: official release, a file or URL, or random.
 
 `load_weights(model, spec)` is the one place a spec is resolved: it downloads when it must
-(src/swin_serve/model/download.py), loads strictly (src/swin_serve/model/checkpoint.py), and returns where the weights came
+(model/download.py), loads strictly (model/checkpoint.py), and returns where the weights came
 from, for the export's manifest.
 """
 

@@ -25,7 +25,11 @@ from swin_serve.server.http.app import create_app  # noqa: E402
 from swin_serve.server.observability.logs import configure_logging  # noqa: E402
 from swin_serve.server.runtime.decoding import DecodePool  # noqa: E402
 from swin_serve.server.settings import Settings  # noqa: E402
-from swin_serve.server.uvicorn_server import EXIT_FATAL_DEVICE, DrainingServer, uvicorn_config  # noqa: E402
+from swin_serve.server.uvicorn_server import (  # noqa: E402
+    EXIT_FATAL_DEVICE,
+    DrainingServer,
+    uvicorn_config,
+)
 
 log = logging.getLogger("swin_serve.server")
 

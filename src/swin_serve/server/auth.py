@@ -65,9 +65,7 @@ OPEN_PATHS = frozenset(
         "/openapi.json",
     }
 )
-_OPEN_PREFIXES = (
-    "/static/",
-)  # the page's fixed assets (src/swin_serve/server/http/ui.py serves nothing else)
+_OPEN_PREFIXES = ("/static/",)  # the page's fixed assets (http/ui.py serves nothing else)
 OPEN_GRPC_METHODS = frozenset(
     f"/{messages.SERVICE}/{method}" for method in ("ServerLive", "ServerReady")
 )

@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING, Manifest
+from swin_serve.server import inference
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.lifecycle import Phase
 from swin_serve.server.observability import tracing
 from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.repository.registry import ModelEntry, ModelState, Registry, not_ready
-from swin_serve.server.runtime import inference
 from swin_serve.server.runtime.batcher import ImageResult
 from swin_serve.server.settings import Settings
 from swin_serve.server.state import RequestTimings, ServiceState

@@ -85,9 +85,9 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="Precision of float32 models on the CPU (src/swin_serve/server/runtime/precision.py): auto = bf16 "
-        "where the CPU runs it natively (OpenVINO), else int8 where it has VNNI and NAME.int8.onnx "
-        "sits beside the model, else fp32. A named precision that cannot be had, or fails its "
+        description="Precision of float32 models on the CPU (server/runtime/precision.py): "
+        "auto = bf16 where the CPU runs it natively (OpenVINO), else int8 where it has VNNI and "
+        "NAME.int8.onnx sits beside the model, else fp32. A named precision that cannot be had, or fails its "
         "golden self-check, stops the model; under auto a failure falls back to fp32.",
     )
     engine: Literal["auto", "onnxruntime", "openvino"] = Field(
@@ -97,9 +97,9 @@ class Settings(BaseSettings):
     )
     cpu_layout: Literal["auto", "wide", "narrow", "hybrid"] = Field(
         "auto",
-        description="How runs share the cores (src/swin_serve/server/runtime/layout.py): wide = one run on every core, "
-        "narrow = runs side by side on a share each, hybrid = wide when alone and narrow under "
-        "load; auto = timed at load on this CPU. Ignored when SWIN_INTRA_OP_THREADS or "
+        description="How runs share the cores (server/runtime/layout.py): wide = one run on "
+        "every core, narrow = runs side by side on a share each, hybrid = wide when alone and "
+        "narrow under load; auto = timed at load on this CPU. Ignored when SWIN_INTRA_OP_THREADS or "
         "SWIN_PARALLEL_BATCHES is set.",
     )
     max_batch_size: int = Field(

@@ -4,7 +4,7 @@ uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) and header b
 (``h11_max_incomplete_event_size``), but not the *time* a client may take to send its request
 line and headers: a client that opens a connection and trickles one header byte every few seconds
 holds a connection slot forever (slowloris). ``GuardedH11Protocol`` adds that bound. The body's
-time bound lives in ``swin_serve.server.http.middleware.BodyLimitMiddleware``, where it can answer a JSON 408.
+time bound lives in ``http.middleware.BodyLimitMiddleware``, where it can answer a JSON 408.
 """
 
 from __future__ import annotations
@@ -140,9 +140,9 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
         http=protocol_factory(settings.header_timeout_s),
         lifespan="on",
         log_level=settings.log_level,
-        # uvicorn's loggers go through the server's one handler and format (swin_serve.server.observability.logs), and
-        # its access log stays off: swin_serve.access replaces it, with the route template and the
-        # trace ids that uvicorn's line lacks.
+        # uvicorn's loggers go through the server's one handler and format (observability/logs.py),
+        # and its access log stays off: swin_serve.access replaces it, with the route template and
+        # the trace ids that uvicorn's line lacks.
         log_config=None,
         access_log=False,
         timeout_keep_alive=settings.keep_alive_timeout_s,

@@ -21,8 +21,8 @@ import tritonclient.grpc.aio as tritongrpc_aio
 from pydantic import ValidationError
 
 from swin_serve.server.http.app import create_app
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime.engine import ModelLoadError
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings
 from tests.support import free_port, metric, parse_metrics, settle, until
 from tests.support.fakes import FakeEngine, default_model, image_bytes, running, tiny_manifest

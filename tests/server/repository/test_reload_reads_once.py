@@ -21,8 +21,8 @@ import onnx
 import pytest
 
 from swin_serve.server.http.app import create_app
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime.engine import ModelLoadError, OnnxEngine
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings
 from tests.server.runtime.test_engine import build_synthetic_model
 from tests.support import settle

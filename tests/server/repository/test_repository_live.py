@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from swin_serve.server.repository.files import SETTLE_S
+from swin_serve.server.runtime.model_file import SETTLE_S
 from tests.support.live_server import LiveServer, start_server
 
 NEW_HEAD = re.compile(r"class_[0-6]")  # the 7-class export's labels

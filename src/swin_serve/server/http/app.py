@@ -27,11 +27,11 @@ from swin_serve.server.http.ui import router as ui_router
 from swin_serve.server.lifecycle import FatalHook, Lifecycle
 from swin_serve.server.observability import tracing
 from swin_serve.server.observability.metrics import Metrics
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.repository.models import Opener
 from swin_serve.server.runtime.decoding import DecodePool
 from swin_serve.server.runtime.engine import Engine
 from swin_serve.server.runtime.engines import open_engine
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings
 from swin_serve.server.state import RequestSlots, ServiceState
 from swin_serve.server.v2.grpc_server import GrpcServer

@@ -20,7 +20,8 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_plane(state: StateDep) -> DataPlane:
+async def get_plane(state: StateDep) -> DataPlane:
+    # async: FastAPI runs a plain function on a worker thread, one more hop for every request.
     return DataPlane(state)
 
 

@@ -22,7 +22,7 @@ from swin_serve.server.settings import Settings
 
 ACCESS_LOGGER = "swin_serve.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# uvicorn's loggers; with log_config=None (swin_serve.server.uvicorn_server) uvicorn adds no handlers of its own.
+# uvicorn's loggers; with log_config=None (uvicorn_server.py) uvicorn adds no handlers of its own.
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error")
 
 _access = logging.getLogger(ACCESS_LOGGER)

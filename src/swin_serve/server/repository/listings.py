@@ -7,14 +7,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-from swin_serve.server.repository.files import (
-    SETTLE_S,
-    Listing,
-    check_directory,
-    scan,
-    single_file,
-)
+from swin_serve.server.repository.files import Listing, check_directory, scan, single_file
 from swin_serve.server.runtime.engine import ModelLoadError
+from swin_serve.server.runtime.model_file import SETTLE_S
 from swin_serve.server.settings import Settings
 
 log = logging.getLogger("swin_serve.server")

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 
 from swin_serve.server.observability.metrics import Metrics
-from swin_serve.server.repository.files import SETTLE_S
 from swin_serve.server.repository.listings import Lister
 from swin_serve.server.repository.loading import Loading
 from swin_serve.server.repository.models import LoadAbandoned, Opener
@@ -23,6 +22,7 @@ from swin_serve.server.repository.registry import Registry
 from swin_serve.server.repository.startup import Startup
 from swin_serve.server.repository.sync import Sync
 from swin_serve.server.repository.tasks import Tasks
+from swin_serve.server.runtime.model_file import SETTLE_S
 from swin_serve.server.settings import Settings
 
 log = logging.getLogger("swin_serve.server")

@@ -17,12 +17,12 @@ import logging
 import time
 from pathlib import Path
 
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.repository.opening import Opening
 from swin_serve.server.repository.registry import ModelEntry, Registry
 from swin_serve.server.repository.retire import retire
 from swin_serve.server.repository.tasks import Tasks
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings
 
 log = logging.getLogger("swin_serve.server")

@@ -1,9 +1,9 @@
 """One served model: its engine, its batcher, its self-check, and the requests using it.
 
-``swin_serve.server.repository.opening`` loads a file, replays its golden answers (``self_check``)
-and starts its batcher (``new_batcher``); ``warm_up`` runs each batch size once. A model is retired (replaced or removed) only once no request holds a
-lease on it: a request leases the model when its name is resolved and gives it back when it is
-answered, so a swap can never refuse a request that was already routed to the old model.
+``opening`` loads a file, replays its golden answers (``self_check``) and starts its batcher
+(``new_batcher``); ``warm_up`` runs each batch size once. A model is retired (replaced or
+removed) only once no request holds a lease on it: a request leases the model when its name
+is resolved and gives it back when it is answered, so a swap can never refuse a request that was already routed to the old model.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING
 from swin_serve.artifact.golden import SelfCheckFailed, SelfCheckReport
 from swin_serve.server.observability.metrics import ModelMetrics
-from swin_serve.server.repository.files import FileStamp, ModelFile
 from swin_serve.server.runtime.batcher import Batcher
 from swin_serve.server.runtime.engine import Engine, ModelLoadError, warmup_batch_sizes
+from swin_serve.server.runtime.model_file import FileStamp, ModelFile
 from swin_serve.server.runtime.selfcheck import check_engine
 from swin_serve.server.settings import Settings
 

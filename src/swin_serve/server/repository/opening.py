@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from swin_serve.server.observability.metrics import Metrics
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.repository.models import (
     LoadAbandoned,
     LoadedModel,
@@ -25,6 +24,7 @@ from swin_serve.server.repository.models import (
     warm_up,
 )
 from swin_serve.server.runtime.engine import Engine, ModelLoadError
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings
 
 log = logging.getLogger("swin_serve.server")

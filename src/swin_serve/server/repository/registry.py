@@ -21,8 +21,8 @@ from pathlib import Path
 
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.observability.metrics import Metrics
-from swin_serve.server.repository.files import FileStamp
 from swin_serve.server.repository.models import LoadedModel
+from swin_serve.server.runtime.model_file import FileStamp
 from swin_serve.server.settings import Settings
 
 

@@ -13,12 +13,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from swin_serve.server.repository.files import FileStamp, Listing
+from swin_serve.server.repository.files import Listing
 from swin_serve.server.repository.listings import Lister
 from swin_serve.server.repository.loading import Loading
 from swin_serve.server.repository.models import LoadAbandoned, LoadedModel
 from swin_serve.server.repository.registry import ModelEntry, Registry
 from swin_serve.server.runtime.engine import ModelLoadError
+from swin_serve.server.runtime.model_file import FileStamp
 from swin_serve.server.settings import Settings
 
 log = logging.getLogger("swin_serve.server")

@@ -14,10 +14,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from swin_serve.server.repository.files import FileStamp, ModelFile
 from swin_serve.server.repository.listings import Lister
 from swin_serve.server.repository.loading import Loading
 from swin_serve.server.repository.registry import ModelEntry, Registry
+from swin_serve.server.runtime.model_file import FileStamp, ModelFile
 
 log = logging.getLogger("swin_serve.server")
 

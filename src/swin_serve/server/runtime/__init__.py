@@ -1,1 +1,2 @@
-"""Running a model: engines (ONNX Runtime, OpenVINO), precision and CPU layout, the batcher, the decode threads and the golden self-check of a loaded engine."""
+"""Running a model: the engines (ONNX Runtime, OpenVINO), their precision and CPU layout, the
+batcher, the decode threads and the golden self-check of a loaded engine."""

@@ -17,9 +17,9 @@ import numpy as np
 
 from swin_serve.artifact.contract import GOLDEN_KEY, Manifest, ManifestError, manifest_from_metadata
 from swin_serve.artifact.sessions import CUDA_PROVIDER_OPTIONS, session_options
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime import providers
 from swin_serve.server.runtime.layout import Lane, Lanes, LayoutChoice, calibrate
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings, available_cpus
 
 log = logging.getLogger(__name__)
@@ -75,20 +75,14 @@ class Engine(Protocol):
 
     manifest: Manifest
     provider: str
-    golden_text: (
-        str | None
-    )  # the exporter's golden answers (src/swin_serve/artifact/golden.py), if any
-    provider_warning: (
-        str | None
-    )  # e.g. a GPU the provider cannot use (src/swin_serve/server/runtime/providers.py)
+    golden_text: str | None  # the exporter's golden answers (artifact/golden.py), if any
+    provider_warning: str | None  # e.g. a GPU the provider cannot use (runtime/providers.py)
     engine_name: str  # onnxruntime | openvino
     precision: str  # what runs (bf16 on a float32 file, say)
     exported_precision: str  # what the model's file holds
     precision_reason: str  # why that precision, for the log, the card and the v2 metadata
     served_file: dict[str, str | None]  # path and digest of the bytes that run
-    layout: (
-        LayoutChoice | None
-    )  # how runs share the cores (src/swin_serve/server/runtime/layout.py)
+    layout: LayoutChoice | None  # how runs share the cores (runtime/layout.py)
 
     def runners(self) -> dict[str, Callable[[np.ndarray], dict[str, np.ndarray]]]:
         """Each lane as a ``run``: the golden self-check covers them all."""
@@ -155,7 +149,7 @@ def read_model_file(settings: Settings, path: Path | str | None) -> ModelFile:
 
 
 class LaneEngine:
-    """What both engines share: runs go through ``Lanes`` (src/swin_serve/server/runtime/layout.py) and come back as
+    """What both engines share: runs go through ``Lanes`` (runtime/layout.py) and come back as
     float32 arrays by output name; errors become EngineError (or FatalEngineError)."""
 
     engine_name = ""

@@ -1,4 +1,4 @@
-"""From a model file to the engine that serves it: the precision plan (src/swin_serve/server/runtime/precision.py),
+"""From a model file to the engine that serves it: the precision plan (server/runtime/precision.py),
 the engine it names, and, under ``SWIN_PRECISION=auto``, the fall-back to ONNX Runtime fp32 when
 the chosen precision fails its golden self-check on this machine."""
 
@@ -12,7 +12,6 @@ from swin_serve.artifact.contract import GOLDEN_KEY, ManifestError, manifest_fro
 from swin_serve.artifact.cpu import cpu_features
 from swin_serve.artifact.golden import SelfCheckFailed
 from swin_serve.artifact.onnx_metadata import MetadataError, read_metadata
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime import precision, providers
 from swin_serve.server.runtime.engine import (
     Engine,
@@ -21,6 +20,7 @@ from swin_serve.server.runtime.engine import (
     OnnxEngine,
     read_model_file,
 )
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.runtime.selfcheck import check_engine
 from swin_serve.server.settings import Settings
 

@@ -6,7 +6,7 @@ module as the CPU and CUDA builds (so it cannot sit beside them), and follows ON
 releases a step behind. The ``openvino`` package reads ONNX itself and installs beside
 onnxruntime.
 
-Each lane of the layout (src/swin_serve/server/runtime/layout.py) is one compiled model: ``NUM_STREAMS`` runs at once,
+Each lane of the layout (runtime/layout.py) is one compiled model: ``NUM_STREAMS`` runs at once,
 ``INFERENCE_NUM_THREADS`` threads between them, and a pool of one infer request per stream. The
 precision is the ``INFERENCE_PRECISION_HINT``, always set: OpenVINO's own default on a CPU with
 native bfloat16 is bf16, which must never be served under the name fp32.
@@ -22,7 +22,6 @@ import numpy as np
 
 from swin_serve.artifact.contract import GOLDEN_KEY, ManifestError, manifest_from_metadata
 from swin_serve.artifact.onnx_metadata import MetadataError, read_metadata
-from swin_serve.server.repository.files import ModelFile
 from swin_serve.server.runtime.engine import (
     LaneEngine,
     ModelLoadError,
@@ -31,6 +30,7 @@ from swin_serve.server.runtime.engine import (
     timed_layout,
 )
 from swin_serve.server.runtime.layout import Lane, Lanes
+from swin_serve.server.runtime.model_file import ModelFile
 from swin_serve.server.settings import Settings
 
 log = logging.getLogger(__name__)

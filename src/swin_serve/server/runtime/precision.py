@@ -14,7 +14,7 @@
   docs/benchmarks.md). On CUDA, auto is fp32.
 
 Whatever is chosen passes the golden self-check at that precision's bound before it serves
-(src/swin_serve/artifact/golden.py). A named precision that cannot be had, or fails its check, stops the
+(artifact/golden.py). A named precision that cannot be had, or fails its check, stops the
 model; under auto a failure falls back to ONNX Runtime fp32 with a warning.
 """
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from swin_serve.artifact.contract import Manifest
+from swin_serve.server.inference import decode_all, off_loop, submit
 from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.runtime.batcher import ImageResult
-from swin_serve.server.runtime.inference import decode_all, off_loop, submit
 from swin_serve.server.state import RequestTimings, ServiceState
 from swin_serve.server.v2.model import CLASSIFIABLE_OUTPUT, IMAGE_INPUT, PIXELS_INPUT
 from swin_serve.server.v2.tensors import (
