@@ -6,6 +6,7 @@ order or a wrongly shifted downsample shows up as different logits.
 """
 
 import argparse
+import fractions
 import re
 
 import pytest
@@ -365,17 +366,52 @@ def test_missing_path_and_empty_directory_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 def test_pickles_with_python_objects_need_trust(source_model, pixels, tmp_path, zip_format):
     path = tmp_path / "full.pth"
-    full = {"model": ours(source_model), "config": argparse.Namespace(lr=0.1)}
+    full = {"model": ours(source_model), "config": fractions.Fraction(1, 10)}
     torch.save(full, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(UntrustedCheckpointError, match="trusted=True") as err:
         load_checkpoint(make_model(seed=7), path)
     if zip_format:  # only the zip format can be listed without unpickling it
-        assert "argparse.Namespace" in str(err.value)
+        assert "fractions.Fraction" in str(err.value)
     with pytest.raises(WeightsError, match="--trust-checkpoint"):
         load_weights(make_model(seed=7), str(path), variant="swin_micro_patch4_window4_64")
     fresh = make_model(seed=7)
     load_checkpoint(fresh, path, trusted=True)
     assert torch.equal(logits(fresh, pixels), logits(source_model, pixels))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_timm_train_checkpoint_loads_without_trust(source_model, pixels, tmp_path, zip_format):
+    """What timm's train.py saves: the weights beside its options as an argparse.Namespace, the
+    optimizer's state and the epoch; the Namespace is plain data, allowed without trust."""
+    path = tmp_path / "checkpoint-9.pth.tar"
+    args = argparse.Namespace(model="swin_micro", lr=5e-4, mean=(0.5, 0.5, 0.5), aa=None)
+    saved = {
+        "epoch": 9,
+        "arch": "swin_micro",
+        "state_dict": to_timm(ours(source_model)),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 5e-4, "params": [0, 1]}]},
+        "version": 2,
+        "args": args,
+        "metric": 91.5,
+    }
+    torch.save(saved, path, _use_new_zipfile_serialization=zip_format)
+    fresh = make_model(seed=8)
+    load_checkpoint(fresh, path)
+    assert torch.equal(logits(fresh, pixels), logits(source_model, pixels))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "swinv2.encoder.layers.0.blocks.0.attention.self.logit_scale",  # transformers
+        "layers.0.blocks.0.attn.logit_scale",  # the official code and timm
+        "layers.0.blocks.0.attn.cpb_mlp.0.weight",
+    ],
+)
+def test_a_swin_v2_checkpoint_is_refused_as_v2(key):
+    state = {key: torch.zeros(1), "patch_embed.proj.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match=r"Swin Transformer V2 checkpoint.*only Swin V1"):
+        load_checkpoint(make_model(seed=9), state)
 
 
 # ----------------------------------------------------------------- safetensors reader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -217,3 +218,12 @@ def test_auto_batch_size_is_small_on_cpu_and_large_on_cuda():
     assert Settings().resolved_max_batch_size(on_gpu=False) == 4
     assert Settings().resolved_max_batch_size(on_gpu=True) == 32
     assert Settings(max_batch_size=12).resolved_max_batch_size(on_gpu=False) == 12
+
+
+@pytest.mark.parametrize(("host", "says"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_the_start_banner_says_when_every_interface_listens(host, says, caplog):
+    from swin_serve.server.__main__ import _log_banner
+
+    caplog.set_level(logging.INFO, logger="swin_serve.server")
+    _log_banner(Settings(model_path="m.onnx", host=host), grpc_port=None)
+    assert ("bound to 0.0.0.0: every interface" in caplog.text) is says

@@ -35,10 +35,15 @@ CROP_PCT = 0.875
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-RANDOM_WEIGHTS_WARNING = (
-    "This model has RANDOM weights: its predictions are meaningless. "
-    "Export with official weights (`swin-export --checkpoint official`) for real use."
-)
+
+def random_weights_warning(variant: str) -> str:
+    """What every answer about a model with random weights says, with the command that exports
+    ``variant`` with real ones."""
+    return (
+        "This model has RANDOM weights: its predictions are meaningless. Export it with real "
+        f"weights for real use: `swin-export --variant {variant} --checkpoint official` "
+        "(or `--checkpoint PATH` for your own)."
+    )
 
 
 class ManifestError(ValueError):
@@ -157,7 +162,7 @@ class WeightsRecord(WeightsInfo):
 
     seed: int | None = None  # random weights are rebuilt from it
     path: str | None = None  # a local checkpoint file, as given to the exporter
-    warning: str | None = None  # RANDOM_WEIGHTS_WARNING when the weights are random
+    warning: str | None = None  # random_weights_warning() when the weights are random
 
 
 class Manifest(_Part):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD, RANDOM_WEIGHTS_WARNING
+from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD, random_weights_warning
 from swin_serve.model import PRESETS
 from swin_serve.model.weights import CHOICES
 
@@ -65,7 +65,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="one of: " + ", ".join(sorted(PRESETS)),
     )
     parser.add_argument(
-        "--checkpoint", default="random", help=f"weights: {CHOICES} (default: random)"
+        "--checkpoint",
+        default="auto",
+        help=f"weights: {CHOICES} (default: auto, the official weights where they can be had, "
+        "else random ones, said loudly)",
     )
     parser.add_argument(
         "--trust-checkpoint",
@@ -171,7 +174,7 @@ def summary(result: ExportResult) -> str:
         "",
         f"Exported {info.name} in {result.seconds:.1f} s"
         + (
-            f"\n  ** {RANDOM_WEIGHTS_WARNING} **"
+            f"\n  ** {random_weights_warning(info.variant)} **"
             if weights.random
             else f"   weights: {weights.source} sha256 {str(weights.sha256)[:16]}..."
         ),

@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from swin_serve.artifact.contract import GOLDEN_KEY, RANDOM_WEIGHTS_WARNING, Manifest, WeightsRecord
+from swin_serve.artifact.contract import GOLDEN_KEY, Manifest, WeightsRecord, random_weights_warning
 from swin_serve.artifact.sessions import cpu_session
 from swin_serve.model import SwinConfig, SwinTransformer, get_config
 from swin_serve.model.weights import checkpoint_head_size, is_local, load_weights
@@ -158,15 +158,16 @@ def _load_weights(work: _Work) -> None:
     )
     torch.manual_seed(options.seed)
     work.model = SwinTransformer(work.config).eval()
+    warning_text = random_weights_warning(options.variant)
     source = load_weights(
         work.model,
         options.checkpoint,
         variant=options.variant,
         seed=options.seed,
         trusted=options.trust_checkpoint,
-        on_fallback=lambda message: work.progress.warn(f"{message}\n{RANDOM_WEIGHTS_WARNING}"),
+        on_fallback=lambda message: work.progress.warn(f"{message}\n{warning_text}"),
     )
-    warning = {"warning": RANDOM_WEIGHTS_WARNING} if source.random else {}
+    warning = {"warning": warning_text} if source.random else {}
     work.manifest = manifest.build_manifest(
         name=work.name,
         variant=options.variant,

@@ -25,6 +25,7 @@ filter, and each foreign format a renaming:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -90,6 +91,11 @@ def read_state_dict(source: str | os.PathLike | Mapping, *, trusted: bool = Fals
     )
 
 
+# Classes the restricted unpickler may rebuild beside tensors: plain data, rebuilt without running
+# any code of the file's. timm's train.py saves its argparse.Namespace of options as "args".
+PLAIN_DATA_CLASSES = [argparse.Namespace]
+
+
 def _read_path(path: Path, *, trusted: bool) -> object:
     if path.is_dir():
         for name in DIRECTORY_FILES:
@@ -104,7 +110,8 @@ def _read_path(path: Path, *, trusted: bool) -> object:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        with torch.serialization.safe_globals(PLAIN_DATA_CLASSES):
+            return torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
         if trusted:
             raise CheckpointError(f"could not read checkpoint {path}: {e}") from e
@@ -166,9 +173,22 @@ def read_safetensors(path: str | os.PathLike) -> StateDict:
 # --------------------------------------------------------------------------- format detection
 
 
+def _is_swin_v2(keys: set[str]) -> bool:
+    """V2's own parameters: HF's ``swinv2.`` prefix, or the official/timm ``logit_scale`` and
+    ``cpb_mlp`` (continuous position bias) of every attention block."""
+    return any(
+        k.startswith("swinv2.") or k.endswith((".logit_scale", ".cpb_mlp.0.weight")) for k in keys
+    )
+
+
 def detect_format(state: Mapping[str, Tensor]) -> str:
     """Which layout `state` is in: "official", "timm" or "huggingface" (key names only)."""
     keys = set(state)
+    if _is_swin_v2(keys):
+        raise CheckpointError(
+            "this is a Swin Transformer V2 checkpoint (its attention has a learned logit scale "
+            "and a continuous position bias); only Swin V1 (Liu et al., 2021) is supported"
+        )
     if any(k.startswith("swin.") for k in keys):
         return "huggingface"
     stage_of_merge = {

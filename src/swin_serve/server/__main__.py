@@ -127,6 +127,11 @@ def _log_banner(settings: Settings, grpc_port: int | None) -> None:
         "  kill -HUP <pid> (or SWIN_REPOSITORY_POLL_S): load added, changed and removed models",
         f"  Open Inference Protocol (KServe v2): {base}/v2 and gRPC {grpc}",
     ]
+    if settings.host in ("0.0.0.0", "::"):
+        lines.append(
+            f"  bound to {settings.host}: every interface; from another machine use this "
+            f"host's name or address for localhost (and see docs/production.md first)"
+        )
     log.info("%s", "\n".join(lines))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING, Manifest
+from swin_serve.artifact.contract import Manifest, random_weights_warning
 from swin_serve.server import inference
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.lifecycle import Phase
@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 def weights_warning(manifest: Manifest) -> str | None:
     """What every answer about a model says of it: that its weights are random, if so."""
-    return RANDOM_WEIGHTS_WARNING if manifest.weights.random else None
+    return random_weights_warning(manifest.variant) if manifest.weights.random else None
 
 
 class DataPlane:
@@ -73,6 +73,13 @@ class DataPlane:
             return ApiError(ErrorCode.DRAINING, "server is shutting down; retry on another replica")
         if lifecycle.failed:
             return ApiError(ErrorCode.NOT_READY, "model device failed; the server is restarting")
+        registry = self._registry
+        if (
+            lifecycle.taking_requests
+            and registry.default_entry() is None
+            and (registry.default_name is not None or not registry.entries)
+        ):  # past start-up, with no default model left to serve
+            return ApiError(ErrorCode.NOT_READY, registry.no_default())
         return ApiError(ErrorCode.NOT_READY, "model is loading or warming up")
 
     # -- the models ------------------------------------------------------------------------------

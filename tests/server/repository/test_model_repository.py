@@ -9,6 +9,7 @@ tests/server/repository/test_repository_live.py does the same on the real server
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -331,13 +332,28 @@ async def test_the_default_model_going_away_turns_readiness_off(repo):
     async with running(app) as client:
         (repo / "a.onnx").unlink()
         await reload(app)
-        assert (await client.get("/readyz")).status_code == 503
+        readyz = await client.get("/readyz")
+        assert readyz.status_code == 503
+        assert "the default model 'a' is not served" in readyz.json()["error"]["message"]
         samples = parse_metrics((await client.get("/metrics")).text)
         assert metric(samples, "swin_ready") == 0
         publish(repo, "a", "labels=back")
         await reload(app)
         assert (await client.get("/readyz")).status_code == 200
         assert top_label(await classify(client)).startswith("back")
+
+
+async def test_with_every_model_removed_the_answers_say_none_is_served(repo, caplog):
+    publish(repo, "a", "labels=a")
+    app = make_repo_app(repo)  # the only model: the default without being named
+    async with running(app) as client:
+        (repo / "a.onnx").unlink()
+        with caplog.at_level(logging.WARNING):
+            await reload(app)
+        for response in (await classify(client), await client.get("/readyz")):
+            assert response.status_code in (404, 503)
+            assert "serves no model" in response.json()["error"]["message"], response.text
+        assert "the repository holds no model" in caplog.text
 
 
 async def test_a_failed_file_fixed_while_the_repository_is_full_is_refused(repo):
@@ -403,6 +419,29 @@ async def test_a_drain_stops_a_load_in_progress(repo):
         assert lifecycle.registry.entries["slow"].model is None  # never published
         assert [m.name for m in lifecycle.registry.live_models()] == ["a"]
         assert top_label(await classify(client)).startswith("a")  # accepted work still served
+
+
+async def test_a_reload_asked_for_while_start_up_loads_runs_once_the_models_are_warm(repo):
+    """SIGHUP during start-up: docs/model-repository.md promises the look runs afterwards."""
+    publish(repo, "a", "gate labels=a")
+    app = make_repo_app(repo, default_model="a")
+    OPENING.clear()
+    GATE.clear()
+    lifespan = app.router.lifespan_context(app)
+    starting = asyncio.create_task(lifespan.__aenter__())  # returns once the models are loaded
+    lifecycle = app.state.service.lifecycle
+    try:
+        await until(OPENING.is_set)  # the start-up load of "a" is under way
+        publish(repo, "b", "labels=b")
+        lifecycle.request_reload()  # what SIGHUP does
+        GATE.set()
+        await starting
+        await lifecycle.wait_for_warm_up()
+        await until(lambda: "b" in lifecycle.registry.entries, timeout_s=10)
+    finally:
+        GATE.set()
+        await starting
+        await lifespan.__aexit__(None, None, None)
 
 
 async def test_grpc_serves_each_model_and_admits_by_the_named_models_queue(repo):

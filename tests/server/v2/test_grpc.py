@@ -19,7 +19,7 @@ import tritonclient.grpc.aio as tritongrpc_aio
 from tritonclient.grpc import service_pb2 as triton_pb2
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
-from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING
+from swin_serve.artifact.contract import random_weights_warning
 from swin_serve.artifact.preprocess import decode_image
 from swin_serve.server.v2 import messages
 from tests.support import free_port, metric, parse_metrics, until
@@ -175,7 +175,8 @@ async def test_random_weights_are_announced_in_every_answer(
     warning = (
         response.parameters["warning"].string_param if "warning" in response.parameters else None
     )
-    assert warning == (RANDOM_WEIGHTS_WARNING if random_weights else None)
+    expected = random_weights_warning(engine.manifest.variant)
+    assert warning == (expected if random_weights else None)
 
 
 async def test_typed_contents_fp32_and_bytes(grpc_serving, make_engine, pngs, manifest):

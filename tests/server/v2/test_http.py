@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor
 
-from swin_serve.artifact.contract import RANDOM_WEIGHTS_WARNING
+from swin_serve.artifact.contract import random_weights_warning
 from swin_serve.artifact.preprocess import decode_image
 from tests.support import metric, parse_metrics, until
 from tests.support.fakes import default_model, image_bytes, tiny_manifest
@@ -208,7 +208,8 @@ async def test_random_weights_are_announced_in_every_answer(
         resp = await client.post(INFER, json={"inputs": [images_input([png()])]})
     assert resp.status_code == 200
     parameters = resp.json().get("parameters", {})
-    assert parameters == ({"warning": RANDOM_WEIGHTS_WARNING} if random_weights else {})
+    expected = random_weights_warning(engine.manifest.variant)
+    assert parameters == ({"warning": expected} if random_weights else {})
 
 
 async def test_no_id_in_the_request_none_in_the_answer(make_app, serve, png):

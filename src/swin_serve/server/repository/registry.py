@@ -119,11 +119,7 @@ class Registry:
         if name is None:
             name = self.default_name
             if name is None:
-                raise ApiError(
-                    ErrorCode.NOT_FOUND,
-                    "this server serves several models and none is the default: name one, as "
-                    f"/v1/models/NAME/classify (models: {self._names()})",
-                )
+                raise ApiError(ErrorCode.NOT_FOUND, self.no_default())
         entry = self.entries.get(name)
         if entry is None:
             raise ApiError(
@@ -138,6 +134,17 @@ class Registry:
         if entry.state is not ModelState.READY or model is None or not model.warm:
             raise not_ready(entry)
         return model
+
+    def no_default(self) -> str:
+        """Why a request that names no model finds none: nothing served, or no default."""
+        if not self.entries:
+            return "this server serves no model: its repository holds none that loaded"
+        if self.default_name is None:
+            return (
+                "this server serves several models and none is the default: name one, as "
+                f"/v1/models/NAME/classify (models: {self._names()})"
+            )
+        return f"the default model {self.default_name!r} is not served; models: {self._names()}"
 
     def _names(self) -> str:
         names = sorted(self.entries)

@@ -56,7 +56,8 @@ class Startup:
             await self._load_one(name, listing.files[name], listing.stamps[name])
         if not self._loaded:  # no default to fail on, and nothing else loaded either
             raise ModelLoadError(f"no model of {directory} could be loaded (see above)")
-        self.look_again = bool(listing.unsettled)  # a look once they are written
+        # A look once they are written; a reload asked for while they loaded is kept.
+        self.look_again = self.look_again or bool(listing.unsettled)
 
     async def _load_single(self, path: Path) -> None:
         model = await self._opening.open(None, path)

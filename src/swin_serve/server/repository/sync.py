@@ -44,10 +44,15 @@ class Sync:
                 return False
             await self._sync_one(name, path, listing.stamps[name])
         if default is not None and self.registry.default_name is None:
+            why = (
+                "the repository holds several models and SWIN_DEFAULT_MODEL is unset"
+                if self.registry.entries
+                else "the repository holds no model"
+            )
             log.warning(
-                "model %s is no longer the default: the repository holds several models and "
-                "SWIN_DEFAULT_MODEL is unset, so /classify and /features now answer 404",
+                "model %s is no longer the default: %s, so /classify and /features now answer 404",
                 default,
+                why,
             )
         if listing.unsettled:
             log.info("repository: %s still being written; looking again", sorted(listing.unsettled))
