@@ -27,7 +27,8 @@
 #
 # Only the export stage has torch. The runtime stages get the project's wheel from the wheel stage
 # and the verified ONNX model from the export stage, and install onnxruntime (cpu) or
-# onnxruntime-gpu (gpu), never both. Every stage installs under requirements.lock
+# onnxruntime-gpu with CUDA's and cuDNN's wheels (gpu), never both. Every stage is built on
+# python:3.11-slim, the CPython the lock is resolved for, and installs under requirements.lock
 # (pip --constraint), so an image built next month holds the same releases as the one tested today.
 
 # ---------------------------------------------------------------------------------------------
@@ -137,25 +138,27 @@ COPY --from=export /build/models/ /app/models/
 ENV SWIN_MODEL_PATH=/app/models/model.onnx
 
 # ---------------------------------------------------------------------------------------------
-# Serve-only GPU image. onnxruntime-gpu 1.31 on PyPI is built against CUDA 13.0 and cuDNN 9 (its
-# build info says cuda_version 13.0), so the base is the matching CUDA 13 + cuDNN 9 runtime image.
-# The host needs an NVIDIA driver >= 580 and the NVIDIA Container Toolkit.
-FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 AS gpu-runtime
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+# Serve-only GPU image. onnxruntime-gpu 1.31 on PyPI is built for CUDA 13 and cuDNN 9; the `gpu`
+# extra installs both as NVIDIA's wheels (nvidia-*, pinned by the lock), and the server loads them
+# from there before it opens a CUDA session. So the base is the CPU stages' Python, not a CUDA
+# image: the host provides only the driver (>= 580, CUDA 13's), which the NVIDIA Container Toolkit
+# mounts into the container.
+FROM python:3.11-slim AS gpu-runtime
+# What the nvidia/cuda images declare for the NVIDIA Container Toolkit: every GPU and the
+# driver's compute libraries where no GPU is requested explicitly, and a container that refuses
+# to start on a driver older than CUDA 13 instead of serving on the CPU.
+ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA=cuda>=13.0 \
+    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     SWIN_HOST=0.0.0.0 SWIN_PORT=8000 SWIN_GRPC_PORT=8001 SWIN_PROVIDERS=auto \
     SWIN_MODEL_PATH=/models/swin_tiny_patch4_window7_224.onnx
 WORKDIR /app
 
-# Ubuntu's python3 (3.12) in a venv; no compilers: every dependency ships as a wheel.
 COPY pyproject.toml requirements.lock /tmp/deps/
 COPY deploy/requirements.py /tmp/deps/deploy/
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && python3 -m venv /opt/venv \
+RUN python -m venv /opt/venv \
  && python /tmp/deps/deploy/requirements.py gpu > /tmp/deps/requirements.txt \
  && pip install --constraint /tmp/deps/requirements.lock -r /tmp/deps/requirements.txt \
  && rm -rf /tmp/deps \

@@ -3,7 +3,8 @@
     python deploy/requirements.py EXTRA ...          the base dependencies plus those extras
     python deploy/requirements.py --stamp LOCK       write the digest line into LOCK (make lock)
     python deploy/requirements.py --constraints LOCK LOCK's pins as this platform installs them
-    python deploy/requirements.py --strays LOCK      installed packages LOCK does not name
+    python deploy/requirements.py --strays LOCK      installed packages LOCK does not name (or
+                                                     CUDA's, without onnxruntime-gpu)
 
 The Dockerfile installs the printed requirements, constrained by requirements.lock, before it
 copies the source, so the heavy layers (torch, onnxruntime) stay cached across code changes.
@@ -24,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST_PREFIX = "# pyproject.toml dependencies sha256: "
 PROJECT = "swin-serve"
+# CUDA's and cuDNN's libraries, as NVIDIA's wheels, and the one package that loads them.
+CUDA_LIBRARIES = "nvidia-"
+GPU_RUNTIME = "onnxruntime-gpu"
 _PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
 
 
@@ -83,12 +87,19 @@ def platform_pins(lock: Path) -> dict[str, str]:
 
 
 def strays(lock: Path) -> list[str]:
-    """Installed distributions the lock does not name at their installed version."""
+    """Installed distributions the lock does not name at their installed version, and CUDA's
+    libraries (nvidia-*) where onnxruntime-gpu is not installed. The lock pins those for the
+    `gpu` extra, which alone needs them: in a CPU environment they are gigabytes for nothing."""
     pins = platform_pins(lock)
+    installed = [
+        (canonical(dist.metadata["Name"]), dist.version)
+        for dist in importlib.metadata.distributions()
+    ]
+    gpu = any(name == GPU_RUNTIME for name, _ in installed)
     found = set()
-    for dist in importlib.metadata.distributions():
-        name = canonical(dist.metadata["Name"])
-        if name != PROJECT and pins.get(name) != dist.version:
+    for name, version in installed:
+        unused = name.startswith(CUDA_LIBRARIES) and not gpu
+        if name != PROJECT and (pins.get(name) != version or unused):
             found.add(name)
     return sorted(found)
 

@@ -1,8 +1,7 @@
 """Invariants of the Dockerfile, .dockerignore and compose files.
 
-No container engine runs in the test suite (and the CUDA base image cannot be pulled here), so
-these read the files and pin down what container-smoke cannot exercise: the GPU stage and the
-GPU compose service. A podman-based smoke run (outside this suite) builds and runs the CPU target.
+No container engine runs in the test suite (and no GPU is here), so these read the files and
+pin down what container-smoke cannot exercise: the GPU stage and the GPU compose service. A podman-based smoke run (outside this suite) builds and runs the CPU target.
 The export stage's RUN line is run for real, with a stand-in `python` that records its command
 line and writes the files the exporter would.
 """
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.support import need_make
 from tests.support.deploy_files import merge
@@ -47,7 +47,7 @@ EXPORT_ARGS = {
 SWITCHES = ("FP16", "TRUST_CHECKPOINT")
 
 
-def requirements(*extras: str) -> list[str]:
+def requirement_lines(*extras: str) -> list[str]:
     """What the Dockerfile installs for these extras (it runs the same script)."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "deploy/requirements.py"), *extras],
@@ -55,7 +55,14 @@ def requirements(*extras: str) -> list[str]:
         capture_output=True,
         text=True,
     ).stdout
-    return [re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() for line in out.split()]
+    return out.split()
+
+
+def requirements(*extras: str) -> list[str]:
+    """The names of the packages requirement_lines() asks for."""
+    return [
+        re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() for line in requirement_lines(*extras)
+    ]
 
 
 def seconds(duration: str | int | float) -> float:
@@ -131,15 +138,21 @@ def test_export_stage_takes_weights_and_an_overridable_cpu_torch_source(stages):
     assert "torch" in requirements("serve", "export")
 
 
-def test_gpu_stage_uses_a_cuda_cudnn_runtime_base_matching_onnxruntime_gpu(stages):
+def test_gpu_stage_is_the_cpu_stages_python_with_cuda_from_the_gpu_extra(stages):
+    # The lock is resolved for CPython 3.11: every image runs the Python it was resolved for.
     base = built(stages, "gpu").base
-    m = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu(\d+)\.04", base)
-    assert m, f"gpu base {base!r} is not an nvidia/cuda cudnn runtime image"
-    # onnxruntime-gpu 1.31 wheels on PyPI are built for CUDA 13 + cuDNN 9 (build info
-    # cuda_version 13.0); a CUDA 12 base would silently fall back to the CPU provider.
-    assert m.group(1) == "13"
-    # requires-python >= 3.11: Ubuntu 22.04's python3 is 3.10, 24.04's is 3.12.
-    assert int(m.group(2)) >= 24
+    assert base == built(stages, "cpu").base and base.startswith("python:3.11")
+    # No CUDA base image: CUDA 13 and cuDNN 9 come as the wheels of onnxruntime-gpu's extras
+    # (tests/deploy/test_lock.py pins them), which the server loads itself.
+    ort = [Requirement(r) for r in requirement_lines("gpu") if r.startswith("onnxruntime-gpu")]
+    assert [r.extras for r in ort] == [{"cuda", "cudnn"}]
+    # Without the nvidia/cuda base, its settings for the NVIDIA Container Toolkit are the image's
+    # own: a driver older than CUDA 13 stops the container, not just the CUDA provider.
+    env = env_of(built(stages, "gpu"))
+    assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert "NVIDIA_REQUIRE_CUDA" not in env_of(built(stages, "cpu"))
 
 
 @pytest.mark.parametrize("stage", RUNTIMES + SERVE_ONLY)

@@ -259,6 +259,7 @@ class OnnxEngine(LaneEngine):
         except providers.ProviderError as exc:
             raise ModelLoadError(str(exc)) from exc
         on_cuda = choice.cuda
+        providers.load_cuda_libraries(choice, ort)
         wanted = (
             [(providers.CUDA, CUDA_PROVIDER_OPTIONS), providers.CPU] if on_cuda else [providers.CPU]
         )

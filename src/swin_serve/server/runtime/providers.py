@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
+from types import ModuleType
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -56,6 +57,18 @@ def choose(requested: str, available: list[str], gpus: list[str]) -> Choice:
             f"so the model runs on the CPU: {GPU_HINT}",
         )
     return Choice(False, "SWIN_PROVIDERS=auto and no CUDA provider (a CPU-only host)")
+
+
+def load_cuda_libraries(choice: Choice, ort: ModuleType) -> None:
+    """Before a session on `choice`: for CUDA, load CUDA's and cuDNN's libraries from the nvidia-*
+    wheels of the `gpu` extra. The CUDA provider links cuBLAS and the CUDA runtime by name, and
+    the loader never looks in site-packages: without this they would have to be on
+    LD_LIBRARY_PATH or installed system-wide. preload_dlls still falls back to that search for
+    what no wheel holds; onnxruntime before 1.21 lacks it and relies on that search alone. A CPU
+    session needs none of them, and where they are missing preload_dlls prints a failure each."""
+    preload = getattr(ort, "preload_dlls", None)
+    if choice.cuda and preload is not None:
+        preload()
 
 
 def check_started(choice: Choice, active: str, requested: str) -> Choice:
