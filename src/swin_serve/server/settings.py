@@ -68,8 +68,7 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Most models loaded at once; a file past it is refused (and retried at each "
-        "reload). Each extra Swin-T costs about 210 MB of memory in fp32, 23 MB in int8 "
-        "(docs/model-repository.md).",
+        "reload). Each model holds its own session in memory (docs/model-repository.md#memory).",
     )
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
@@ -106,8 +105,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="Images per model run, at most; 0 = auto (4 on CPU, where a larger batch "
-        "adds latency but no images/s (see Benchmarks); 32 on CUDA).",
+        description="Images per model run, at most; 0 = auto (4 on CPU, 32 on CUDA). A larger "
+        "batch waits for more images; what it gains in images/s depends on the machine "
+        "(docs/benchmarks.md).",
     )
     max_batch_delay_ms: float = Field(
         5.0,
