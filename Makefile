@@ -8,8 +8,8 @@
 PYTHON ?= python3
 # `make serve GPU=1`: ONNX Runtime's CUDA build, in an environment of its own (.venv-gpu: the CPU
 # and CUDA builds of onnxruntime cannot share one), with CUDA required rather than hoped for.
-# FP16=1 serves the float16 variant. The host needs the NVIDIA driver, CUDA 13 and cuDNN 9 that
-# onnxruntime-gpu is built for (docs/troubleshooting.md).
+# FP16=1 serves the float16 variant. CUDA 13 and cuDNN 9 come with it as pip wheels (the `gpu`
+# extra), so the host needs only an NVIDIA driver >= 580 (docs/troubleshooting.md).
 GPU ?=
 FP16 ?=
 ifneq ($(filter-out 1,$(GPU) $(FP16)),)
@@ -55,8 +55,27 @@ BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 .DEFAULT_GOAL := help
 .PHONY: help serve test export lint format lock proto bench bench-swap bench-tracing soak docker docker-cpu clean distclean
 
-help: ## list the targets
+# The variables `make help` lists, with what each does (`make VAR=value target`).
+VARIABLES := \
+  "PYTHON=$(PYTHON)|the Python 3.11+ that creates .venv" \
+  "GPU=$(GPU)|1: make serve/export with ONNX Runtime's CUDA build, in .venv-gpu" \
+  "FP16=$(FP16)|1: serve (and export) the float16 model, with GPU=1" \
+  "VARIANT=$(VARIANT)|the preset make serve and make export use" \
+  "CHECKPOINT=$(CHECKPOINT)|weights: auto, official, random, a path or a URL" \
+  "EXPORT_ARGS=$(EXPORT_ARGS)|more swin-export options, e.g. '--labels classes.txt --int8'" \
+  "PYTEST_ARGS=$(PYTEST_ARGS)|options for make test's pytest, e.g. '-x tests/server'" \
+  "BENCH_ARGS=$(BENCH_ARGS)|options for make bench, e.g. --quick" \
+  "SOAK_MINUTES=$${SOAK_MINUTES:-10}|how long make soak runs" \
+  "PACKAGE=$(PACKAGE)|make lock: upgrade only this package" \
+  "TORCH_INDEX_URL=$(TORCH_INDEX_URL)|where torch's CPU build comes from (empty: a local wheel, else PyTorch's index)" \
+  "DOCKER=$(DOCKER)|the container command of make docker" \
+  "IMAGE=$(IMAGE)|the image make docker builds" \
+  "DOCKER_BUILD_ARGS=$(DOCKER_BUILD_ARGS)|more docker build options"
+
+help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@echo "Variables (make VAR=value TARGET), with their values now:"
+	@for v in $(VARIABLES); do printf '%s\n' "$$v"; done | awk -F'|' '{printf "  %-34s %s\n", $$1, $$2}'
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,22 @@ def test_the_architecture_page_names_every_module_of_the_package():
     assert len(modules) > 50
     unnamed = sorted(str(p.relative_to(package)) for p in modules if f"`{p.name}`" not in page)
     assert not unnamed, f"docs/architecture.md does not name: {unnamed}"
+
+
+def test_the_version_is_the_changelogs_latest_entry():
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    entries = re.findall(r"^## (\d+\.\d+\.\d+) - \d{4}-\d{2}-\d{2}$", changelog, flags=re.M)
+    assert len(entries) >= 5, entries
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert entries[0] == version, (
+        f"pyproject.toml says {version}, CHANGELOG.md's latest {entries[0]}"
+    )
+    assert entries == sorted(entries, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
+    # What the server says it is: the OpenAPI document and the v2 server metadata.
+    import swin_serve
+    from swin_serve.server.http.app import create_app
+    from swin_serve.server.v2.model import server_metadata
+
+    assert swin_serve.__version__ == version
+    assert create_app().openapi()["info"]["version"] == version
+    assert server_metadata()["version"] == version

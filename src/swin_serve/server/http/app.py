@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from swin_serve import __version__
 from swin_serve.artifact.preprocess import configure_pillow
 from swin_serve.server.auth import install_api_keys
 from swin_serve.server.errors import ApiError, ErrorCode, code_for_status, is_v2_path
@@ -77,7 +78,7 @@ def create_app(
     )
     app = FastAPI(
         title="Swin Transformer inference service",
-        version="0.1.0",
+        version=__version__,
         description=_DESCRIPTION,
         lifespan=_lifespan(state),
     )

@@ -3,10 +3,9 @@ metadata."""
 
 from __future__ import annotations
 
-import functools
-from importlib import metadata
 from typing import Any
 
+from swin_serve import __version__
 from swin_serve.artifact.contract import Manifest
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.runtime.engine import Engine
@@ -25,12 +24,8 @@ PIXELS_INPUT = "pixel_values"  # FP32 [N, 3, S, S], preprocessed as the manifest
 CLASSIFIABLE_OUTPUT = "logits"
 
 
-@functools.cache
 def server_version() -> str:
-    try:
-        return metadata.version("swin-serve")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "0+unknown"
+    return __version__
 
 
 def server_metadata() -> dict[str, Any]:
