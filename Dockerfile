@@ -147,11 +147,15 @@ FROM python:3.11-slim AS gpu-runtime
 # What the nvidia/cuda images declare for the NVIDIA Container Toolkit: every GPU and the
 # driver's compute libraries where no GPU is requested explicitly, and a container that refuses
 # to start on a driver older than CUDA 13 instead of serving on the CPU.
+# Where some hosts (GKE's device plugin, for one) mount the driver's libraries, instead of
+# registering them with the dynamic loader as the toolkit's hook does: the nvidia/cuda images'
+# own paths.
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     NVIDIA_REQUIRE_CUDA=cuda>=13.0 \
+    LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    PATH=/opt/venv/bin:$PATH \
+    PATH=/opt/venv/bin:/usr/local/nvidia/bin:$PATH \
     SWIN_HOST=0.0.0.0 SWIN_PORT=8000 SWIN_GRPC_PORT=8001 SWIN_PROVIDERS=auto \
     SWIN_MODEL_PATH=/models/swin_tiny_patch4_window7_224.onnx
 WORKDIR /app

@@ -55,27 +55,36 @@ BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 .DEFAULT_GOAL := help
 .PHONY: help serve test export lint format lock proto bench bench-swap bench-tracing soak docker docker-cpu clean distclean
 
-# The variables `make help` lists, with what each does (`make VAR=value target`).
-VARIABLES := \
-  "PYTHON=$(PYTHON)|the Python 3.11+ that creates .venv" \
-  "GPU=$(GPU)|1: make serve/export with ONNX Runtime's CUDA build, in .venv-gpu" \
-  "FP16=$(FP16)|1: serve (and export) the float16 model, with GPU=1" \
-  "VARIANT=$(VARIANT)|the preset make serve and make export use" \
-  "CHECKPOINT=$(CHECKPOINT)|weights: auto, official, random, a path or a URL" \
-  "EXPORT_ARGS=$(EXPORT_ARGS)|more swin-export options, e.g. '--labels classes.txt --int8'" \
-  "PYTEST_ARGS=$(PYTEST_ARGS)|options for make test's pytest, e.g. '-x tests/server'" \
-  "BENCH_ARGS=$(BENCH_ARGS)|options for make bench, e.g. --quick" \
-  "SOAK_MINUTES=$${SOAK_MINUTES:-10}|how long make soak runs" \
-  "PACKAGE=$(PACKAGE)|make lock: upgrade only this package" \
-  "TORCH_INDEX_URL=$(TORCH_INDEX_URL)|where torch's CPU build comes from (empty: a local wheel, else PyTorch's index)" \
-  "DOCKER=$(DOCKER)|the container command of make docker" \
-  "IMAGE=$(IMAGE)|the image make docker builds" \
-  "DOCKER_BUILD_ARGS=$(DOCKER_BUILD_ARGS)|more docker build options"
+# The variables `make help` lists, each with what it does (`make VAR=value target`).
+DOCKER_MODEL_ARGS := VARIANT WEIGHTS NUM_CLASSES LABELS IMG_SIZE FP16 TRUST_CHECKPOINT
+HELP_VARIABLES := PYTHON GPU FP16 VARIANT CHECKPOINT EXPORT_ARGS PYTEST_ARGS BENCH_ARGS SOAK_MINUTES \
+  PACKAGE TORCH_INDEX_URL DOCKER IMAGE DOCKER_BUILD_ARGS $(DOCKER_MODEL_ARGS)
+HELP_PYTHON := the Python 3.11+ that creates .venv
+HELP_GPU := 1: make serve/export with ONNX Runtime's CUDA build, in .venv-gpu
+HELP_FP16 := 1: serve (and export) the float16 model, with GPU=1
+HELP_VARIANT := the preset make serve, make export and make docker use
+HELP_CHECKPOINT := weights: auto, official, random, a path or a URL
+HELP_EXPORT_ARGS := more swin-export options, e.g. --labels classes.txt --int8
+HELP_PYTEST_ARGS := options for make test's pytest, e.g. -x tests/server
+HELP_BENCH_ARGS := options for make bench, e.g. --quick
+HELP_SOAK_MINUTES := how long make soak runs (default 10)
+HELP_PACKAGE := make lock: upgrade only this package
+HELP_TORCH_INDEX_URL := where torch's CPU build comes from (empty: a local wheel, else PyTorch's)
+HELP_DOCKER := the container command of make docker
+HELP_IMAGE := the image make docker builds
+HELP_DOCKER_BUILD_ARGS := more docker build options
+HELP_WEIGHTS := make docker: the weights baked in (official, random, auto, a path or a URL)
+HELP_NUM_CLASSES := make docker: the head size (default: the checkpoint's own)
+HELP_LABELS := make docker: a class-names file in the project folder
+HELP_IMG_SIZE := make docker: build the preset at another input size
+HELP_TRUST_CHECKPOINT := make docker: 1 allows a pickle holding Python objects (runs its code)
+# A value shown in single quotes, so that the shell prints it as it is, quotes and backticks too.
+quoted = '$(subst ','\'',$(1))'
 
 help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (make VAR=value TARGET), with their values now:"
-	@for v in $(VARIABLES); do printf '%s\n' "$$v"; done | awk -F'|' '{printf "  %-34s %s\n", $$1, $$2}'
+	@$(foreach v,$(sort $(HELP_VARIABLES)),printf '  %-34s %s\n' $(call quoted,$(v)=$($(v))) $(call quoted,$(HELP_$(v)));)
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -161,11 +170,11 @@ soak: $(BENCH_STAMP) ## long-running load and memory soak test
 	@test -f $(MODEL) || $(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/
 	$(PY) -m bench soak --model $(MODEL) --minutes $${SOAK_MINUTES:-10}
 
-docker: ## build the GPU image (VARIANT, WEIGHTS, NUM_CLASSES, LABELS, IMG_SIZE, FP16 reach the export)
-	$(DOCKER) build $(strip $(foreach a,VARIANT WEIGHTS NUM_CLASSES LABELS IMG_SIZE FP16 TRUST_CHECKPOINT,$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
+docker: ## build the GPU image (VARIANT, WEIGHTS, NUM_CLASSES, LABELS, IMG_SIZE, FP16, TRUST_CHECKPOINT reach the export)
+	$(DOCKER) build $(strip $(foreach a,$(DOCKER_MODEL_ARGS),$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
 
 docker-cpu: ## build the CPU-only image (the same build arguments as docker)
-	$(DOCKER) build $(strip $(foreach a,VARIANT WEIGHTS NUM_CLASSES LABELS IMG_SIZE FP16 TRUST_CHECKPOINT,$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) --target cpu -t $(IMAGE):cpu .
+	$(DOCKER) build $(strip $(foreach a,$(DOCKER_MODEL_ARGS),$(if $($(a)),--build-arg '$(a)=$($(a))'))) $(DOCKER_BUILD_ARGS) --target cpu -t $(IMAGE):cpu .
 
 clean: ## remove caches and build outputs (keeps .venv and artefacts/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

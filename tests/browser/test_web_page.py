@@ -52,6 +52,10 @@ def test_flower_shows_top5_bars_heatmaps_model_card_and_timing(
     # The model card comes from /v1/models, with the live settings and the random-weights banner.
     expect(page.locator("#model-summary")).to_contain_text("swin_micro_patch4_window4_64")
     expect(page.locator("#random-banner")).to_be_visible()
+    # ... with the export command that works for this preset (the micro one has no official weights)
+    expect(page.locator("#random-advice")).to_contain_text(
+        "swin-export --variant swin_micro_patch4_window4_64 --checkpoint PATH"
+    )
     card = page.locator("#model-card")
     expect(card).to_contain_text("CPUExecutionProvider")
     expect(card).to_contain_text("fp32 on onnxruntime · SWIN_PRECISION=fp32")

@@ -152,6 +152,8 @@ def test_gpu_stage_is_the_cpu_stages_python_with_cuda_from_the_gpu_extra(stages)
     assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
     assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    # where a device plugin mounts the driver without the toolkit's loader hook (GKE)
+    assert "/usr/local/nvidia/lib64" in env["LD_LIBRARY_PATH"].split(":")
     assert "NVIDIA_REQUIRE_CUDA" not in env_of(built(stages, "cpu"))
 
 

@@ -338,3 +338,20 @@ def test_symbolic_check_fails_when_an_expected_output_is_missing(tiny_export, ti
     expected = {**tiny_export.manifest.outputs, "stage5": ["batch", 1]}
     with pytest.raises(checks.CheckFailed, match="missing"):
         checks.check_symbolic_batch(proto, expected)
+
+
+def test_the_random_weights_warning_names_an_export_that_can_work(tiny_export):
+    """The micro preset has no official weights: its warning asks for the user's own."""
+    from swin_serve.artifact.contract import random_weights_warning, served_warning
+
+    weights = tiny_export.manifest.weights
+    assert weights.random
+    assert "--checkpoint PATH` with your own" in weights.warning
+    assert "--checkpoint official" not in weights.warning
+    assert served_warning(tiny_export.manifest) == weights.warning
+    # An artefact written before the warning named a working command is told the official one.
+    old = tiny_export.manifest.model_copy(
+        update={"weights": weights.model_copy(update={"warning": "python -m export ..."})}
+    )
+    assert served_warning(old) == random_weights_warning(old.variant)
+    assert "--checkpoint official" in random_weights_warning("swin_tiny_patch4_window7_224")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -227,3 +228,34 @@ def test_the_start_banner_says_when_every_interface_listens(host, says, caplog):
     caplog.set_level(logging.INFO, logger="swin_serve.server")
     _log_banner(Settings(model_path="m.onnx", host=host), grpc_port=None)
     assert ("bound to 0.0.0.0: every interface" in caplog.text) is says
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),  # cgroup v2: 2 CPUs
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # not in a cgroup that limits CPU
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_from_either_cgroup_version(tmp_path, files, quota):
+    from swin_serve.server.settings import cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+
+
+def test_threads_follow_a_cpu_limit_below_the_cores_a_pod_sees(monkeypatch, tmp_path):
+    """Kubernetes' default CPU manager policy: every node core in the affinity, a 2-CPU quota."""
+    from swin_serve.server import settings as settings_module
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    monkeypatch.setattr(settings_module, "CGROUP", tmp_path)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert settings_module.available_cpus() == 2  # 1.5 CPUs of time: 2 threads, not 64
+    assert Settings(model_path="m.onnx").resolved_intra_op_threads() == 2

@@ -36,14 +36,30 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def random_weights_warning(variant: str) -> str:
+def random_weights_warning(variant: str, *, official: bool = True) -> str:
     """What every answer about a model with random weights says, with the command that exports
-    ``variant`` with real ones."""
-    return (
-        "This model has RANDOM weights: its predictions are meaningless. Export it with real "
-        f"weights for real use: `swin-export --variant {variant} --checkpoint official` "
-        "(or `--checkpoint PATH` for your own)."
+    ``variant`` with real ones: the official release's, where ``official`` weights exist."""
+    head = "This model has RANDOM weights: its predictions are meaningless. Export it with real "
+    if official:
+        return head + (
+            f"weights for real use: `swin-export --variant {variant} --checkpoint official` "
+            "(or `--checkpoint PATH` for your own)."
+        )
+    return head + (
+        f"weights for real use: `swin-export --variant {variant} --checkpoint PATH` with your "
+        "own (no official weights exist for it)."
     )
+
+
+def served_warning(manifest: Manifest) -> str | None:
+    """What the server says of a model: its exporter's words where they name a command of this
+    release (the exporter knew whether official weights exist), else the official one's."""
+    weights = manifest.weights
+    if not weights.random:
+        return None
+    if weights.warning and "`swin-export --variant" in weights.warning:
+        return weights.warning
+    return random_weights_warning(manifest.variant)
 
 
 class ManifestError(ValueError):

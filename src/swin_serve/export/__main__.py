@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD, random_weights_warning
+from swin_serve.artifact.contract import IMAGENET_MEAN, IMAGENET_STD
 from swin_serve.model import PRESETS
 from swin_serve.model.weights import CHOICES
 
@@ -174,7 +174,7 @@ def summary(result: ExportResult) -> str:
         "",
         f"Exported {info.name} in {result.seconds:.1f} s"
         + (
-            f"\n  ** {random_weights_warning(info.variant)} **"
+            f"\n  ** {weights.warning} **"
             if weights.random
             else f"   weights: {weights.source} sha256 {str(weights.sha256)[:16]}..."
         ),

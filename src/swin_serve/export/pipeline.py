@@ -25,6 +25,7 @@ import torch
 from swin_serve.artifact.contract import GOLDEN_KEY, Manifest, WeightsRecord, random_weights_warning
 from swin_serve.artifact.sessions import cpu_session
 from swin_serve.model import SwinConfig, SwinTransformer, get_config
+from swin_serve.model.download import NoReleasedWeights, pretrained_url
 from swin_serve.model.weights import checkpoint_head_size, is_local, load_weights
 
 from . import checks, golden, manifest, optimize, triton, variants
@@ -149,6 +150,14 @@ def artefact_name(options: ExportOptions, config: SwinConfig) -> str:
     return f"{options.variant}_{config.img_size}"
 
 
+def has_official_weights(variant: str, num_classes: int) -> bool:
+    try:
+        pretrained_url(variant, num_classes=num_classes)
+    except NoReleasedWeights:
+        return False
+    return True
+
+
 def _load_weights(work: _Work) -> None:
     options = work.options
     head = _decide_head(options)
@@ -158,7 +167,9 @@ def _load_weights(work: _Work) -> None:
     )
     torch.manual_seed(options.seed)
     work.model = SwinTransformer(work.config).eval()
-    warning_text = random_weights_warning(options.variant)
+    warning_text = random_weights_warning(
+        options.variant, official=has_official_weights(options.variant, work.config.num_classes)
+    )
     source = load_weights(
         work.model,
         options.checkpoint,

@@ -130,7 +130,12 @@ def _untrusted(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
     names: list[str] = []
     if zipfile.is_zipfile(path):
         with contextlib.suppress(RuntimeError, ValueError, pickle.UnpicklingError):
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            allowed = {f"{c.__module__}.{c.__qualname__}" for c in PLAIN_DATA_CLASSES}
+            names = [
+                n
+                for n in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                if n not in allowed
+            ]
     if zipfile.is_zipfile(path) and not names:
         return CheckpointError(f"could not read checkpoint {path}: {error}")
     held = f"it holds Python objects besides tensors ({_listed(names)})" if names else str(error)
@@ -423,7 +428,7 @@ def _suggestion(theirs: dict, ours: dict, mismatched: list[str]) -> str:
     return advice
 
 
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_LISTED_KEYS])
+def _listed(items: list) -> str:
+    shown = ", ".join(str(item) for item in items[:MAX_LISTED_KEYS])
     rest = len(items) - MAX_LISTED_KEYS
     return shown + (f", ... and {rest} more" if rest > 0 else "")

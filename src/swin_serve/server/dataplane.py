@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from swin_serve.artifact.contract import Manifest, random_weights_warning
+from swin_serve.artifact.contract import Manifest, served_warning
 from swin_serve.server import inference
 from swin_serve.server.errors import ApiError, ErrorCode
 from swin_serve.server.lifecycle import Phase
@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 def weights_warning(manifest: Manifest) -> str | None:
     """What every answer about a model says of it: that its weights are random, if so."""
-    return random_weights_warning(manifest.variant) if manifest.weights.random else None
+    return served_warning(manifest)
 
 
 class DataPlane:

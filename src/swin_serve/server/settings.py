@@ -6,6 +6,7 @@ fail at start-up with pydantic's message, which names the variable and the const
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -19,12 +20,36 @@ Providers = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
 def available_cpus() -> int:
-    """CPUs this process may run on (respects taskset/cgroup affinity, unlike ``os.cpu_count``)."""
+    """CPUs this process may use: the CPUs it may run on (taskset/cpuset affinity, unlike
+    ``os.cpu_count``), at most its CPU quota rounded up. A container with a CPU limit but no
+    pinned cores (Kubernetes' default CPU manager policy) sees every core of its node: threads
+    sized from those would be throttled to the quota."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = max(1, os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(CGROUP)
+    return min(cpus, math.ceil(quota)) if quota else cpus
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """The CPUs' worth of time this process's cgroup may use, or None without a limit: cgroup
+    v2's ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"), else v1's ``cfs_quota_us`` (-1: none)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ meets a CUDA provider that did not start, as on a host without the driver.
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
@@ -84,3 +85,21 @@ def test_an_onnxruntime_without_preload_dlls_still_opens_its_cuda_session(
     fake = FakeOnnxRuntime([CUDA, CPU], has_preload=False)
     load(monkeypatch, tiny_model_path, fake, "auto")
     assert fake.calls[0] == ("session", [CUDA, CPU])
+
+
+def test_the_libraries_load_once_per_process_and_what_they_print_goes_to_the_log(caplog):
+    from swin_serve.server.runtime.providers import Choice, load_cuda_libraries
+
+    calls = []
+
+    class Ort:
+        def preload_dlls(self):
+            calls.append(1)
+            print("Failed to load libcudnn.so.9")
+
+    ort, cuda = Ort(), Choice(True, "asked for")
+    with caplog.at_level(logging.WARNING):
+        load_cuda_libraries(cuda, ort)
+        load_cuda_libraries(cuda, ort)
+    assert calls == [1]
+    assert "Failed to load libcudnn.so.9" in caplog.text

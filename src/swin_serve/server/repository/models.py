@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from swin_serve.artifact.contract import random_weights_warning
+from swin_serve.artifact.contract import served_warning
 from swin_serve.artifact.golden import SelfCheckFailed, SelfCheckReport
 from swin_serve.server.observability.metrics import ModelMetrics
 from swin_serve.server.runtime.batcher import Batcher
@@ -159,5 +159,5 @@ def announce(engine: Engine, name: str) -> None:
     """A model with random weights is announced so that nobody scrolls past it."""
     if engine.manifest.weights.random:
         rule = "!" * 78
-        lines = textwrap.wrap(f"{name}: {random_weights_warning(engine.manifest.variant)}", 74)
+        lines = textwrap.wrap(f"{name}: {served_warning(engine.manifest)}", 74)
         log.warning("%s", "\n".join(["", rule, *(f"!!  {line}" for line in lines), rule]))

@@ -118,7 +118,7 @@ class Registry:
         """The entry a request names (None: the default), or 404."""
         if name is None:
             name = self.default_name
-            if name is None:
+            if name not in self.entries:
                 raise ApiError(ErrorCode.NOT_FOUND, self.no_default())
         entry = self.entries.get(name)
         if entry is None:

@@ -7,7 +7,10 @@ provider that ONNX Runtime could not start, are reported in the log and in /v1/m
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
+import logging
 import os
 from dataclasses import dataclass
 from types import ModuleType
@@ -19,6 +22,9 @@ GPU_HINT = "install the `gpu` extra (onnxruntime-gpu): `make serve GPU=1`, or th
 
 class ProviderError(RuntimeError):
     """SWIN_PROVIDERS asks for a provider this process cannot use."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,16 @@ def load_cuda_libraries(choice: Choice, ort: ModuleType) -> None:
     what no wheel holds; onnxruntime before 1.21 lacks it and relies on that search alone. A CPU
     session needs none of them, and where they are missing preload_dlls prints a failure each."""
     preload = getattr(ort, "preload_dlls", None)
-    if choice.cuda and preload is not None:
-        preload()
+    if choice.cuda and preload is not None and ort not in _PRELOADED:
+        _PRELOADED.append(ort)  # a library stays loaded: once per process is enough
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # it prints, and stdout is not the log
+            preload()
+        if printed.getvalue().strip():
+            log.warning("loading CUDA's libraries: %s", printed.getvalue().strip())
+
+
+_PRELOADED: list[ModuleType] = []
 
 
 def check_started(choice: Choice, active: str, requested: str) -> Choice:

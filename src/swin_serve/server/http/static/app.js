@@ -23,6 +23,7 @@
     picker: $("model-picker"),
     select: $("model-select"),
     banner: $("random-banner"),
+    advice: $("random-advice"),
     card: $("model-card"),
     drop: $("drop-zone"),
     input: $("file-input"),
@@ -252,6 +253,8 @@
       `${m.num_classes} classes · ${m.provider}`;
     const reduced = m.precision !== m.exported_precision;
     ui.banner.hidden = !w.random;
+    // The server's own words, with the export command that works for this model.
+    ui.advice.textContent = (m.warning || "").replace(/^.*?meaningless\. /, "");
     const rows = [
       ["Variant", m.variant],
       [
