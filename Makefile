@@ -33,8 +33,10 @@ LOCK := requirements.lock
 VARIANT ?= swin_tiny_patch4_window7_224
 CHECKPOINT ?= auto
 EXPORT_ARGS ?=
-MODEL := artefacts/$(VARIANT)$(if $(FP16),.fp16).onnx
-SERVE_EXPORT_ARGS := $(if $(FP16),--fp16)
+IMG_SIZE ?=
+# The file the exporter writes for these variables: an input size of its own is in the name.
+MODEL := artefacts/$(VARIANT)$(if $(IMG_SIZE),_$(IMG_SIZE))$(if $(FP16),.fp16).onnx
+SERVE_EXPORT_ARGS := $(if $(FP16),--fp16)$(if $(IMG_SIZE), --img-size $(IMG_SIZE))
 PYTEST_ARGS ?=
 
 # torch is locked as its small CPU build. deploy/install-locked takes it from TORCH_INDEX_URL
@@ -62,6 +64,7 @@ HELP_VARIABLES := PYTHON GPU FP16 VARIANT CHECKPOINT EXPORT_ARGS PYTEST_ARGS BEN
 HELP_PYTHON := the Python 3.11+ that creates .venv
 HELP_GPU := 1: make serve/export with ONNX Runtime's CUDA build, in .venv-gpu
 HELP_FP16 := 1: serve (and export) the float16 model, with GPU=1
+HELP_IMG_SIZE := make serve/export/docker: the preset at another input size (as the checkpoint's)
 HELP_VARIANT := the preset make serve, make export and make docker use
 HELP_CHECKPOINT := weights: auto, official, random, a path or a URL
 HELP_EXPORT_ARGS := more swin-export options, e.g. --labels classes.txt --int8
@@ -76,7 +79,6 @@ HELP_DOCKER_BUILD_ARGS := more docker build options
 HELP_WEIGHTS := make docker: the weights baked in (official, random, auto, a path or a URL)
 HELP_NUM_CLASSES := make docker: the head size (default: the checkpoint's own)
 HELP_LABELS := make docker: a class-names file in the project folder
-HELP_IMG_SIZE := make docker: build the preset at another input size
 HELP_TRUST_CHECKPOINT := make docker: 1 allows a pickle holding Python objects (runs its code)
 # A value shown in single quotes, so that the shell prints it as it is, quotes and backticks too.
 quoted = '$(subst ','\'',$(1))'
@@ -84,7 +86,7 @@ quoted = '$(subst ','\'',$(1))'
 help: ## list the targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 	@echo "Variables (make VAR=value TARGET), with their values now:"
-	@$(foreach v,$(sort $(HELP_VARIABLES)),printf '  %-34s %s\n' $(call quoted,$(v)=$($(v))) $(call quoted,$(HELP_$(v)));)
+	@$(foreach v,$(sort $(HELP_VARIABLES)),printf '  %-40s %s\n' $(call quoted,$(v)=$($(v))) $(call quoted,$(HELP_$(v)));)
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -114,14 +116,14 @@ serve: $(SERVE_STAMP) ## install, export the default model if missing, serve on 
 	  echo "error: $(MODEL) is missing beside artefacts/$(VARIANT).onnx; export both from your" \
 	    "weights: make export CHECKPOINT=... EXPORT_ARGS=--fp16" >&2; exit 1; fi
 	@test -f $(MODEL) || $(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/$(if $(SERVE_EXPORT_ARGS), $(SERVE_EXPORT_ARGS))
-	@echo "Loading $(MODEL); the server logs its URLs once it is ready."
+	@echo "Loading $${SWIN_MODEL_PATH:-$(MODEL)}; the server logs its URLs once it is ready."
 	SWIN_MODEL_PATH=$${SWIN_MODEL_PATH:-$(MODEL)} $(SERVE_ENV) $(VENV)/bin/swin-serve
 
 test: $(DEV_STAMP) ## install (with dev tools) and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 export: $(SERVE_STAMP) ## export VARIANT with CHECKPOINT (auto|official|random|PATH) to artefacts/
-	$(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/ $(EXPORT_ARGS)
+	$(VENV)/bin/swin-export --variant $(VARIANT) --checkpoint $(CHECKPOINT) --out artefacts/$(if $(IMG_SIZE), --img-size $(IMG_SIZE)) $(EXPORT_ARGS)
 
 lint: $(DEV_STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -47,7 +47,7 @@ GENERATED = (
 NUMBER = r"\d+(?:\.\d+)?"
 # A number, or a range of two ("837 to 914 MiB", "0.03-0.5 %"), then its unit.
 FIGURE = re.compile(
-    rf"(?<![\w.+=-])(?P<low>{NUMBER})(?:(?: to |-|–)(?P<high>{NUMBER}))?"
+    rf"(?<![\w.=])[+\-−]?(?P<low>{NUMBER})(?:(?: to |-|–)(?P<high>{NUMBER}))?"
     r"(?:(?P<ratio>[x×])(?![\w])|\s?(?P<unit>req/s|img/s|images/s|ms|µs|MB|MiB|%|CPU s(?:econds)?)"
     r"(?![\w/]))"
 )
@@ -94,6 +94,9 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
         "2.6 ms": _SOAK,
         "115.7 MiB": _SOAK,
         "1840 to 2063 MiB": _SOAK,
+        "+1 MiB": _SOAK,
+        "+2.6 MiB": _SOAK,
+        "+305 MiB": _SOAK,
         "94.2%": "373 of 396 in fine_tune.json; tests/server/test_digits_fine_tune.py holds "
         "this table to the file",
     },
@@ -243,6 +246,8 @@ def test_the_check_finds_the_figures_it_should_and_fails_on_a_wrong_one(values, 
     assert all(holds(values[kind], n) for _, _, kind, ns in found for n in ns)
     wrong = good.replace(f"{rps:.2f} req/s", f"{rps + 0.01:.2f} req/s")
     assert [kind for _, _, kind, ns in figures(wrong) if not holds(values[kind], ns[0])] == ["rate"]
+    # A signed figure ("+210 MB", "-7 ms") is a figure too.
+    assert [kind for _, _, kind, _ in figures("+210 MB more, -7 ms less")] == ["MB", "ms"]
     # The same numbers under another unit are not found: each unit has its own keys.
     assert not holds(values["rate"], f"{p99:.0f}")
     # Inside a generated section or a code block, nothing is read.

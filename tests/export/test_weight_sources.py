@@ -86,3 +86,15 @@ def test_random_weights_are_reproducible_from_the_seed_and_have_non_trivial_bias
     assert a.head.bias.abs().min() > 0 and not torch.allclose(
         a.norm.weight, torch.ones_like(a.norm.weight)
     )
+
+
+def test_a_hub_id_is_told_to_be_downloaded_first(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    model = build_model("swin_micro_patch4_window4_64")
+    with pytest.raises(weights_source.WeightsError, match=r"hf download org/swin-ft --local-dir"):
+        weights_source.load_weights(model, "org/swin-ft", variant="swin_micro_patch4_window4_64")
+    with pytest.raises(weights_source.WeightsError) as plain:
+        weights_source.load_weights(model, "nope.pth", variant="swin_micro_patch4_window4_64")
+    assert "Hub" not in str(plain.value)

@@ -405,7 +405,10 @@ def _suggestion(theirs: dict, ours: dict, mismatched: list[str]) -> str:
         )
     elif matches:
         arch = " or ".join(f"build_model({name!r}{classes})" for name in matches)
-        advice = f"the checkpoint fits preset {' / '.join(matches)}: use {arch}."
+        advice = (
+            f"the checkpoint fits preset {' / '.join(matches)}: export it with "
+            f"`--variant {matches[0]}` (make VARIANT={matches[0]}), or in Python {arch}."
+        )
     else:
         near = [
             name

@@ -7,6 +7,7 @@ from, for the export's manifest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,19 @@ def load_weights(
         return _from_file(model, path, trusted, source="url", url=spec)
     path = Path(spec)
     if not path.exists():
-        raise WeightsError(f"checkpoint {spec!r} not found; pass {CHOICES}")
+        raise WeightsError(_not_found(spec))
     return _from_file(model, path, trusted, source="file", local=str(path.resolve()))
+
+
+def _not_found(spec: str) -> str:
+    message = f"checkpoint {spec!r} not found; pass {CHOICES}"
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):  # "org/name": a Hugging Face Hub id, most likely
+        folder = spec.rsplit("/", 1)[1]
+        message += (
+            f". A Hub id is not read: download the folder first (`hf download {spec} "
+            f"--local-dir ./{folder}`), then pass --checkpoint ./{folder}/"
+        )
+    return message
 
 
 def checkpoint_head_size(spec: str, *, trusted: bool = False) -> int | None:
@@ -113,7 +125,7 @@ def checkpoint_head_size(spec: str, *, trusted: bool = False) -> int | None:
         return None
     path = Path(spec) if is_local(spec) else _download(spec)
     if not path.exists():
-        raise WeightsError(f"checkpoint {spec!r} not found; pass {CHOICES}")
+        raise WeightsError(_not_found(spec))
     try:
         state = read_state_dict(path, trusted=trusted)
         head = CONVERTERS[detect_format(state)](state).get("head.weight")
