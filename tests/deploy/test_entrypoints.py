@@ -243,3 +243,25 @@ def test_make_help_lists_the_everyday_targets():
         "clean",
     ):
         assert re.search(rf"make {target}\b", out), f"make {target} missing from help"
+
+
+def test_make_serve_finds_the_file_an_export_at_another_input_size_writes(sandbox):
+    """The exporter names a model built at another size NAME_SIZE.onnx: make serve looks there,
+    so it serves the user's export instead of exporting (random) weights of its own."""
+    need_make()
+    variables = {"VARIANT": "swin_micro_patch4_window4_64", "IMG_SIZE": "128"}
+    assert make(sandbox, "serve", **variables).returncode == 0
+    assert matches(
+        calls(sandbox)[-2:],
+        [
+            re.escape(
+                "swin-export --variant swin_micro_patch4_window4_64 --checkpoint auto "
+                "--out artefacts/ --img-size 128"
+            ),
+            "swin-serve",
+        ],
+    )
+    (sandbox / "artefacts/swin_micro_patch4_window4_64_128.onnx").touch()
+    result = make(sandbox, "serve", **variables)
+    assert calls(sandbox) == ["swin-serve"]  # found: no export
+    assert "Loading artefacts/swin_micro_patch4_window4_64_128.onnx" in result.stdout
