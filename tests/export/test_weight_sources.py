@@ -95,6 +95,16 @@ def test_a_hub_id_is_told_to_be_downloaded_first(tmp_path, monkeypatch):
     model = build_model("swin_micro_patch4_window4_64")
     with pytest.raises(weights_source.WeightsError, match=r"hf download org/swin-ft --local-dir"):
         weights_source.load_weights(model, "org/swin-ft", variant="swin_micro_patch4_window4_64")
-    with pytest.raises(weights_source.WeightsError) as plain:
-        weights_source.load_weights(model, "nope.pth", variant="swin_micro_patch4_window4_64")
-    assert "Hub" not in str(plain.value)
+    for path in ("nope.pth", "runs/best.pth.tar"):  # a file's path, missing: no Hub advice
+        with pytest.raises(weights_source.WeightsError) as plain:
+            weights_source.load_weights(model, path, variant="swin_micro_patch4_window4_64")
+        assert "Hub" not in str(plain.value)
+
+
+def test_official_weights_are_known_per_preset_and_head():
+    from swin_serve.model.download import has_official_weights
+
+    assert has_official_weights("swin_tiny_patch4_window7_224")
+    assert has_official_weights("swin_base_patch4_window7_224", num_classes=21841)
+    assert not has_official_weights("swin_tiny_patch4_window7_224", num_classes=10)
+    assert not has_official_weights("swin_micro_patch4_window4_64")

@@ -25,7 +25,7 @@ import torch
 from swin_serve.artifact.contract import GOLDEN_KEY, Manifest, WeightsRecord, random_weights_warning
 from swin_serve.artifact.sessions import cpu_session
 from swin_serve.model import SwinConfig, SwinTransformer, get_config
-from swin_serve.model.download import NoReleasedWeights, pretrained_url
+from swin_serve.model.download import has_official_weights
 from swin_serve.model.weights import checkpoint_head_size, is_local, load_weights
 
 from . import checks, golden, manifest, optimize, triton, variants
@@ -150,14 +150,6 @@ def artefact_name(options: ExportOptions, config: SwinConfig) -> str:
     return f"{options.variant}_{config.img_size}"
 
 
-def has_official_weights(variant: str, num_classes: int) -> bool:
-    try:
-        pretrained_url(variant, num_classes=num_classes)
-    except NoReleasedWeights:
-        return False
-    return True
-
-
 def _load_weights(work: _Work) -> None:
     options = work.options
     head = _decide_head(options)
@@ -168,7 +160,8 @@ def _load_weights(work: _Work) -> None:
     torch.manual_seed(options.seed)
     work.model = SwinTransformer(work.config).eval()
     warning_text = random_weights_warning(
-        options.variant, official=has_official_weights(options.variant, work.config.num_classes)
+        options.variant,
+        official=has_official_weights(options.variant, num_classes=work.config.num_classes),
     )
     source = load_weights(
         work.model,

@@ -105,6 +105,11 @@ def pretrained_url(name: str, *, num_classes: int = IMAGENET_1K) -> str:
     return f"{RELEASE_URL}/{tag}/{file}"
 
 
+def has_official_weights(name: str, *, num_classes: int = IMAGENET_1K) -> bool:
+    """Whether the official release has preset `name` with a `num_classes` head."""
+    return (name, num_classes) in RELEASES
+
+
 def default_cache_dir() -> Path:
     """`$SWIN_CACHE_DIR`, else `~/.cache/swin-serve` (read at call time, not import time)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "swin-serve")

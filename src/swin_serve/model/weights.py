@@ -107,12 +107,16 @@ def load_weights(
     return _from_file(model, path, trusted, source="file", local=str(path.resolve()))
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".tar", ".ckpt")
+
+
 def _not_found(spec: str) -> str:
     message = f"checkpoint {spec!r} not found; pass {CHOICES}"
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):  # "org/name": a Hugging Face Hub id, most likely
+    hub_like = re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.endswith(CHECKPOINT_SUFFIXES)
+    if hub_like:  # "org/name", not a path to a checkpoint file
         folder = spec.rsplit("/", 1)[1]
         message += (
-            f". A Hub id is not read: download the folder first (`hf download {spec} "
+            f". If it is a Hugging Face Hub id, download the folder first (`hf download {spec} "
             f"--local-dir ./{folder}`), then pass --checkpoint ./{folder}/"
         )
     return message

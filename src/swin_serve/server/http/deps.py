@@ -13,7 +13,8 @@ from swin_serve.server.repository.models import LoadedModel
 from swin_serve.server.state import RequestTimings, ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async, as every dependency here: FastAPI runs a plain function on a worker thread.
     return cast(ServiceState, request.app.state.service)
 
 
@@ -21,7 +22,6 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 async def get_plane(state: StateDep) -> DataPlane:
-    # async: FastAPI runs a plain function on a worker thread, one more hop for every request.
     return DataPlane(state)
 
 
